@@ -1,0 +1,1 @@
+"""The `modelarts-agent` command line: one module per subcommand."""

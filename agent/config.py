@@ -1,0 +1,350 @@
+"""Agent configuration: YAML plus environment overrides, validated by pydantic.
+
+`load_config` turns every problem into a `ConfigError` whose message names the field and the
+reason, so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+from agent.validation import DEFAULT_ALLOWED_CIDRS, parse_networks
+
+ENV_PREFIX = "MODELARTS_AGENT__"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- ModelArts access ------------------------------------------------------------------------
+
+
+class ModelArtsEndpoints(Strict):
+    iam_url: str = Field(description="IAM endpoint, e.g. https://iam.cn-north-4.myhuaweicloud.com")
+    modelarts_url: str = Field(description="ModelArts endpoint, e.g. https://modelarts.cn-north-4.myhuaweicloud.com")
+    project_id: str = Field(min_length=1, max_length=64)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @field_validator("iam_url", "modelarts_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class AuthMode(StrEnum):
+    password = "password"
+    aksk = "aksk"
+    token = "token"
+
+
+class AuthConfig(Strict):
+    """Where credentials come from. Secrets are never written here: only env names or files."""
+
+    mode: AuthMode = AuthMode.password
+    domain: str | None = Field(default=None, description="IAM account (domain) name")
+    user: str | None = Field(default=None, description="IAM user name")
+    password_env: str = "MODELARTS_PASSWORD"
+    password_file: Path | None = None
+    ak_env: str = "MODELARTS_AK"
+    sk_env: str = "MODELARTS_SK"
+    ak_file: Path | None = None
+    sk_file: Path | None = None
+    token_env: str = "MODELARTS_TOKEN"
+    token_file: Path | None = None
+    # Refresh an IAM token this long before it expires (capped at a tenth of its lifetime).
+    token_refresh_margin_seconds: float = Field(default=3600, ge=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> AuthConfig:
+        if self.mode is AuthMode.password and not (self.domain and self.user):
+            raise ValueError("password auth needs auth.domain and auth.user")
+        return self
+
+
+class BudgetConfig(Strict):
+    per_user_per_minute: int = Field(default=20, ge=1, le=100_000)
+    per_tenant_per_minute: int = Field(default=2000, ge=1, le=1_000_000)
+    # Extra seconds added to the 60 s window: the gateway counts arrivals, we count departures.
+    safety_margin_seconds: float = Field(default=2.0, ge=0, le=30)
+
+
+class DiscoveryConfig(Strict):
+    allowed_cidrs: tuple[str, ...] = DEFAULT_ALLOWED_CIDRS
+    default_poll_interval_seconds: float = Field(default=15.0, ge=1, le=3600)
+    stale_after_seconds: float = Field(default=120.0, ge=1)
+    empty_confirmations: int = Field(default=3, ge=1, le=100)
+    max_endpoints: int = Field(default=1000, ge=1, le=100_000)
+    max_backoff_seconds: float = Field(default=300.0, ge=1)
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
+
+
+# --- Per-service data-plane policy (rendered into Envoy) ---------------------------------------
+
+
+class LbPolicy(StrEnum):
+    least_request = "least_request"
+    round_robin = "round_robin"
+    random = "random"
+    ring_hash = "ring_hash"
+    maglev = "maglev"
+
+
+class HashKey(Strict):
+    """What sticky policies (ring_hash, maglev) hash on: one of header, cookie or source_ip."""
+
+    header: str | None = None
+    cookie: str | None = None
+    source_ip: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> HashKey:
+        if sum([self.header is not None, self.cookie is not None, self.source_ip]) != 1:
+            raise ValueError("set exactly one of header, cookie or source_ip")
+        return self
+
+
+class LoadBalancing(Strict):
+    policy: LbPolicy = LbPolicy.least_request
+    choice_count: int | None = Field(default=None, ge=2, le=100)
+    hash_key: HashKey | None = None
+    adaptive: bool = False
+
+    @model_validator(mode="after")
+    def _hash(self) -> LoadBalancing:
+        sticky = self.policy in (LbPolicy.ring_hash, LbPolicy.maglev)
+        if sticky and self.hash_key is None:
+            raise ValueError(f"policy {self.policy.value} needs hash_key (header, cookie or source_ip)")
+        if not sticky and self.hash_key is not None:
+            raise ValueError("hash_key only applies to ring_hash and maglev")
+        return self
+
+
+class HealthCheck(Strict):
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/health"
+    interval_seconds: float = Field(default=5.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    healthy_threshold: int = Field(default=1, ge=1)
+
+
+class OutlierDetection(Strict):
+    enabled: bool = True
+    consecutive_5xx: int = Field(default=5, ge=1)
+    consecutive_gateway_failure: int = Field(default=2, ge=1)
+    consecutive_local_origin_failure: int = Field(default=2, ge=1)
+    interval_seconds: float = Field(default=2.0, gt=0)
+    base_ejection_seconds: float = Field(default=15.0, gt=0)
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+
+
+class Retries(Strict):
+    enabled: bool = True
+    num_retries: int = Field(default=2, ge=0, le=10)
+    retry_on: str = "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"
+    retriable_status_codes: tuple[int, ...] = (503,)
+    # Only requests that are safe to repeat are retried unless the user opts in.
+    idempotent_only: bool = True
+    idempotency_header: str = "idempotency-key"
+    per_try_timeout_seconds: float | None = Field(default=None, gt=0)
+    budget_percent: float = Field(default=20.0, gt=0, le=100)
+    min_retry_concurrency: int = Field(default=3, ge=1)
+
+
+class Timeouts(Strict):
+    """Defaults suit long, streamed inference: no total timeout, an idle timeout instead."""
+
+    connect_seconds: float = Field(default=2.0, gt=0)
+    request_seconds: float = Field(default=0.0, ge=0, description="0 disables the total route timeout")
+    idle_seconds: float = Field(default=300.0, ge=0, description="stream idle timeout; 0 disables")
+    max_request_bytes: int | None = Field(default=None, ge=1, description="None: no body limit")
+
+
+class CircuitBreakers(Strict):
+    max_connections: int = Field(default=4096, ge=1)
+    max_pending_requests: int = Field(default=4096, ge=1)
+    max_requests: int = Field(default=4096, ge=1)
+    max_retries: int = Field(default=16, ge=0)
+
+
+class UpstreamTls(Strict):
+    ca_file: Path | None = None
+    sni: str | None = None
+    insecure_skip_verify: bool = False
+
+
+class ServiceSpec(Strict):
+    name: Annotated[str, Field(description="DNS-1123 label; names the Envoy cluster and listener")]
+    service_id: str = Field(min_length=1, max_length=64)
+    project_id: str | None = None
+    poll_interval_seconds: float | None = Field(default=None, ge=1, le=3600)
+    listen_port: int | None = Field(default=None, ge=1, le=65535)
+    listen_address: str = "127.0.0.1"
+    protocol: Literal["auto", "http", "https", "grpc", "tcp"] = "auto"
+    lb: LoadBalancing = LoadBalancing()
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection = OutlierDetection()
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    tls: UpstreamTls = UpstreamTls()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', at most 63 chars")
+        return value
+
+
+class SplitBackend(Strict):
+    service: str
+    weight: int = Field(ge=0, le=10_000)
+
+
+class TrafficSplit(Strict):
+    """One listener spreading requests over several services by weight (canary, blue/green)."""
+
+    name: str
+    listen_port: int = Field(ge=1, le=65535)
+    listen_address: str = "127.0.0.1"
+    backends: tuple[SplitBackend, ...] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return ServiceSpec._name(value)
+
+
+class EnvoyConfig(Strict):
+    output_dir: Path = Path("run/envoy")
+    admin_address: str = "127.0.0.1"
+    admin_port: int = Field(default=9901, ge=1, le=65535)
+    node_id: str = "modelarts-agent"
+    cluster: str = "modelarts-sidecar"
+
+
+class AdminConfig(Strict):
+    address: str = "127.0.0.1"
+    port: int = Field(default=8086, ge=0, le=65535)
+
+
+class AgentConfig(Strict):
+    modelarts: ModelArtsEndpoints
+    auth: AuthConfig
+    budget: BudgetConfig = BudgetConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    services: tuple[ServiceSpec, ...] = ()
+    splits: tuple[TrafficSplit, ...] = ()
+    envoy: EnvoyConfig = EnvoyConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> AgentConfig:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate service names: {', '.join(dupes)}")
+        ports: dict[tuple[str, int], str] = {}
+        listeners = [(s.name, s.listen_address, s.listen_port) for s in self.services]
+        listeners += [(t.name, t.listen_address, t.listen_port) for t in self.splits]
+        for name, address, port in listeners:
+            if port is None:
+                continue
+            if (address, port) in ports:
+                raise ValueError(f"{name} and {ports[(address, port)]} both listen on {address}:{port}")
+            ports[(address, port)] = name
+        known = set(names)
+        for split in self.splits:
+            if split.name in known:
+                raise ValueError(f"split {split.name!r} has the same name as a service")
+            missing = [b.service for b in split.backends if b.service not in known]
+            if missing:
+                raise ValueError(f"split {split.name!r} names unknown services: {', '.join(missing)}")
+            if sum(b.weight for b in split.backends) == 0:
+                raise ValueError(f"split {split.name!r}: weights must not all be 0")
+        return self
+
+    def poll_interval(self, spec: ServiceSpec) -> float:
+        return spec.poll_interval_seconds or self.discovery.default_poll_interval_seconds
+
+
+# --- Loading ---------------------------------------------------------------------------------
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env_overrides(data: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """`MODELARTS_AGENT__MODELARTS__PROJECT_ID=x` sets modelarts.project_id (values parsed as YAML)."""
+    env = os.environ if environ is None else environ
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if path:
+            _set_path(data, path, yaml.safe_load(env[key]))
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {location}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> AgentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
+    return parse_config(apply_env_overrides(data, environ), str(path))

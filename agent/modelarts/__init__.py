@@ -1,0 +1,1 @@
+"""Talking to ModelArts and IAM: credentials, auth, the budgeted HTTP client, response parsing."""

@@ -1,0 +1,161 @@
+"""The three ways to authenticate ModelArts calls: IAM password token, AK/SK signature, static token."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.sdk_request import SdkRequest
+from huaweicloudsdkcore.signer.signer import Signer
+
+from agent.clock import SYSTEM_CLOCK, Clock
+from agent.errors import AuthError, DiscoveryError
+from agent.logs import register_secret
+from agent.modelarts.credentials import Credentials, SecretSource
+
+log = logging.getLogger(__name__)
+
+
+class Authenticator(Protocol):
+    def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
+        """Headers that authenticate this exact request."""
+        ...
+
+    def invalidate(self) -> bool:
+        """Forget cached credentials after a 401; True if trying again can help."""
+        ...
+
+
+class StaticTokenAuth:
+    def __init__(self, token: SecretSource) -> None:
+        self._token = token
+
+    def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
+        return {"X-Auth-Token": self._token.get()}
+
+    def invalidate(self) -> bool:
+        # The file may have been rotated since; re-reading it is the only retry that can help.
+        return False
+
+
+class AkSkAuth:
+    """Signs each request with huaweicloudsdkcore's signer (SDK-HMAC-SHA256)."""
+
+    def __init__(self, ak: SecretSource, sk: SecretSource, project_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._ak = ak
+        self._sk = sk
+        self._project_id = project_id
+        self._clock = clock
+
+    def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
+        parts = urlsplit(url)
+        sdk_date = datetime.fromtimestamp(self._clock.wall(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        headers = {"X-Sdk-Date": sdk_date, "X-Project-Id": self._project_id}
+        if body:
+            headers["Content-Type"] = "application/json"
+        request = SdkRequest(
+            method=method.upper(),
+            schema=parts.scheme,
+            host=parts.netloc,
+            resource_path=parts.path,
+            query_params=parse_qsl(parts.query, keep_blank_values=True),
+            header_params=headers,
+            body=body or "",
+        )
+        credentials = BasicCredentials(self._ak.get(), self._sk.get(), self._project_id)
+        signed = Signer(credentials).sign(request)
+        return {str(k): str(v) for k, v in signed.header_params.items()}
+
+    def invalidate(self) -> bool:
+        return False
+
+
+class IamTokenAuth:
+    """An IAM token from the password method, refreshed before `expires_at` and after a 401."""
+
+    def __init__(self, iam_url: str, credentials: Credentials, project_id: str, session: requests.Session,
+                 timeout: float, refresh_margin: float, clock: Clock = SYSTEM_CLOCK) -> None:
+        if credentials.password is None or not credentials.domain or not credentials.user:
+            raise AuthError("password auth needs a domain, a user and a password")
+        self._iam_url = iam_url
+        self._creds = credentials
+        self._password = credentials.password
+        self._project_id = project_id
+        self._session = session
+        self._timeout = timeout
+        self._margin = refresh_margin
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.issued_total = 0
+
+    def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
+        return {"X-Auth-Token": self._current_token()}
+
+    def invalidate(self) -> bool:
+        with self._lock:
+            self._token = None
+        return True
+
+    def _current_token(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock.wall() >= self._refresh_at:
+                self._token, self._refresh_at = self._issue()
+            return self._token
+
+    def _issue(self) -> tuple[str, float]:
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": self._creds.user,
+                            "password": self._password.get(),
+                            "domain": {"name": self._creds.domain},
+                        }
+                    },
+                },
+                "scope": {"project": {"id": self._project_id}},
+            }
+        }
+        url = f"{self._iam_url}/v3/auth/tokens"
+        try:
+            resp = self._session.post(url, json=body, timeout=self._timeout)
+        except requests.Timeout:
+            raise DiscoveryError("IAM token request timed out", kind="iam_timeout") from None
+        except requests.RequestException as exc:
+            raise DiscoveryError(f"IAM unreachable: {type(exc).__name__}", kind="iam_unreachable") from None
+        if resp.status_code in (401, 403):
+            raise AuthError(f"IAM refused the credentials of user {self._creds.user!r} (HTTP {resp.status_code})",
+                            status=resp.status_code)
+        if resp.status_code != 201:
+            raise DiscoveryError(f"IAM answered HTTP {resp.status_code} to the token request", kind="iam_error",
+                                 status=resp.status_code)
+        token = resp.headers.get("X-Subject-Token", "")
+        if not token:
+            raise DiscoveryError("IAM answered 201 without an X-Subject-Token header", kind="iam_error")
+        register_secret(token)
+        now = self._clock.wall()
+        expires = _parse_expiry(resp)
+        lifetime = (expires - now) if expires is not None else 3600.0
+        # Refresh early, but never so early that a short-lived token is refreshed on every call.
+        margin = min(self._margin, max(lifetime, 0.0) / 10)
+        self.issued_total += 1
+        log.info("obtained IAM token", extra={"iam_user": self._creds.user, "valid_for_s": round(lifetime)})
+        return token, now + lifetime - margin
+
+
+def _parse_expiry(resp: requests.Response) -> float | None:
+    try:
+        raw = resp.json()["token"]["expires_at"]
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError):
+        log.warning("IAM token response has no usable token.expires_at; assuming one hour")
+        return None

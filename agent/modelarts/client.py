@@ -1,0 +1,236 @@
+"""The ModelArts discovery client: every call waits for the rate budget, then authenticates.
+
+It never raises anything but `DiscoveryError` (and its subclasses), each with a short `kind`
+that becomes a metric label, and a message that never contains a credential.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from agent.clock import SYSTEM_CLOCK, Clock
+from agent.config import AgentConfig, AuthMode
+from agent.errors import AuthError, DiscoveryError, ThrottledError
+from agent.modelarts.auth import AkSkAuth, Authenticator, IamTokenAuth, StaticTokenAuth
+from agent.modelarts.budget import BudgetRegistry, RateBudget
+from agent.modelarts.credentials import Credentials, credentials_from_config
+from agent.modelarts.parse import ParsedEndpoints, parse_endpoints
+from agent.validation import IPNetwork, parse_networks
+
+log = logging.getLogger(__name__)
+
+SERVICE_STATUSES = ("running", "deploying", "concerning", "failed", "stopped", "stopping", "pending", "waiting")
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    service_id: str
+    name: str | None
+    status: str
+
+
+class Stopped(DiscoveryError):
+    def __init__(self) -> None:
+        super().__init__("agent is stopping", kind="stopped")
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    if not raw:
+        return None
+    if raw.strip().isdigit():
+        return float(raw.strip())
+    parsed = email.utils.parsedate_to_datetime(raw) if raw else None
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _error_text(resp: requests.Response) -> str:
+    """The gateway's error_code/error_msg (or IAM's error.code/message), cut short: bodies are untrusted."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return f"HTTP {resp.status_code}"
+    if not isinstance(body, dict):
+        return f"HTTP {resp.status_code}"
+    error = body.get("error")
+    nested: dict[str, Any] = error if isinstance(error, dict) else {}
+    code = body.get("error_code") or nested.get("code")
+    msg = body.get("error_msg") or nested.get("message")
+    if code or msg:
+        return f"HTTP {resp.status_code} {str(code)[:40]}: {str(msg)[:200]}"
+    return f"HTTP {resp.status_code}"
+
+
+class ModelArtsClient:
+    def __init__(self, modelarts_url: str, project_id: str, auth: Authenticator, budget: RateBudget,
+                 session: requests.Session, timeout: float, max_body_bytes: int, clock: Clock = SYSTEM_CLOCK,
+                 stop: threading.Event | None = None) -> None:
+        self.modelarts_url = modelarts_url.rstrip("/")
+        self.project_id = project_id
+        self.auth = auth
+        self.budget = budget
+        self._session = session
+        self._timeout = timeout
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self._stop = stop
+        self.calls_total = 0
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def get_endpoints(self, service_id: str, allowed: tuple[IPNetwork, ...], max_endpoints: int,
+                      project_id: str | None = None) -> ParsedEndpoints:
+        path = f"/v1/{project_id or self.project_id}/services/{service_id}/predict/endpoints"
+        body = self._get_json(path, {"type": "host_endpoints"})
+        return parse_endpoints(body, allowed, max_endpoints)
+
+    def get_service(self, service_id: str, project_id: str | None = None) -> ServiceInfo:
+        body = self._get_json(f"/v1/{project_id or self.project_id}/services/{service_id}", {})
+        if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+            raise DiscoveryError("service details response has no status", kind="malformed")
+        status = body["status"].lower()
+        if status not in SERVICE_STATUSES:
+            raise DiscoveryError(f"service details carry an unknown status {status[:30]!r}", kind="malformed")
+        name = body.get("service_name")
+        return ServiceInfo(service_id=service_id, name=name if isinstance(name, str) else None, status=status)
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _get_json(self, path: str, params: dict[str, str]) -> Any:
+        url = self.modelarts_url + path
+        if params:
+            url += "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        for attempt in (1, 2):
+            resp = self._send(url)
+            if resp.status_code == 401 and attempt == 1 and self.auth.invalidate():
+                log.info("ModelArts answered 401; re-authenticating once", extra={"path": path})
+                resp.close()
+                continue
+            return self._decode(resp)
+        raise AssertionError("unreachable")
+
+    def _send(self, url: str) -> requests.Response:
+        if not self.budget.acquire(self._stop):
+            raise Stopped()
+        self.calls_total += 1
+        try:
+            headers = self.auth.headers_for("GET", url, None)
+        except DiscoveryError:
+            raise
+        except Exception as exc:  # the SDK signer raises plain ValueErrors
+            raise AuthError(f"cannot sign the request: {type(exc).__name__}") from None
+        try:
+            return self._session.get(url, headers=headers, timeout=self._timeout, stream=True)
+        except requests.Timeout:
+            raise DiscoveryError("ModelArts did not answer in time", kind="timeout") from None
+        except requests.ConnectionError as exc:
+            raise DiscoveryError(f"cannot reach ModelArts: {type(exc).__name__}", kind="connection") from None
+        except requests.RequestException as exc:
+            raise DiscoveryError(f"request failed: {type(exc).__name__}", kind="connection") from None
+
+    def _read_capped(self, resp: requests.Response) -> bytes:
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            resp.close()
+            raise DiscoveryError(f"response body of {declared} bytes exceeds the {self._max_body}-byte cap",
+                                 kind="oversized")
+        chunks: list[bytes] = []
+        size = 0
+        deadline = self._clock.monotonic() + self._timeout
+        try:
+            for chunk in resp.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > self._max_body:
+                    raise DiscoveryError(f"response body exceeds the {self._max_body}-byte cap", kind="oversized")
+                # A server dribbling bytes (slowloris) must not hold the poller forever.
+                if self._clock.monotonic() > deadline:
+                    raise DiscoveryError("response body took too long to arrive", kind="timeout")
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise DiscoveryError(f"connection broke while reading: {type(exc).__name__}", kind="connection") from None
+        finally:
+            resp.close()
+        return b"".join(chunks)
+
+    def _decode(self, resp: requests.Response) -> Any:
+        status = resp.status_code
+        if status == 429:
+            text = _error_text(resp)
+            resp.close()
+            raise ThrottledError(f"throttled by the API gateway ({text})", retry_after=_retry_after(resp))
+        if status in (401, 403):
+            text = _error_text(resp)
+            resp.close()
+            raise AuthError(f"ModelArts refused the credentials ({text})", status=status)
+        if status == 404:
+            text = _error_text(resp)
+            resp.close()
+            raise DiscoveryError(f"service not found ({text})", kind="not_found", status=404)
+        if status >= 500:
+            text = _error_text(resp)
+            resp.close()
+            raise DiscoveryError(f"ModelArts server error ({text})", kind="server_error", status=status)
+        if status != 200:
+            text = _error_text(resp)
+            resp.close()
+            raise DiscoveryError(f"unexpected answer ({text})", kind="http_error", status=status)
+        raw = self._read_capped(resp)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise DiscoveryError("response body is not valid JSON", kind="malformed") from None
+
+
+def build_authenticator(config: AgentConfig, creds: Credentials, session: requests.Session,
+                        clock: Clock = SYSTEM_CLOCK) -> Authenticator:
+    project_id = config.modelarts.project_id
+    if creds.mode is AuthMode.password:
+        return IamTokenAuth(config.modelarts.iam_url, creds, project_id, session, config.modelarts.timeout_seconds,
+                            config.auth.token_refresh_margin_seconds, clock)
+    if creds.mode is AuthMode.aksk:
+        assert creds.ak is not None and creds.sk is not None
+        return AkSkAuth(creds.ak, creds.sk, project_id, clock)
+    assert creds.token is not None
+    return StaticTokenAuth(creds.token)
+
+
+def make_session(config: AgentConfig) -> requests.Session:
+    session = requests.Session()
+    if not config.modelarts.verify_tls:
+        session.verify = False
+        log.warning("TLS verification for IAM and ModelArts is OFF (modelarts.verify_tls: false)")
+    elif config.modelarts.ca_file is not None:
+        session.verify = str(config.modelarts.ca_file)
+    # Never let an environment proxy see the credentials or reroute discovery.
+    session.trust_env = False
+    return session
+
+
+def build_client(config: AgentConfig, budgets: BudgetRegistry, clock: Clock = SYSTEM_CLOCK,
+                 stop: threading.Event | None = None) -> ModelArtsClient:
+    creds = credentials_from_config(config.auth)
+    session = make_session(config)
+    identity = creds.identity()
+    return ModelArtsClient(
+        modelarts_url=config.modelarts.modelarts_url,
+        project_id=config.modelarts.project_id,
+        auth=build_authenticator(config, creds, session, clock),
+        budget=budgets.budget(identity.user, identity.tenant),
+        session=session,
+        timeout=config.modelarts.timeout_seconds,
+        max_body_bytes=config.modelarts.max_body_bytes,
+        clock=clock,
+        stop=stop,
+    )
+
+
+def allowed_networks(config: AgentConfig) -> tuple[IPNetwork, ...]:
+    return parse_networks(config.discovery.allowed_cidrs)

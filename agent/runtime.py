@@ -1,0 +1,113 @@
+"""Wires a running agent: config → sources → snapshot store → sinks, plus the admin endpoint."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.admin_server import AdminServer
+from agent.clock import SYSTEM_CLOCK
+from agent.config import AgentConfig
+from agent.config_watch import ConfigWatcher
+from agent.metrics import BUDGET_LIMIT, BUDGET_USED
+from agent.modelarts.budget import BudgetRegistry
+from agent.modelarts.client import build_client
+from agent.sinks import Sink
+from agent.sinks.runner import SinkRunner
+from agent.snapshot import SnapshotStore
+from agent.sources.modelarts import ModelArtsSource
+
+log = logging.getLogger(__name__)
+
+SinkFactory = Callable[[AgentConfig], Sequence[Sink]]
+
+
+class AgentRuntime:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None,
+                 sink_factory: SinkFactory | None = None) -> None:
+        self.config = config
+        self._config_path = config_path
+        self.stop_event = threading.Event()
+        self.store = SnapshotStore(config.services, config.discovery)
+        self.budgets = BudgetRegistry(config.budget.per_user_per_minute, config.budget.per_tenant_per_minute,
+                                      config.budget.safety_margin_seconds)
+        self.client = build_client(config, self.budgets, stop=self.stop_event)
+        self.source = ModelArtsSource(config, self.store, self.client, stop=self.stop_event)
+        self._sink_factory = sink_factory
+        self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in (sink_factory(config) if sink_factory
+                                                                            else [])]
+        self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.store.ready)
+        self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
+        self._threads: list[threading.Thread] = []
+        self.started_at = time.time()
+
+    def start(self) -> None:
+        self.admin.start()
+        for runner in self.sinks:
+            runner.start()
+        source_thread = threading.Thread(target=self.source.run, name="source-modelarts", daemon=True)
+        source_thread.start()
+        self._threads.append(source_thread)
+        if self._watcher:
+            self._watcher.start()
+        log.info("agent started", extra={"services": len(self.config.services), "admin": self.admin.url})
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._watcher:
+            self._watcher.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for runner in self.sinks:
+            runner.thread.join(timeout=10)
+        self.admin.stop()
+        log.info("agent stopped")
+
+    def wait(self) -> None:
+        while not self.stop_event.wait(1.0):
+            pass
+
+    def reload(self, config: AgentConfig) -> None:
+        """Apply a new config without a restart. Changing ModelArts access or budgets needs one."""
+        if config.modelarts != self.config.modelarts or config.auth != self.config.auth \
+                or config.budget != self.config.budget:
+            log.warning("modelarts/auth/budget changes take effect on restart; applying the rest")
+        self.config = config
+        self.store.set_specs(config.services, config.discovery)
+        self.source.update_config(config)
+        for runner in self.sinks:
+            updater = getattr(runner.sink, "update_config", None)
+            if updater is not None:
+                updater(config)
+            runner.republish()
+
+    def status(self) -> dict[str, Any]:
+        services = []
+        for st in self.store.statuses():
+            spec = next((s for s in self.config.services if s.name == st.name), None)
+            entry = dict(st.__dict__)
+            if spec is not None:
+                entry["effective_poll_interval_seconds"] = round(self.source.effective_interval(spec), 2)
+            snap = self.store.snapshot.services.get(st.name)
+            entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
+            services.append(entry)
+        budgets = []
+        for budget in self.budgets.budgets():
+            usage = budget.usage()
+            BUDGET_USED.labels(usage.identity).set(usage.used_in_window)
+            BUDGET_LIMIT.labels(usage.identity).set(usage.limit)
+            budgets.append(usage.__dict__)
+        return {
+            "snapshot_version": self.store.snapshot.version,
+            "ready": self.store.ready(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "services": services,
+            "budgets": budgets,
+            "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
+                      for r in self.sinks],
+            "clock": SYSTEM_CLOCK.wall(),
+        }
