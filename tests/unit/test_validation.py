@@ -30,7 +30,7 @@ WITH_LOOPBACK = parse_networks([*DEFAULT_ALLOWED_CIDRS, "127.0.0.0/8"])
     ("2001:db8::1", "outside_allowed_cidrs"),
     ("::ffff:127.0.0.1", "loopback"),
     ("::ffff:169.254.169.254", "link_local"),
-    ("１２７.0.0.1", "bad_ip"),        # fullwidth digits that int() would accept
+    ("\uff11\uff12\uff17.0.0.1", "bad_ip"),  # fullwidth digits that int() would accept
     ("192.168.1.1 ", "bad_ip"),
     ("192.168.001.1", "bad_ip"),
     ("fe80::1%eth0", "bad_ip"),
@@ -61,7 +61,7 @@ def test_loopback_only_with_explicit_allow() -> None:
 
 @pytest.mark.parametrize(("port", "ok"), [
     (1, True), (65535, True), ("31997", True), (0, False), (65536, False), (-1, False), ("abc", False),
-    ("0x50", False), (" 80", False), ("８０", False), (80.0, False), (True, False), (None, False), ([80], False),
+    ("0x50", False), (" 80", False), ("\uff18\uff10", False), (80.0, False), (True, False), (None, False), ([80], False),
 ])
 def test_ports(port: object, ok: bool) -> None:
     assert (not isinstance(check_port(port), Rejection)) is ok
