@@ -61,7 +61,8 @@ def test_loopback_only_with_explicit_allow() -> None:
 
 @pytest.mark.parametrize(("port", "ok"), [
     (1, True), (65535, True), ("31997", True), (0, False), (65536, False), (-1, False), ("abc", False),
-    ("0x50", False), (" 80", False), ("\uff18\uff10", False), (80.0, False), (True, False), (None, False), ([80], False),
+    ("0x50", False), (" 80", False), ("\uff18\uff10", False), (80.0, False), (True, False), (None, False),
+    ([80], False),
 ])
 def test_ports(port: object, ok: bool) -> None:
     assert (not isinstance(check_port(port), Rejection)) is ok
