@@ -1,0 +1,35 @@
+# The two commands a new user needs: `make demo` (the main job) and `make test` (installs everything, runs the suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint unit testenv bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m agent.demo
+
+lint: install
+	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/mypy agent
+
+unit: install
+	$(VENV)/bin/pytest tests/unit -q
+
+testenv:
+	scripts/testenv/build.sh
+
+test: install lint testenv
+	$(VENV)/bin/pytest tests -q
+
+clean:
+	rm -rf run .pytest_cache .mypy_cache .ruff_cache
