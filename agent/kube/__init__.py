@@ -1,0 +1,11 @@
+"""Kubernetes plumbing shared by the controller, the kubernetes sink and the kubernetes source."""
+
+GROUP = "vpc.modelarts.io"
+VERSION = "v1alpha1"
+PLURAL = "modelartsservices"
+KIND = "ModelArtsService"
+FIELD_MANAGER = "modelarts-agent"
+MANAGED_BY = "modelarts-agent"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+SERVICE_ID_LABEL = "vpc.modelarts.io/service-id"
