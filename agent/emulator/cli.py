@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     configure_parser(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, handler=run)  # both common dispatch conventions
     return parser
 
 

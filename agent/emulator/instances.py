@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
@@ -123,13 +123,13 @@ class HttpListener:
 class TcpEchoListener:
     """Writes `instance_id\\n` on connect, then echoes whatever it receives."""
 
-    def __init__(self, instance_id: str, host: str, port: int) -> None:
+    def __init__(self, instance_id: str, host: str, port: int, on_connect: Callable[[], None]) -> None:
         self._greeting = f"{instance_id}\n".encode()
         self._host = host
         self._port = port
+        self._on_connect = on_connect
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self.served = 0
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self._host, self._port, reuse_address=True)
@@ -138,7 +138,7 @@ class TcpEchoListener:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
-        self.served += 1
+        self._on_connect()
         try:
             writer.write(self._greeting)
             await writer.drain()
@@ -211,7 +211,6 @@ class Instance:
         self._rng = rng
         self._ssl: ssl.SSLContext | None = None
         self._listener: Listener | None = None
-        self._tcp: TcpEchoListener | None = None
         self.served = self.errors = self.in_flight = self.queued = self.max_in_flight = self.health_checks = 0
 
     @property
@@ -224,13 +223,15 @@ class Instance:
 
     def _make_listener(self) -> Listener:
         if self.schema == "tcp":
-            self._tcp = TcpEchoListener(self.instance_id, self.ip, self.port)
-            return self._tcp
+            return TcpEchoListener(self.instance_id, self.ip, self.port, self._count_connection)
         if self.schema == "https" and self._ssl is None:
             self._ssl = self._ca.server_context(self.instance_id, [self.ip])
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return HttpListener(app, self.ip, self.port, self._ssl)
+
+    def _count_connection(self) -> None:
+        self.served += 1  # for TCP, a "request" is a connection
 
     async def start(self) -> None:
         listener = self._make_listener()
@@ -262,12 +263,11 @@ class Instance:
         self.state = "stopped"
 
     def info(self) -> InstanceInfo:
-        served = self.served + (self._tcp.served if self._tcp else 0)
         return InstanceInfo(
             instance_id=self.instance_id, service_id=self.service.service_id,
             service_name=self.service.config.name, schema=self.schema, ip=self.ip, port=self.port,
             address=self.address, state=self.state, listed=self.listed, healthy=self.healthy,
-            served=served, errors=self.errors, in_flight=self.in_flight, queued=self.queued,
+            served=self.served, errors=self.errors, in_flight=self.in_flight, queued=self.queued,
             max_in_flight=self.max_in_flight, health_checks=self.health_checks,
             connections=self._listener.connections() if self._listener else 0,
             latency=self.latency, error_rate=self.error_rate, concurrency=self.concurrency,

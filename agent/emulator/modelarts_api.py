@@ -148,6 +148,7 @@ class ModelArtsApi:
         return svc
 
     async def _gateway(self, request: web.Request, target: Target) -> web.StreamResponse:
+        started = self.clock.now()
         fields: dict[str, Any] = {
             "api": "modelarts", "method": request.method, "path": request.path,
             "query": request.query_string, "service_id": request.match_info.get("service_id"),
@@ -156,14 +157,18 @@ class ModelArtsApi:
             fields["auth"] = "token"
         elif "Authorization" in request.headers:
             fields["auth"] = "aksk"
+        status = 0  # stays 0 if no complete response goes out (hang-up, reset, client gone)
         try:
             response, status = await self._dispatch(request, target, fields)
+            return response
         except _Refused as refused:
-            response, status = refused.response, refused.status
+            status = refused.status
             fields["error_code"] = refused.code
-        fields["status"] = status
-        self.calls.add(time=self.clock.now(), **fields)
-        return response
+            return refused.response
+        finally:
+            # In `finally` so a call whose handler is cancelled (the client left a hanging
+            # fault) is still logged.
+            self.calls.add(time=started, status=status, **fields)
 
     async def _dispatch(
         self, request: web.Request, target: Target, fields: dict[str, Any]

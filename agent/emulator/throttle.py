@@ -111,7 +111,7 @@ class CallRecord(BaseModel):
     """One API call as the emulator saw it; the admin call log is a list of these."""
 
     seq: int
-    time: float  # emulator clock
+    time: float  # emulator clock, when the call arrived
     api: Literal["iam", "modelarts"]
     method: str
     path: str
@@ -119,7 +119,7 @@ class CallRecord(BaseModel):
     user: str | None = None  # IAM user name (the AK owner for AK/SK calls)
     domain: str | None = None
     auth: Literal["token", "aksk", "password", "none"] = "none"
-    status: int  # 0: no HTTP response (reset, hang-up)
+    status: int  # 0: no complete response (reset, hang-up, or the client left first)
     error_code: str | None = None
     service_id: str | None = None
     fault: str | None = None

@@ -72,6 +72,9 @@ def test_timeout_hangs_then_closes(emu, token):
     emu.admin.inject_fault("timeout", SVC.service_id, count=1, seconds=5)
     with pytest.raises(requests.ReadTimeout):
         get(emu, token, timeout=0.3)
+    time.sleep(0.1)
+    call = last_call(emu)  # logged although the client left before the hang-up
+    assert call.fault == "timeout" and call.status == 0 and call.counted
 
 
 def test_malformed(emu, token):

@@ -143,12 +143,22 @@ def test_concurrency_one_queues(emu):
 
 def test_in_flight_is_visible(emu):
     inst = emu.admin.instances(QUEUED.service_id)[0]
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(requests.post, f"http://{inst.address}/p", timeout=10) for _ in range(2)]
-        time.sleep(0.1)
-        stats = emu.admin.instance(inst.instance_id)
-        assert stats.in_flight == 1 and stats.queued == 1
-        assert all(f.result().status_code == 200 for f in futures)
+    emu.admin.set_latency(inst.instance_id, base_ms=600, distribution="constant")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(requests.post, f"http://{inst.address}/p", timeout=10) for _ in range(2)]
+            deadline = time.monotonic() + 0.5
+            seen = []
+            while time.monotonic() < deadline:
+                stats = emu.admin.instance(inst.instance_id)
+                seen.append((stats.in_flight, stats.queued))
+                if seen[-1] == (1, 1):
+                    break
+                time.sleep(0.02)
+            assert seen[-1] == (1, 1), seen
+            assert all(f.result().status_code == 200 for f in futures)
+    finally:
+        emu.admin.set_latency(inst.instance_id, base_ms=200, distribution="constant")
 
 
 def test_https_instance_verifies_with_the_ca(emu):
@@ -174,6 +184,9 @@ def test_tcp_echo(emu):
     emu.admin.kill(inst.instance_id)
     assert refused(inst.ip, inst.port)
     emu.admin.revive(inst.instance_id)
+    with socket.create_connection((inst.ip, inst.port), timeout=5) as sock:
+        assert sock.makefile("rb").readline() == f"{inst.instance_id}\n".encode()
+    assert emu.admin.instance(inst.instance_id).served == 2  # connections, across the restart
 
 
 def test_stream(emu):
