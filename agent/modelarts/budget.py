@@ -132,10 +132,11 @@ class BudgetRegistry:
     """One budget per identity, one shared limit per tenant, for the whole process."""
 
     def __init__(self, per_user_per_minute: int = 20, per_tenant_per_minute: int = 2000,
-                 safety_margin_seconds: float = 2.0, clock: Clock = SYSTEM_CLOCK, warm_start: bool = True) -> None:
+                 safety_margin_seconds: float = 2.0, clock: Clock = SYSTEM_CLOCK, warm_start: bool = True,
+                 window_seconds: float = WINDOW_SECONDS) -> None:
         self._per_user = per_user_per_minute
         self._per_tenant = per_tenant_per_minute
-        self._window = WINDOW_SECONDS + safety_margin_seconds
+        self._window = window_seconds + safety_margin_seconds
         self._clock = clock
         # Long-running agents start warm (restart safety); a one-shot CLI call need not wait.
         self._warm_start = warm_start

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import AgentConfig, AuthMode
-from agent.errors import AuthError, DiscoveryError, ThrottledError
+from agent.errors import AuthError, CredentialsError, DiscoveryError, ThrottledError
 from agent.modelarts.auth import AkSkAuth, Authenticator, IamTokenAuth, StaticTokenAuth
 from agent.modelarts.budget import BudgetRegistry, RateBudget
 from agent.modelarts.credentials import Credentials, credentials_from_config
@@ -125,6 +126,8 @@ class ModelArtsClient:
             headers = self.auth.headers_for("GET", url, None)
         except DiscoveryError:
             raise
+        except CredentialsError as exc:
+            raise AuthError(str(exc)) from None
         except Exception as exc:  # the SDK signer raises plain ValueErrors
             raise AuthError(f"cannot sign the request: {type(exc).__name__}") from None
         try:
@@ -146,15 +149,19 @@ class ModelArtsClient:
         size = 0
         deadline = self._clock.monotonic() + self._timeout
         try:
-            for chunk in resp.iter_content(64 * 1024):
+            while True:
+                # read1 returns as soon as any bytes arrive, so a server dribbling a byte at a time
+                # (slowloris) hits the total deadline instead of holding the poller forever.
+                chunk = resp.raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > self._max_body:
                     raise DiscoveryError(f"response body exceeds the {self._max_body}-byte cap", kind="oversized")
-                # A server dribbling bytes (slowloris) must not hold the poller forever.
                 if self._clock.monotonic() > deadline:
                     raise DiscoveryError("response body took too long to arrive", kind="timeout")
                 chunks.append(chunk)
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise DiscoveryError(f"connection broke while reading: {type(exc).__name__}", kind="connection") from None
         finally:
             resp.close()

@@ -5,12 +5,14 @@ Everything that talks to a real server is tested against the emulator instead.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 
 from agent.clock import ManualClock
 
@@ -19,8 +21,7 @@ def make_response(status: int, body: Any = None, headers: dict[str, str] | None 
     resp = requests.Response()
     resp.status_code = status
     raw = body if isinstance(body, bytes) else json.dumps(body if body is not None else {}).encode()
-    resp._content = raw
-    resp._content_consumed = True
+    resp.raw = urllib3.HTTPResponse(body=io.BytesIO(raw), preload_content=False, status=status)
     resp.headers.update(headers or {})
     return resp
 
