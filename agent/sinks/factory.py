@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from agent.config import AgentConfig
 from agent.sinks import Sink
+from agent.sinks.envoy.files import EnvoyFileSink
 
 
 def sinks_for(config: AgentConfig) -> Sequence[Sink]:
-    # The Envoy file sink and the others register here as they land.
-    return []
+    # File mode: a colocated Envoy reads the files; the xDS and Kubernetes sinks register here as they land.
+    return [EnvoyFileSink(config)]
