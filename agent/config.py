@@ -6,6 +6,7 @@ reason, so the CLI can print it without a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from enum import StrEnum
@@ -127,7 +128,6 @@ class LoadBalancing(Strict):
     policy: LbPolicy = LbPolicy.least_request
     choice_count: int | None = Field(default=None, ge=2, le=100)
     hash_key: HashKey | None = None
-    adaptive: bool = False
 
     @model_validator(mode="after")
     def _hash(self) -> LoadBalancing:
@@ -209,6 +209,11 @@ class ServiceSpec(Strict):
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     tls: UpstreamTls = UpstreamTls()
 
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _ip_literal(value)
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -235,6 +240,19 @@ class TrafficSplit(Strict):
     def _name(cls, value: str) -> str:
         return ServiceSpec._name(value)
 
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _ip_literal(value)
+
+
+def _ip_literal(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
 
 class EnvoyConfig(Strict):
     output_dir: Path = Path("run/envoy")
@@ -242,6 +260,14 @@ class EnvoyConfig(Strict):
     admin_port: int = Field(default=9901, ge=1, le=65535)
     node_id: str = "modelarts-agent"
     cluster: str = "modelarts-sidecar"
+
+    @field_validator("admin_address")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        # Envoy's admin API can reconfigure and drain the proxy: never expose it beyond the host.
+        if not ipaddress.ip_address(_ip_literal(value)).is_loopback:
+            raise ValueError(f"{value} is not a loopback address; Envoy's admin interface must stay on loopback")
+        return value
 
 
 class AdminConfig(Strict):

@@ -113,3 +113,15 @@ def test_env_override_is_applied(tmp_path: Path, emulator: Emulator) -> None:
 def test_version() -> None:
     result = run_cli("version")
     assert result.returncode == 0 and result.stdout.startswith("modelarts-agent ")
+
+
+@pytest.mark.parametrize(("snippet", "message"), [
+    ("envoy: {admin_address: 0.0.0.0}", "not a loopback address"),
+    ("services: [{name: a, service_id: x, listen_address: localhost-ish}]", "is not an IP address"),
+])
+def test_envoy_safety_checks(tmp_path: Path, snippet: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("modelarts: {iam_url: http://a, modelarts_url: http://a, project_id: p}\nauth: {mode: token}\n"
+                    + snippet + "\n")
+    result = run_cli("endpoints", "--config", str(path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
