@@ -106,7 +106,7 @@ def ids(emu: Emulator, service_id: str) -> set[str]:
 
 def test_scale_out_gets_traffic_within_poll_interval_plus_2s(emulator: Emulator, setup) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    agent, envoy, _ = setup([{"name": "llm", "service_id": "svc-llm", "listen_port": port}])
+    agent, _envoy, _ = setup([{"name": "llm", "service_id": "svc-llm", "listen_port": port}])
     assert wait_until(lambda: set(send_requests(port, 30, 3).answered) == ids(emulator, "svc-llm"), 10)
     interval = agent.status()["services"][0]["effective_poll_interval_seconds"]
     emulator.admin.scale("svc-llm", 4)
@@ -171,7 +171,7 @@ def test_config_file_hot_reload(emulator: Emulator, setup) -> None:  # type: ign
 
 def test_envoy_keeps_serving_after_agent_sigkill(emulator: Emulator, setup) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    agent, envoy, _ = setup([{"name": "llm", "service_id": "svc-llm", "listen_port": port}])
+    agent, _envoy, _ = setup([{"name": "llm", "service_id": "svc-llm", "listen_port": port}])
     assert wait_until(lambda: set(send_requests(port, 30, 3).answered) == ids(emulator, "svc-llm"), 10)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     result = send_requests(port, 200, 4)
