@@ -134,20 +134,29 @@ def ensure_binaries(bin_dir: Path | None = None) -> Path:
     return target
 
 
+_HANDED_OUT_PORTS: set[int] = set()
+
+
 def free_port(*, udp_too: bool = False) -> int:
-    """A port that is free on 127.0.0.1 for TCP (and UDP when ``udp_too``)."""
+    """A port that is free on 127.0.0.1 for TCP (and UDP when ``udp_too``).
+
+    Never the same port twice in one process, so ports picked one after the
+    other for a component's listeners cannot collide.
+    """
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+            if port in _HANDED_OUT_PORTS:
+                continue
+            if udp_too:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    try:
+                        udp.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+            _HANDED_OUT_PORTS.add(port)
+            return port
     raise KubeEnvError("no free port found on 127.0.0.1")
 
 
