@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from agent.modelarts.budget import BudgetRegistry
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -34,18 +43,6 @@ RATE_LIMITED = Gauge(
     "modelarts_agent_service_rate_limited", "1 while the last poll of a service was throttled (HTTP 429).",
     ["service"], registry=REGISTRY,
 )
-BUDGET_USED = Gauge(
-    "modelarts_agent_budget_calls_in_window", "ModelArts calls made in the current rate window, per identity.",
-    ["identity"], registry=REGISTRY,
-)
-BUDGET_LIMIT = Gauge(
-    "modelarts_agent_budget_limit_per_window", "Calls allowed per rate window, per identity.",
-    ["identity"], registry=REGISTRY,
-)
-BUDGET_WAITS = Counter(
-    "modelarts_agent_budget_waits_total", "Calls that had to wait for the rate budget.",
-    ["identity"], registry=REGISTRY,
-)
 SNAPSHOT_VERSION = Gauge(
     "modelarts_agent_snapshot_version", "Version of the current endpoint snapshot.", registry=REGISTRY,
 )
@@ -56,3 +53,35 @@ SINK_WRITES = Counter(
     "modelarts_agent_sink_writes_total", "Snapshot publications by sink and result.", ["sink", "result"],
     registry=REGISTRY,
 )
+
+
+class _BudgetCollector(Collector):
+    """Reads every live rate budget at scrape time, so the figures are never stale."""
+
+    def __init__(self) -> None:
+        self.registries: weakref.WeakSet[BudgetRegistry] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        used = GaugeMetricFamily("modelarts_agent_budget_calls_in_window",
+                                 "ModelArts calls made in the current rate window, per identity.", labels=["identity"])
+        limit = GaugeMetricFamily("modelarts_agent_budget_limit_per_window",
+                                  "Calls allowed per rate window, per identity.", labels=["identity"])
+        left = GaugeMetricFamily("modelarts_agent_budget_tokens_left",
+                                 "Calls still allowed in the current rate window, per identity.", labels=["identity"])
+        waits = CounterMetricFamily("modelarts_agent_budget_waits",
+                                    "Calls that had to wait for the rate budget.", labels=["identity"])
+        calls = CounterMetricFamily("modelarts_agent_budget_calls",
+                                    "ModelArts calls granted by the rate budget.", labels=["identity"])
+        for registry in list(self.registries):
+            for budget in registry.budgets():
+                usage = budget.usage()
+                used.add_metric([usage.identity], usage.used_in_window)
+                limit.add_metric([usage.identity], usage.limit)
+                left.add_metric([usage.identity], max(0, usage.limit - usage.used_in_window))
+                waits.add_metric([usage.identity], usage.waits_total)
+                calls.add_metric([usage.identity], usage.calls_total)
+        yield from (used, limit, left, waits, calls)
+
+
+BUDGETS = _BudgetCollector()
+REGISTRY.register(BUDGETS)

@@ -13,7 +13,6 @@ from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
 from agent.config_watch import ConfigWatcher
-from agent.metrics import BUDGET_LIMIT, BUDGET_USED
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.sinks import Sink
@@ -95,12 +94,7 @@ class AgentRuntime:
             snap = self.store.snapshot.services.get(st.name)
             entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
             services.append(entry)
-        budgets = []
-        for budget in self.budgets.budgets():
-            usage = budget.usage()
-            BUDGET_USED.labels(usage.identity).set(usage.used_in_window)
-            BUDGET_LIMIT.labels(usage.identity).set(usage.limit)
-            budgets.append(usage.__dict__)
+        budgets = [budget.usage().__dict__ for budget in self.budgets.budgets()]
         return {
             "snapshot_version": self.store.snapshot.version,
             "ready": self.store.ready(),

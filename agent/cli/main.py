@@ -13,7 +13,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import endpoints_cmd, render_cmd, run_cmd
+    from agent.cli import endpoints_cmd, render_cmd, run_cmd, status_cmd
     from agent.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoints_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     render_cmd.add_parser(sub)
+    status_cmd.add_parser(sub)
     emulator_cli.add_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda _args: print(f"modelarts-agent {__version__}") or 0)

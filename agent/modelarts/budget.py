@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from agent.clock import SYSTEM_CLOCK, Clock
+from agent.metrics import BUDGETS
 
 WINDOW_SECONDS = 60.0
 
@@ -144,6 +145,7 @@ class BudgetRegistry:
         self._lock = threading.Lock()
         self._tenants: dict[str, SlidingWindowLimit] = {}
         self._budgets: dict[str, RateBudget] = {}
+        BUDGETS.registries.add(self)
 
     def budget(self, identity: str, tenant: str) -> RateBudget:
         with self._lock:

@@ -1,0 +1,91 @@
+"""A running agent's admin endpoint, the `status` command, and the Prometheus metrics it exposes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import parse_config
+from agent.emulator import Emulator
+from agent.runtime import AgentRuntime
+from tests.integration.conftest import agent_config
+
+pytestmark = pytest.mark.usefixtures("creds_env")
+
+
+@pytest.fixture
+def runtime(emulator: Emulator):  # type: ignore[no-untyped-def]
+    base = agent_config(emulator, "password")
+    config = parse_config({**base.model_dump(mode="json"), "admin": {"port": 0},
+                           "budget": {"per_user_per_minute": 120, "safety_margin_seconds": 0}})
+    rt = AgentRuntime(config)
+    rt.start()
+    deadline = time.monotonic() + 15
+    while not rt.store.ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield rt
+    rt.stop()
+
+
+def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=2).text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_health_ready_and_metrics(runtime: AgentRuntime) -> None:
+    url = runtime.admin.url
+    assert requests.get(url + "/healthz", timeout=2).status_code == 200
+    assert requests.get(url + "/readyz", timeout=2).status_code == 200
+    found = metrics(url)
+    calls = {labels["result"]: value for labels, value in found["modelarts_agent_discovery_calls_total"]
+             if labels["service"] == "llm"}
+    assert calls.get("success", 0) >= 1
+    assert ({"service": "llm", "state": "ready"}, 3.0) in found["modelarts_agent_endpoints"]
+    assert found["modelarts_agent_budget_limit_per_window"][0][1] == 120
+    assert found["modelarts_agent_budget_calls_total"][0][1] >= 1
+    assert found["modelarts_agent_budget_tokens_left"][0][1] < 120
+    assert found["modelarts_agent_last_successful_sync_timestamp_seconds"][0][1] > time.time() - 60
+    assert "modelarts_agent_discovery_duration_seconds_bucket" in found
+
+
+def test_status_command_table_and_json(runtime: AgentRuntime) -> None:
+    env = {**os.environ}
+    table = subprocess.run([sys.executable, "-m", "agent", "status", "--admin", runtime.admin.url],
+                           capture_output=True, text=True, timeout=30, env=env)
+    assert table.returncode == 0, table.stderr
+    assert "llm" in table.stdout and "fresh" in table.stdout and "svc-llm" in table.stdout
+    raw = subprocess.run([sys.executable, "-m", "agent", "status", "--admin", runtime.admin.url, "--json"],
+                         capture_output=True, text=True, timeout=30, env=env)
+    data = json.loads(raw.stdout)
+    assert data["services"][0]["endpoint_count"] == 3 and data["ready"] is True
+    assert data["budgets"][0]["identity"].startswith("user:")
+
+
+def test_status_command_unreachable_agent() -> None:
+    result = subprocess.run([sys.executable, "-m", "agent", "status", "--admin", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "cannot reach the agent" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_readyz_is_503_before_any_sync(emulator: Emulator) -> None:
+    emulator.admin.inject_fault("5xx", service_id="svc-llm")
+    base = agent_config(emulator, "password")
+    config = parse_config({**base.model_dump(mode="json"), "admin": {"port": 0}})
+    rt = AgentRuntime(config)
+    rt.start()
+    try:
+        time.sleep(4)
+        assert requests.get(rt.admin.url + "/readyz", timeout=2).status_code == 503
+        assert requests.get(rt.admin.url + "/healthz", timeout=2).status_code == 200
+    finally:
+        rt.stop()
