@@ -225,6 +225,7 @@ def main() -> int:
     demo.stop()
     plot = plot_timeline(demo.stats, demo.events, workdir / "traffic.png")
     leftovers = demo.leftover_listeners()
+    console.print()
     console.rule("result")
     console.print(f"requests: {demo.stats.ok} ok, [{'red' if demo.stats.failed else 'green'}]"
                   f"{demo.stats.failed} failed[/] (expected 0: retries and outlier detection hide the dead instance)")
