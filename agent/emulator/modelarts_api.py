@@ -20,6 +20,7 @@ Error bodies are `{"error_code": ..., "error_msg": ...}`:
 
 from __future__ import annotations
 
+import email.utils
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +82,11 @@ class ModelArtsApi:
         app.router.add_get("/v1/{project_id}/services/{service_id}", self.service_details)
         app.router.add_get("/v1/{project_id}/services/{service_id}/predict/endpoints", self.endpoints)
         app.router.add_route("*", "/{tail:.*}", self.unknown_api)
+        app.on_response_prepare.append(self._date_header)
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        # A real gateway stamps its own clock; clients use it to detect and correct AK/SK date skew.
+        response.headers["Date"] = email.utils.formatdate(self.clock.now(), usegmt=True)
 
     def make_app(self) -> web.Application:
         app = web.Application()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import threading
 from datetime import UTC, datetime
@@ -20,14 +21,17 @@ from agent.modelarts.credentials import Credentials, SecretSource
 
 log = logging.getLogger(__name__)
 
+# Clock differences smaller than this are left alone (the gateway allows 15 minutes).
+SKEW_TOLERANCE_SECONDS = 60.0
+
 
 class Authenticator(Protocol):
     def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
         """Headers that authenticate this exact request."""
         ...
 
-    def invalidate(self) -> bool:
-        """Forget cached credentials after a 401; True if trying again can help."""
+    def on_unauthorized(self, response: requests.Response) -> bool:
+        """React to a 401 (drop a cached token, correct clock skew); True if one retry can help."""
         ...
 
 
@@ -38,8 +42,8 @@ class StaticTokenAuth:
     def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
         return {"X-Auth-Token": self._token.get()}
 
-    def invalidate(self) -> bool:
-        # The file may have been rotated since; re-reading it is the only retry that can help.
+    def on_unauthorized(self, response: requests.Response) -> bool:
+        # A static token cannot be renewed by us; the file is re-read on every call anyway.
         return False
 
 
@@ -51,10 +55,12 @@ class AkSkAuth:
         self._sk = sk
         self._project_id = project_id
         self._clock = clock
+        # Seconds to add to our clock to get the gateway's (learnt from a skew refusal).
+        self._offset = 0.0
 
     def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
         parts = urlsplit(url)
-        sdk_date = datetime.fromtimestamp(self._clock.wall(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        sdk_date = datetime.fromtimestamp(self._clock.wall() + self._offset, UTC).strftime("%Y%m%dT%H%M%SZ")
         headers = {"X-Sdk-Date": sdk_date, "X-Project-Id": self._project_id}
         if body:
             headers["Content-Type"] = "application/json"
@@ -71,8 +77,28 @@ class AkSkAuth:
         signed = Signer(credentials).sign(request)
         return {str(k): str(v) for k, v in signed.header_params.items()}
 
-    def invalidate(self) -> bool:
-        return False
+    def on_unauthorized(self, response: requests.Response) -> bool:
+        """The gateway refuses dates more than 15 minutes off: sign with its clock from then on."""
+        server_time = _response_date(response)
+        if server_time is None:
+            return False
+        offset = server_time - self._clock.wall()
+        if abs(offset - self._offset) < SKEW_TOLERANCE_SECONDS:
+            return False
+        log.warning("this host's clock differs from the API gateway's by %.0f s; signing with the gateway's "
+                    "time (fix NTP on this host)", offset)
+        self._offset = offset
+        return True
+
+
+def _response_date(response: requests.Response) -> float | None:
+    raw = response.headers.get("Date")
+    if not raw:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class IamTokenAuth:
@@ -98,7 +124,7 @@ class IamTokenAuth:
     def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
         return {"X-Auth-Token": self._current_token()}
 
-    def invalidate(self) -> bool:
+    def on_unauthorized(self, response: requests.Response) -> bool:
         with self._lock:
             self._token = None
         return True

@@ -111,8 +111,8 @@ class ModelArtsClient:
             url += "?" + "&".join(f"{k}={v}" for k, v in params.items())
         for attempt in (1, 2):
             resp = self._send(url)
-            if resp.status_code == 401 and attempt == 1 and self.auth.invalidate():
-                log.info("ModelArts answered 401; re-authenticating once", extra={"path": path})
+            if resp.status_code == 401 and attempt == 1 and self.auth.on_unauthorized(resp):
+                log.info("ModelArts answered 401; retrying once with fresh credentials", extra={"path": path})
                 resp.close()
                 continue
             return self._decode(resp)

@@ -73,6 +73,6 @@ class ReauthAuth:
     def headers_for(self, method: str, url: str, body: bytes | None) -> dict[str, str]:
         return {"X-Auth-Token": "simulated"}
 
-    def invalidate(self) -> bool:
+    def on_unauthorized(self, response: requests.Response) -> bool:
         self.invalidations += 1
         return True
