@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("creds_env")
 
 @pytest.fixture
 def runtime(emulator: Emulator):  # type: ignore[no-untyped-def]
-    base = agent_config(emulator, "password")
+    # A service name no other test uses: metrics are process-global.
+    base = agent_config(emulator, "password", services=[{"name": "metered", "service_id": "svc-llm"}])
     config = parse_config({**base.model_dump(mode="json"), "admin": {"port": 0},
                            "budget": {"per_user_per_minute": 120, "safety_margin_seconds": 0}})
     rt = AgentRuntime(config)
@@ -50,13 +51,15 @@ def test_health_ready_and_metrics(runtime: AgentRuntime) -> None:
     calls = {labels["result"]: value for labels, value in found["modelarts_agent_discovery_calls_total"]
              if labels["service"] == "llm"}
     assert calls.get("success", 0) >= 1
-    assert ({"service": "llm", "state": "ready"}, 3.0) in found["modelarts_agent_endpoints"]
+    assert ({"service": "metered", "state": "ready"}, 3.0) in found["modelarts_agent_endpoints"]
     # Earlier tests' budget registries may still be alive in this process: find this runtime's (limit 120).
     limits = [value for _, value in found["modelarts_agent_budget_limit_per_window"]]
     index = limits.index(120)
     assert found["modelarts_agent_budget_calls_total"][index][1] >= 1
     assert found["modelarts_agent_budget_tokens_left"][index][1] < 120
-    assert found["modelarts_agent_last_successful_sync_timestamp_seconds"][0][1] > time.time() - 60
+    synced = dict((labels["service"], value)
+                  for labels, value in found["modelarts_agent_last_successful_sync_timestamp_seconds"])
+    assert synced["metered"] > time.time() - 60
     assert "modelarts_agent_discovery_duration_seconds_bucket" in found
 
 
@@ -65,7 +68,7 @@ def test_status_command_table_and_json(runtime: AgentRuntime) -> None:
     table = subprocess.run([sys.executable, "-m", "agent", "status", "--admin", runtime.admin.url],
                            capture_output=True, text=True, timeout=30, env=env)
     assert table.returncode == 0, table.stderr
-    assert "llm" in table.stdout and "fresh" in table.stdout and "svc-llm" in table.stdout
+    assert "metered" in table.stdout and "fresh" in table.stdout and "svc-llm" in table.stdout
     raw = subprocess.run([sys.executable, "-m", "agent", "status", "--admin", runtime.admin.url, "--json"],
                          capture_output=True, text=True, timeout=30, env=env)
     data = json.loads(raw.stdout)
