@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit testenv bench bench-quick clean
+.PHONY: demo test install lint unit testenv bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ testenv:
 
 test: install lint testenv
 	$(VENV)/bin/pytest tests -q
+
+soak: install
+	$(PY) -m tests.soak.run_soak --seconds 600
 
 clean:
 	rm -rf run .pytest_cache .mypy_cache .ruff_cache
