@@ -275,6 +275,63 @@ class AdminConfig(Strict):
     port: int = Field(default=8086, ge=0, le=65535)
 
 
+class XdsTls(Strict):
+    """TLS on the xDS port; with `client_ca_file`, Envoys must present a certificate signed by it (mTLS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> XdsTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mTLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class XdsConfig(Strict):
+    """The gRPC ADS server (state-of-the-world and delta) for Envoy sidecars and the shared gateway."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(default=18000, ge=1, le=65535)
+    tls: XdsTls = XdsTls()
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _ip_literal(value)
+
+
+class GatewayConfig(Strict):
+    """The one listener of a shared Envoy gateway (nodes with metadata `modelarts.role: gateway`).
+
+    Requests pick a service by Host (`<name>` or `<name>.*`) or by path prefix `/<name>/` (rewritten to `/`).
+    """
+
+    listen_address: str = "0.0.0.0"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+    route_by_host: bool = True
+    route_by_path: bool = True
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _ip_literal(value)
+
+    @model_validator(mode="after")
+    def _some_routing(self) -> GatewayConfig:
+        if not (self.route_by_host or self.route_by_path):
+            raise ValueError("enable route_by_host, route_by_path or both")
+        return self
+
+
 class AgentConfig(Strict):
     modelarts: ModelArtsEndpoints
     auth: AuthConfig
@@ -284,6 +341,8 @@ class AgentConfig(Strict):
     splits: tuple[TrafficSplit, ...] = ()
     envoy: EnvoyConfig = EnvoyConfig()
     admin: AdminConfig = AdminConfig()
+    xds: XdsConfig = XdsConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> AgentConfig:

@@ -10,5 +10,12 @@ from agent.sinks.envoy.files import EnvoyFileSink
 
 
 def sinks_for(config: AgentConfig) -> Sequence[Sink]:
-    # File mode: a colocated Envoy reads the files; the xDS and Kubernetes sinks register here as they land.
-    return [EnvoyFileSink(config)]
+    # File mode: a colocated Envoy reads the files; the Kubernetes sink registers here as it lands.
+    sinks: list[Sink] = [EnvoyFileSink(config)]
+    if config.xds.enabled:
+        from agent.sinks.xds.sink import XdsSink
+
+        xds = XdsSink(config)
+        xds.start()  # bind now: a busy port fails start-up with a clear error, not later
+        sinks.append(xds)
+    return sinks

@@ -42,9 +42,14 @@ def build_bootstrap(envoy: EnvoyConfig) -> bootstrap_pb2.Bootstrap:
             cds_config=layout.cds_source(),
             lds_config=layout.lds_source(),
         ),
-        overload_manager=overload_pb2.OverloadManager(resource_monitors=[overload_pb2.ResourceMonitor(
-            name="envoy.resource_monitors.global_downstream_max_connections",
-            typed_config=pack(downstream_connections_pb2.DownstreamConnectionsConfig(
-                max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)),
-        )]),
+        overload_manager=overload_manager(),
     )
+
+
+def overload_manager() -> overload_pb2.OverloadManager:
+    """A bound on downstream connections (shared with the ADS bootstrap)."""
+    return overload_pb2.OverloadManager(resource_monitors=[overload_pb2.ResourceMonitor(
+        name="envoy.resource_monitors.global_downstream_max_connections",
+        typed_config=pack(downstream_connections_pb2.DownstreamConnectionsConfig(
+            max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)),
+    )])

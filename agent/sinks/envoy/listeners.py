@@ -1,7 +1,8 @@
 """Listener builders: an HTTP connection manager (http, https, grpc) or a tcp_proxy (tcp) per listener.
 
-A listener sends to one cluster (a service) or to several by weight (a traffic split). Routes are
-inlined in the listener (no RDS), so LDS alone describes the whole front of the proxy.
+A listener sends to one cluster (a service) or to several by weight (a traffic split). In file mode
+routes are inlined in the listener (no RDS), so LDS alone describes the whole front of the proxy; the
+xDS server passes an `rds` config source instead, and serves `route_configuration(...)` over RDS.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
@@ -18,6 +20,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import hash_policy_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from agent.config import LbPolicy, Retries, ServiceSpec
@@ -47,21 +50,26 @@ class Backend:
 Target = str | Sequence[Backend]
 
 
-def service_listener(spec: ServiceSpec, protocol: Schema) -> listener_pb2.Listener:
+def service_listener(spec: ServiceSpec, protocol: Schema,
+                     rds: config_source_pb2.ConfigSource | None = None) -> listener_pb2.Listener:
     if spec.listen_port is None:
         raise ValueError(f"service {spec.name} has no listen_port")
-    return build_listener(spec.name, spec.listen_address, spec.listen_port, spec.name, spec, protocol)
+    return build_listener(spec.name, spec.listen_address, spec.listen_port, spec.name, spec, protocol, rds)
 
 
 def build_listener(name: str, address: str, port: int, target: Target, policy: ServiceSpec,
-                   protocol: Schema) -> listener_pb2.Listener:
-    """`policy` supplies retries, timeouts and hashing; for a split it is the primary backend's spec."""
+                   protocol: Schema, rds: config_source_pb2.ConfigSource | None = None) -> listener_pb2.Listener:
+    """`policy` supplies retries, timeouts and hashing; for a split it is the primary backend's spec.
+
+    With `rds`, an HTTP listener names its route configuration (called `name`, built by
+    `route_configuration`) instead of inlining it.
+    """
     if protocol == "tcp":
         network_filter = listener_components_pb2.Filter(name=TCP_PROXY_FILTER,
                                                         typed_config=pack(_tcp_proxy(name, target, policy)))
     else:
         network_filter = listener_components_pb2.Filter(name=HCM_FILTER,
-                                                        typed_config=pack(_http_manager(name, target, policy)))
+                                                        typed_config=pack(_http_manager(name, target, policy, rds)))
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),
@@ -72,32 +80,52 @@ def build_listener(name: str, address: str, port: int, target: Target, policy: S
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
-def _http_manager(name: str, target: Target, policy: ServiceSpec) -> hcm_pb2.HttpConnectionManager:
-    filters: list[hcm_pb2.HttpFilter] = []
-    if policy.timeouts.max_request_bytes is not None:
-        # Only when asked: the buffer filter holds the whole body (no streaming) and answers 413 past the limit.
-        filters.append(_http_filter(BUFFER_FILTER, buffer_pb2.Buffer(
-            max_request_bytes=u32(policy.timeouts.max_request_bytes))))
-    filters.append(_http_filter(ROUTER_FILTER, router_pb2.Router()))
+def route_configuration(name: str, target: Target, policy: ServiceSpec) -> route_pb2.RouteConfiguration:
+    """The routes of one listener: every request to `target`."""
     route = route_components_pb2.Route(
         name=name,
         match=route_components_pb2.RouteMatch(prefix="/"),
         route=route_action(target, policy),
     )
+    # validate_clusters off: Envoy processes the CDS and LDS files in either order, and an inline route
+    # naming a cluster that is still warming would make it reject the whole listener update, which the
+    # file sink would never resend. A request in that short window gets a 503 instead.
+    return route_pb2.RouteConfiguration(name=name, validate_clusters=wrappers_pb2.BoolValue(value=False),
+                                        virtual_hosts=[route_components_pb2.VirtualHost(
+                                            name=name, domains=["*"], routes=[route])])
+
+
+def _http_manager(name: str, target: Target, policy: ServiceSpec,
+                  rds: config_source_pb2.ConfigSource | None = None) -> hcm_pb2.HttpConnectionManager:
+    filters: list[hcm_pb2.HttpFilter] = []
+    if policy.timeouts.max_request_bytes is not None:
+        # Only when asked: the buffer filter holds the whole body (no streaming) and answers 413 past the limit.
+        filters.append(http_filter(BUFFER_FILTER, buffer_pb2.Buffer(
+            max_request_bytes=u32(policy.timeouts.max_request_bytes))))
+    filters.append(http_filter(ROUTER_FILTER, router_pb2.Router()))
+    manager = http_connection_manager(name, filters, policy.timeouts.idle_seconds)
+    if rds is None:
+        manager.route_config.CopyFrom(route_configuration(name, target, policy))
+    else:
+        manager.rds.CopyFrom(hcm_pb2.Rds(config_source=rds, route_config_name=name))
+    return manager
+
+
+def http_connection_manager(stat_prefix: str, filters: Sequence[hcm_pb2.HttpFilter],
+                            idle_seconds: float) -> hcm_pb2.HttpConnectionManager:
+    """The connection manager without its routes (the caller sets `route_config` or `rds`)."""
     return hcm_pb2.HttpConnectionManager(
-        stat_prefix=name,
+        stat_prefix=stat_prefix,
         # AUTO serves HTTP/1.1 and cleartext HTTP/2 (gRPC clients) on the same port.
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        route_config=route_pb2.RouteConfiguration(name=name, virtual_hosts=[route_components_pb2.VirtualHost(
-            name=name, domains=["*"], routes=[route])]),
-        http_filters=filters,
+        http_filters=list(filters),
         # Idle rather than total: a long generation that keeps streaming is fine, a stuck one is not.
-        stream_idle_timeout=duration(policy.timeouts.idle_seconds),
+        stream_idle_timeout=duration(idle_seconds),
         upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
 
 
-def _http_filter(name: str, config: Message) -> hcm_pb2.HttpFilter:
+def http_filter(name: str, config: Message) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=name, typed_config=pack(config))
 
 

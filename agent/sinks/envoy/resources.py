@@ -1,7 +1,8 @@
 """Snapshot + config -> the Envoy resources that describe it, as typed messages.
 
 Free of any file concern, so an xDS (ADS) server can serve the same bundle: only the `EdsSource`
-(where a cluster's endpoints come from) differs between the two modes.
+(where a cluster's endpoints come from) differs between the two modes, plus, over ADS, an RDS
+config source that moves each HTTP listener's routes into a separate `RouteConfiguration`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 
 from agent.config import AgentConfig, TrafficSplit
 from agent.model import SCHEMAS, Schema, ServiceSnapshot, Snapshot
 from agent.sinks.envoy.clusters import EdsSource, build_cluster, build_load_assignment
-from agent.sinks.envoy.listeners import Backend, build_listener, service_listener
+from agent.sinks.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class EnvoyResources:
     clusters: tuple[cluster_pb2.Cluster, ...]
     load_assignments: tuple[endpoint_pb2.ClusterLoadAssignment, ...]
     listeners: tuple[listener_pb2.Listener, ...]
+    # Only with an RDS source: one per HTTP listener, named like it. Empty in file mode (routes inline).
+    routes: tuple[route_pb2.RouteConfiguration, ...] = ()
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -51,25 +56,37 @@ def effective_protocol(service: ServiceSnapshot) -> Schema:
     return max(SCHEMAS, key=lambda schema: (counts[schema], -SCHEMAS.index(schema)))
 
 
-def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSource) -> EnvoyResources:
+def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSource,
+                    rds_source: config_source_pb2.ConfigSource | None = None) -> EnvoyResources:
     services = sorted(snapshot.services.values(), key=lambda s: s.name)
     clusters = [build_cluster(svc, effective_protocol(svc), eds_source) for svc in services]
     assignments = [build_load_assignment(svc) for svc in services]
-    listeners = [service_listener(svc.spec, effective_protocol(svc)) for svc in services
-                 if svc.spec.listen_port is not None]
+    listeners: list[listener_pb2.Listener] = []
+    routes: list[route_pb2.RouteConfiguration] = []
+    for svc in services:
+        if svc.spec.listen_port is not None:
+            protocol = effective_protocol(svc)
+            listeners.append(service_listener(svc.spec, protocol, rds_source))
+            if rds_source is not None and protocol != "tcp":
+                routes.append(route_configuration(svc.name, svc.name, svc.spec))
     by_name = {svc.name: svc for svc in services}
     for split in config.splits:
-        listener = _split_listener(split, by_name)
-        if listener is not None:
-            listeners.append(listener)
+        built = _split_listener(split, by_name, rds_source)
+        if built is not None:
+            listeners.append(built[0])
+            if built[1] is not None:
+                routes.append(built[1])
     return EnvoyResources(
         clusters=tuple(clusters),
         load_assignments=tuple(assignments),
         listeners=tuple(sorted(listeners, key=lambda lst: lst.name)),
+        routes=tuple(sorted(routes, key=lambda route: route.name)),
     )
 
 
-def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot]) -> listener_pb2.Listener | None:
+def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot],
+                    rds_source: config_source_pb2.ConfigSource | None = None,
+                    ) -> tuple[listener_pb2.Listener, route_pb2.RouteConfiguration | None] | None:
     """Weighted clusters over the named services; retries, timeouts and protocol follow the first backend.
 
     Backends that are not in the snapshot (e.g. mid-reload) or have weight 0 are left out, so the
@@ -83,5 +100,10 @@ def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot]) -
     if not backends:
         return None
     primary = services[backends[0].cluster]
-    return build_listener(split.name, split.listen_address, split.listen_port, backends, primary.spec,
-                          effective_protocol(primary))
+    protocol = effective_protocol(primary)
+    listener = build_listener(split.name, split.listen_address, split.listen_port, backends, primary.spec,
+                              protocol, rds_source)
+    target: Target = backends
+    routes = route_configuration(split.name, target, primary.spec) \
+        if rds_source is not None and protocol != "tcp" else None
+    return listener, routes

@@ -1,0 +1,143 @@
+"""One ADS stream's protocol state, independent of gRPC: requests in, response bytes out.
+
+`SotwSession` and `DeltaSession` share this base: the node's view, per-type state, ACK/NACK
+bookkeeping, and a pass over the types in ADS order (CDS, EDS, LDS, RDS) after every request and
+every cache change, sending whatever Envoy is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from google.rpc import status_pb2
+
+from agent.sinks.xds.cache import XdsCache
+from agent.sinks.xds.encode import ResponseEncoder
+from agent.sinks.xds.metrics import NACKS, PUSHES
+from agent.sinks.xds.nodes import NodeView, node_view
+from agent.sinks.xds.plan import Planner
+from agent.sinks.xds.resource import Resource
+from agent.sinks.xds.state import TypeState
+from agent.sinks.xds.types import CDS, EDS, LDS, ORDER, RDS, short
+from agent.sinks.xds.views import ViewResources
+
+log = logging.getLogger(__name__)
+
+# (type URL, cache version of the response Envoy acknowledged): for tests, benchmarks and monitoring.
+AckListener = Callable[[str, int], None]
+
+
+class Session:
+    api = ""
+
+    def __init__(self, cache: XdsCache, encoder: ResponseEncoder, on_ack: AckListener | None = None,
+                 peer: str = "") -> None:
+        self._cache = cache
+        self._encoder = encoder
+        self._on_ack = on_ack
+        self.peer = peer
+        self.node_id = ""
+        self.view: NodeView | None = None
+        self.states = {type_url: TypeState(type_url) for type_url in ORDER}
+        self._nonces = itertools.count(1)
+        self._unknown_types: set[str] = set()
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def receive(self, request: Any) -> None:
+        raise NotImplementedError
+
+    def _identify(self, node: base_pb2.Node) -> None:
+        if self.view is not None:
+            return
+        self.node_id = node.id
+        self.view = node_view(node)
+        self._cache.acquire(self.view)
+        log.info("xDS stream opened", extra={"node": node.id, "api": self.api, "peer": self.peer,
+                                             "view": str(self.view)})
+
+    def _state(self, type_url: str) -> TypeState | None:
+        state = self.states.get(type_url)
+        if state is None and type_url not in self._unknown_types:
+            self._unknown_types.add(type_url)
+            log.info("not serving xDS type %s", type_url, extra={"node": self.node_id})
+        return state
+
+    def _settle(self, state: TypeState, nonce: str, error: status_pb2.Status | None) -> None:
+        sent = state.settle(nonce, accepted=error is None)
+        if sent is None:
+            return
+        if error is not None:
+            NACKS.labels(state.type_url).inc()
+            log.warning("Envoy rejected an xDS update (NACK) and keeps its last accepted %s: %s",
+                        short(state.type_url), error.message,
+                        extra={"node": self.node_id, "type_url": state.type_url, "nonce": nonce,
+                               "error_code": error.code, "resources": sorted(sent.resources)})
+        elif self._on_ack is not None:
+            self._on_ack(state.type_url, sent.cache_version)
+
+    # -- responses -----------------------------------------------------------------------------------
+
+    def responses(self) -> list[bytes]:
+        """One pass over the types in ADS order: the responses this stream must send now."""
+        current = self._cache.current
+        if self.view is None or current is None:
+            return []
+        try:
+            view = current.view(self.view)
+        except Exception:
+            log.exception("cannot build the xDS view of this node; it keeps its current config",
+                          extra={"node": self.node_id})
+            return []
+        planner = Planner(view, self.states)
+        out: list[bytes] = []
+        for type_url in ORDER:
+            state = self.states[type_url]
+            if not state.subscribed:
+                continue
+            before = dict(state.known)
+            body = self._respond(state, planner.desired(type_url), view, current.version)
+            if body is not None:
+                out.append(body)
+                PUSHES.labels(type_url).inc()
+                self._invalidate(type_url, before, state.known)
+        return out
+
+    def _respond(self, state: TypeState, desired: dict[str, Resource], view: ViewResources,
+                 cache_version: int) -> bytes | None:
+        raise NotImplementedError
+
+    def _next_nonce(self) -> str:
+        return str(next(self._nonces))
+
+    def _invalidate(self, type_url: str, before: dict[str, Resource], after: dict[str, Resource]) -> None:
+        """A changed cluster is re-warmed by Envoy and needs its endpoints again (likewise a changed
+        listener its routes): forget them, so this pass re-sends them right after."""
+        changed = [r for name, r in after.items() if name not in before or before[name].version != r.version]
+        if type_url == CDS:
+            for resource in changed:
+                self.states[EDS].known.pop(resource.name, None)
+        elif type_url == LDS:
+            for resource in changed:
+                for route in resource.routes:
+                    self.states[RDS].known.pop(route, None)
+
+    def close(self) -> None:
+        if self.view is not None:
+            self._cache.release(self.view)
+            log.info("xDS stream closed", extra={"node": self.node_id, "api": self.api, "peer": self.peer})
+
+
+def changed_resources(desired: dict[str, Resource], known: dict[str, Resource]) -> list[Resource]:
+    """Resources in `desired` whose version Envoy does not have, sorted by name."""
+    out = []
+    for name in sorted(desired):
+        resource = desired[name]
+        held = known.get(name)
+        if held is None or held.version != resource.version:
+            out.append(resource)
+    return out

@@ -1,0 +1,114 @@
+"""Snapshot + config + node view -> the resources that node is served, each serialized once.
+
+Reuses the file sink's builders (`build_resources`) with ADS as the EDS and RDS source, so a
+sidecar fed over ADS routes exactly like one fed by files; gateway nodes get the gateway listener
+instead of the per-service ones.
+
+Endpoints of a service that has not synced yet are *withheld* rather than served empty: an Envoy
+that already has them (e.g. after the control plane restarted) keeps serving them, and a new Envoy
+waits for real data (its initial fetch timeout) instead of being told "no endpoints".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from envoy.config.core.v3 import config_source_pb2
+
+from agent.config import AgentConfig, TrafficSplit
+from agent.model import ServiceSnapshot, Snapshot
+from agent.sinks.envoy.listeners import Backend
+from agent.sinks.envoy.resources import EnvoyResources, build_resources, effective_protocol
+from agent.sinks.xds.gateway import GatewayTarget, gateway_listener, gateway_routes
+from agent.sinks.xds.nodes import NodeView
+from agent.sinks.xds.refs import listener_refs, route_clusters
+from agent.sinks.xds.resource import Resource, ResourcePool
+from agent.sinks.xds.types import CDS, EDS, LDS, ORDER, RDS
+
+ADS_SOURCE = config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
+                                            resource_api_version=config_source_pb2.ApiVersion.V3)
+
+
+def ads_source(_cluster: str) -> config_source_pb2.ConfigSource:
+    return ADS_SOURCE
+
+
+@dataclass(frozen=True)
+class ViewResources:
+    """What one node view is served: per type, resource name -> `Resource`."""
+
+    resources: Mapping[str, Mapping[str, Resource]]
+    withheld: frozenset[str] = frozenset()  # EDS names not served yet (service not synced)
+    index: Mapping[tuple[str, str, str], Resource] = field(default_factory=dict, repr=False)
+
+    def of(self, type_url: str) -> Mapping[str, Resource]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+
+ViewBuilder = Callable[[Snapshot, AgentConfig, NodeView, ResourcePool], ViewResources]
+
+
+def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+               transform: Callable[[EnvoyResources], EnvoyResources] | None = None) -> ViewResources:
+    """`transform` edits the typed messages before they are serialized (tests use it to break one)."""
+    services, config = _select(snapshot, config, view)
+    built = build_resources(Snapshot(version=snapshot.version, services=MappingProxyType(services)), config,
+                            ads_source, ADS_SOURCE)
+    if view.role == "gateway":
+        built = _as_gateway(built, services, config)
+    if transform is not None:
+        built = transform(built)
+    return _to_view(built, services, pool)
+
+
+def _to_view(built: EnvoyResources, services: Mapping[str, ServiceSnapshot], pool: ResourcePool) -> ViewResources:
+    withheld = frozenset(name for name, svc in services.items() if not svc.synced)
+    by_type: dict[str, dict[str, Resource]] = {t: {} for t in ORDER}
+    for cluster in built.clusters:
+        by_type[CDS][cluster.name] = pool.make(CDS, cluster.name, cluster)
+    for assignment in built.load_assignments:
+        if assignment.cluster_name not in withheld:
+            by_type[EDS][assignment.cluster_name] = pool.make(EDS, assignment.cluster_name, assignment)
+    for listener in built.listeners:
+        clusters, routes = listener_refs(listener)
+        by_type[LDS][listener.name] = pool.make(LDS, listener.name, listener, clusters, routes)
+    for route in built.routes:
+        by_type[RDS][route.name] = pool.make(RDS, route.name, route, route_clusters(route))
+    return ViewResources(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}),
+                         withheld=withheld, index=pool.made)
+
+
+def _select(snapshot: Snapshot, config: AgentConfig,
+            view: NodeView) -> tuple[dict[str, ServiceSnapshot], AgentConfig]:
+    services = {name: svc for name, svc in snapshot.services.items() if view.selects(name)}
+    # A split belongs to a view only if the node sees every service it spreads over.
+    splits = tuple(s for s in config.splits if all(view.selects(b.service) for b in s.backends))
+    address = view.listen_address
+    if address is not None:
+        services = {name: replace(svc, spec=svc.spec.model_copy(update={"listen_address": address}))
+                    for name, svc in services.items()}
+        splits = tuple(s.model_copy(update={"listen_address": address}) for s in splits)
+    update: dict[str, object] = {"splits": splits}
+    if address is not None:
+        update["gateway"] = config.gateway.model_copy(update={"listen_address": address})
+    return services, config.model_copy(update=update)
+
+
+def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
+                config: AgentConfig) -> EnvoyResources:
+    targets = [GatewayTarget(name, name, svc.spec) for name, svc in services.items()
+               if effective_protocol(svc) != "tcp"]
+    targets.extend(t for t in (_split_target(s, services) for s in config.splits) if t is not None)
+    targets.sort(key=lambda t: t.name)
+    return EnvoyResources(clusters=built.clusters, load_assignments=built.load_assignments,
+                          listeners=(gateway_listener(config.gateway, targets, ADS_SOURCE),),
+                          routes=(gateway_routes(config.gateway, targets),))
+
+
+def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot]) -> GatewayTarget | None:
+    backends = [Backend(b.service, b.weight) for b in split.backends if b.weight > 0 and b.service in services]
+    if not backends or effective_protocol(services[backends[0].cluster]) == "tcp":
+        return None
+    return GatewayTarget(split.name, backends, services[backends[0].cluster].spec)
