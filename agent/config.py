@@ -91,6 +91,8 @@ class DiscoveryConfig(Strict):
     empty_confirmations: int = Field(default=3, ge=1, le=100)
     max_endpoints: int = Field(default=1000, ge=1, le=100_000)
     max_backoff_seconds: float = Field(default=300.0, ge=1)
+    # Where to persist last-known-good endpoints across restarts (None: don't).
+    state_file: Path | None = None
 
     @field_validator("allowed_cidrs")
     @classmethod

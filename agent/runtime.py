@@ -14,9 +14,10 @@ from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
 from agent.config_watch import ConfigWatcher
 from agent.modelarts.budget import BudgetRegistry
-from agent.modelarts.client import build_client
+from agent.modelarts.client import allowed_networks, build_client
 from agent.sinks import Sink
 from agent.sinks.runner import SinkRunner
+from agent.sinks.state_file import StateFileSink, load_state
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
 
@@ -37,12 +38,24 @@ class AgentRuntime:
         self.client = build_client(config, self.budgets, stop=self.stop_event)
         self.source = ModelArtsSource(config, self.store, self.client, stop=self.stop_event)
         self._sink_factory = sink_factory
-        self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in (sink_factory(config) if sink_factory
-                                                                            else [])]
+        sinks = list(sink_factory(config)) if sink_factory else []
+        if config.discovery.state_file is not None:
+            self._load_state(config)
+            sinks.append(StateFileSink(config.discovery.state_file))
+        self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
         self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.store.ready)
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
         self._threads: list[threading.Thread] = []
         self.started_at = time.time()
+
+    def _load_state(self, config: AgentConfig) -> None:
+        assert config.discovery.state_file is not None
+        ids = {spec.name: spec.service_id for spec in config.services}
+        saved = load_state(config.discovery.state_file, ids, allowed_networks(config))
+        if saved:
+            self.store.load_last_known_good(saved)
+            log.info("loaded last-known-good endpoints from the state file",
+                     extra={"services": len(saved), "path": str(config.discovery.state_file)})
 
     def start(self) -> None:
         self.admin.start()

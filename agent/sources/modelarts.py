@@ -119,17 +119,17 @@ class ModelArtsSource:
                 ENDPOINTS_REJECTED.labels(spec.name, rejection.reason).inc()
                 log.warning("dropped endpoint entry: %s", rejection.detail,
                             extra={"service": spec.name, "reason": rejection.reason, "entry": entry})
+            # Count before publishing: whoever sees the new snapshot also sees the metric.
             if parsed.endpoints:
+                DISCOVERY_CALLS.labels(spec.name, "success").inc()
                 self._store.record_endpoints(spec.name, parsed.endpoints, rejected=len(parsed.rejected))
-                result = "success"
             elif parsed.raw_count:
                 raise DiscoveryError(f"all {parsed.raw_count} endpoint entries were rejected", kind="all_rejected")
             else:
                 info = self._client.get_service(spec.service_id, spec.project_id)
+                DISCOVERY_CALLS.labels(spec.name, "empty").inc()
                 self._store.record_empty(spec.name, info.status)
-                result = "empty"
             sched.failures = 0
-            DISCOVERY_CALLS.labels(spec.name, result).inc()
             return interval
         except Stopped:
             return interval

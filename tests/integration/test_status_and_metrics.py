@@ -49,7 +49,7 @@ def test_health_ready_and_metrics(runtime: AgentRuntime) -> None:
     assert requests.get(url + "/readyz", timeout=2).status_code == 200
     found = metrics(url)
     calls = {labels["result"]: value for labels, value in found["modelarts_agent_discovery_calls_total"]
-             if labels["service"] == "llm"}
+             if labels["service"] == "metered"}
     assert calls.get("success", 0) >= 1
     assert ({"service": "metered", "state": "ready"}, 3.0) in found["modelarts_agent_endpoints"]
     # Earlier tests' budget registries may still be alive in this process: find this runtime's (limit 120).
@@ -94,3 +94,33 @@ def test_readyz_is_503_before_any_sync(emulator: Emulator) -> None:
         assert requests.get(rt.admin.url + "/healthz", timeout=2).status_code == 200
     finally:
         rt.stop()
+
+
+def test_state_file_serves_last_known_good_after_a_restart(emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "state.json"
+    base = agent_config(emulator, "password", services=[{"name": "persisted", "service_id": "svc-llm"}])
+    config = parse_config({**base.model_dump(mode="json"), "admin": {"port": 0},
+                           "discovery": {**base.discovery.model_dump(mode="json"), "state_file": str(state)}})
+    first = AgentRuntime(config)
+    first.start()
+    try:
+        deadline = time.monotonic() + 15
+        while "persisted" not in (state.read_text() if state.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        first.stop()
+    expected = first.store.snapshot.services["persisted"].endpoints
+    assert len(expected) == 3 and state.exists()
+    # ModelArts is down when the agent comes back: it is ready at once, from the file.
+    emulator.admin.inject_fault("5xx", service_id="svc-llm")
+    second = AgentRuntime(config)
+    assert second.store.snapshot.services["persisted"].endpoints == expected
+    second.start()
+    try:
+        assert requests.get(second.admin.url + "/readyz", timeout=2).status_code == 200
+    finally:
+        second.stop()
+    # A state file for another service id is ignored.
+    other = parse_config({**config.model_dump(mode="json"),
+                          "services": [{"name": "persisted", "service_id": "another-id"}]})
+    assert AgentRuntime(other).store.snapshot.services["persisted"].endpoints == ()
