@@ -195,6 +195,39 @@ class UpstreamTls(Strict):
     insecure_skip_verify: bool = False
 
 
+class AccessLog(Strict):
+    """One JSON line per request: service, instance, status, duration (Envoy's own access log)."""
+
+    enabled: bool = True
+    path: str = "/dev/stdout"
+
+
+class ApiKeyAuth(Strict):
+    """Clients must send one of the keys in `keys_file` (one per line, optionally `client-name:key`)."""
+
+    keys_file: Path
+    header: str = Field(default="x-api-key", pattern=r"^[A-Za-z0-9-]+$")
+
+
+class JwtAuth(Strict):
+    """Clients must send a JWT signed by a key in `jwks_file` (a local JWKS), as `Authorization: Bearer`."""
+
+    issuer: str = Field(min_length=1)
+    audiences: tuple[str, ...] = ()
+    jwks_file: Path
+
+
+class ListenerAuth(Strict):
+    api_key: ApiKeyAuth | None = None
+    jwt: JwtAuth | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ListenerAuth:
+        if (self.api_key is None) == (self.jwt is None):
+            raise ValueError("set exactly one of api_key or jwt")
+        return self
+
+
 class ServiceSpec(Strict):
     name: Annotated[str, Field(description="DNS-1123 label; names the Envoy cluster and listener")]
     service_id: str = Field(min_length=1, max_length=64)
@@ -210,6 +243,9 @@ class ServiceSpec(Strict):
     timeouts: Timeouts = Timeouts()
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     tls: UpstreamTls = UpstreamTls()
+    access_log: AccessLog = AccessLog()
+    # Off by default: the direct path had no auth, and turning it on must be a choice.
+    auth: ListenerAuth | None = None
 
     @field_validator("listen_address")
     @classmethod

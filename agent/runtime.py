@@ -13,9 +13,11 @@ from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
 from agent.config_watch import ConfigWatcher
+from agent.file_watch import FileWatcher
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client
 from agent.sinks import Sink
+from agent.sinks.envoy.auth import watched_files
 from agent.sinks.runner import SinkRunner
 from agent.sinks.state_file import StateFileSink, load_state
 from agent.snapshot import SnapshotStore
@@ -24,6 +26,10 @@ from agent.sources.modelarts import ModelArtsSource
 log = logging.getLogger(__name__)
 
 SinkFactory = Callable[[AgentConfig], Sequence[Sink]]
+
+
+def rendered_files(config: AgentConfig) -> list[Path]:
+    return [path for spec in config.services for path in watched_files(spec.auth)]
 
 
 class AgentRuntime:
@@ -45,6 +51,8 @@ class AgentRuntime:
         self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
         self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.store.ready)
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
+        # Files rendered into Envoy config (API keys, JWKS): a change re-renders, no restart.
+        self._rendered_files = FileWatcher(lambda _changed: self._republish())
         self._threads: list[threading.Thread] = []
         self.started_at = time.time()
 
@@ -66,12 +74,14 @@ class AgentRuntime:
         self._threads.append(source_thread)
         if self._watcher:
             self._watcher.start()
+        self._rendered_files.watch(rendered_files(self.config))
         log.info("agent started", extra={"services": len(self.config.services), "admin": self.admin.url})
 
     def stop(self) -> None:
         self.stop_event.set()
         if self._watcher:
             self._watcher.stop()
+        self._rendered_files.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         for runner in self.sinks:
@@ -95,6 +105,11 @@ class AgentRuntime:
             updater = getattr(runner.sink, "update_config", None)
             if updater is not None:
                 updater(config)
+            runner.republish()
+        self._rendered_files.watch(rendered_files(config))
+
+    def _republish(self) -> None:
+        for runner in self.sinks:
             runner.republish()
 
     def status(self) -> dict[str, Any]:

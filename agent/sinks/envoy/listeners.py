@@ -25,6 +25,8 @@ from google.protobuf.message import Message
 
 from agent.config import LbPolicy, Retries, ServiceSpec
 from agent.model import Schema
+from agent.sinks.envoy.access_log import access_logs
+from agent.sinks.envoy.auth import auth_filter
 from agent.sinks.envoy.clusters import socket_address, u32
 from agent.sinks.envoy.serialize import duration, pack
 
@@ -102,8 +104,12 @@ def _http_manager(name: str, target: Target, policy: ServiceSpec,
         # Only when asked: the buffer filter holds the whole body (no streaming) and answers 413 past the limit.
         filters.append(http_filter(BUFFER_FILTER, buffer_pb2.Buffer(
             max_request_bytes=u32(policy.timeouts.max_request_bytes))))
+    auth = auth_filter(policy.auth)
+    if auth is not None:
+        filters.append(http_filter(*auth))
     filters.append(http_filter(ROUTER_FILTER, router_pb2.Router()))
     manager = http_connection_manager(name, filters, policy.timeouts.idle_seconds)
+    manager.access_log.extend(access_logs(name, policy.access_log))
     if rds is None:
         manager.route_config.CopyFrom(route_configuration(name, target, policy))
     else:
@@ -191,7 +197,8 @@ def _hash_policy(policy: ServiceSpec) -> route_components_pb2.RouteAction.HashPo
 
 
 def _tcp_proxy(name: str, target: Target, policy: ServiceSpec) -> tcp_proxy_pb2.TcpProxy:
-    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, idle_timeout=duration(policy.timeouts.idle_seconds))
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, idle_timeout=duration(policy.timeouts.idle_seconds),
+                                   access_log=access_logs(name, policy.access_log, tcp=True))
     if isinstance(target, str):
         proxy.cluster = target
     else:
