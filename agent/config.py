@@ -298,6 +298,14 @@ class EnvoyConfig(Strict):
     admin_port: int = Field(default=9901, ge=1, le=65535)
     node_id: str = "modelarts-agent"
     cluster: str = "modelarts-sidecar"
+    # A listener that serves only GET /stats/prometheus (None: no such listener).
+    stats_port: int | None = Field(default=None, ge=1, le=65535)
+    stats_address: str = "0.0.0.0"
+
+    @field_validator("stats_address")
+    @classmethod
+    def _stats_ip(cls, value: str) -> str:
+        return _ip_literal(value)
 
     @field_validator("admin_address")
     @classmethod

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ads.add_argument("--ads-ca", type=Path, help="TLS to the xDS server: CA of its certificate")
     ads.add_argument("--ads-cert", type=Path, help="mTLS: client certificate")
     ads.add_argument("--ads-key", type=Path, help="mTLS: client key")
+    ads.add_argument("--stats-port", type=int,
+                     help="serve only GET /stats/prometheus on this port (default: envoy.stats_port)")
     bootstrap.set_defaults(handler=run_bootstrap)
 
 
@@ -58,7 +60,8 @@ def _ads_bootstrap(args: argparse.Namespace) -> str:
         cluster="modelarts-gateway" if args.gateway else envoy.cluster,
         admin_address=envoy.admin_address, admin_port=args.admin_port or envoy.admin_port, delta=args.delta,
         services=services, role="gateway" if args.gateway else None, listen_address=args.listen_address,
-        ca_file=args.ads_ca, cert_file=args.ads_cert, key_file=args.ads_key)
+        ca_file=args.ads_ca, cert_file=args.ads_cert, key_file=args.ads_key,
+        stats_port=args.stats_port or envoy.stats_port, stats_address=envoy.stats_address)
     return to_yaml(build_ads_bootstrap(options))
 
 

@@ -199,3 +199,21 @@ def test_unreadable_keys_file_keeps_the_old_files(tmp_path: Path, out_dir: Path,
     with pytest.raises(ConfigError, match="shorter than 16"):
         sink.publish(make_snapshot(config, {}, version=2))
     assert (out_dir / "lds.json").read_text() == before
+
+
+def test_stats_listener_serves_only_prometheus_stats(out_dir: Path, admin_port: int, start_envoy: StartEnvoy,
+                                                     recorder: HeaderRecorder) -> None:
+    port, stats_port = free_port(), free_port()
+    base = make_config(out_dir, admin_port, [{"name": "svc", "listen_port": port}])
+    config = base.model_copy(update={"envoy": base.envoy.model_copy(update={"stats_port": stats_port,
+                                                                             "stats_address": "127.0.0.1"})})
+    EnvoyFileSink(config).publish(make_snapshot(config, {"svc": [Endpoint(recorder.ip, recorder.port)]}))
+    start_envoy(config)
+    assert wait_until(lambda: get(port) == 200, 10)
+    stats = requests.get(f"http://127.0.0.1:{stats_port}/stats/prometheus", timeout=5)
+    assert stats.status_code == 200 and "envoy_cluster_upstream_rq_total" in stats.text
+    assert 'envoy_cluster_name="svc"' in stats.text
+    # Nothing else of the admin API is reachable through it.
+    for path in ("/quitquitquit", "/config_dump", "/clusters", "/stats", "/healthcheck/fail"):
+        assert requests.get(f"http://127.0.0.1:{stats_port}{path}", timeout=5).status_code == 404
+    assert requests.post(f"http://127.0.0.1:{stats_port}/stats/prometheus", timeout=5).status_code == 404

@@ -14,6 +14,7 @@ from agent.errors import ConfigError
 from agent.sinks.envoy.clusters import socket_address
 from agent.sinks.envoy.layout import FileLayout
 from agent.sinks.envoy.serialize import pack
+from agent.sinks.envoy.stats import stats_resources
 
 # Envoy warns at start-up when nothing bounds downstream connections; this bound is far above what a
 # sidecar sees, and keeps a connection flood from exhausting file descriptors.
@@ -35,7 +36,7 @@ def ensure_loopback(address: str) -> None:
 def build_bootstrap(envoy: EnvoyConfig) -> bootstrap_pb2.Bootstrap:
     ensure_loopback(envoy.admin_address)
     layout = FileLayout.for_config(envoy)
-    return bootstrap_pb2.Bootstrap(
+    bootstrap = bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=envoy.node_id, cluster=envoy.cluster),
         admin=bootstrap_pb2.Admin(address=socket_address(envoy.admin_address, envoy.admin_port)),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
@@ -44,6 +45,12 @@ def build_bootstrap(envoy: EnvoyConfig) -> bootstrap_pb2.Bootstrap:
         ),
         overload_manager=overload_manager(),
     )
+    if envoy.stats_port is not None:
+        listener, cluster = stats_resources(envoy.stats_address, envoy.stats_port, envoy.admin_address,
+                                            envoy.admin_port)
+        bootstrap.static_resources.listeners.append(listener)
+        bootstrap.static_resources.clusters.append(cluster)
+    return bootstrap
 
 
 def overload_manager() -> overload_pb2.OverloadManager:

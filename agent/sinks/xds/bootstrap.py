@@ -29,6 +29,7 @@ from agent.errors import ConfigError
 from agent.sinks.envoy.bootstrap import ensure_loopback, overload_manager
 from agent.sinks.envoy.clusters import HTTP_PROTOCOL_OPTIONS, TLS_SOCKET, socket_address
 from agent.sinks.envoy.serialize import duration, pack
+from agent.sinks.envoy.stats import stats_resources
 from agent.sinks.xds.nodes import Role, node_metadata
 from agent.sinks.xds.views import ADS_SOURCE
 
@@ -49,6 +50,8 @@ class AdsBootstrap:
     ca_file: Path | None = None  # TLS to the xDS server: trust this CA
     cert_file: Path | None = None  # mTLS: present this client certificate
     key_file: Path | None = None
+    stats_port: int | None = None  # a listener serving only GET /stats/prometheus
+    stats_address: str = "0.0.0.0"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -94,9 +97,19 @@ def build_ads_bootstrap(options: AdsBootstrap) -> bootstrap_pb2.Bootstrap:
             cds_config=ADS_SOURCE,
             lds_config=ADS_SOURCE,
         ),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options)]),
+        static_resources=_static_resources(options),
         overload_manager=overload_manager(),
     )
+
+
+def _static_resources(options: AdsBootstrap) -> bootstrap_pb2.Bootstrap.StaticResources:
+    static = bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options)])
+    if options.stats_port is not None:
+        listener, cluster = stats_resources(options.stats_address, options.stats_port, options.admin_address,
+                                            options.admin_port)
+        static.listeners.append(listener)
+        static.clusters.append(cluster)
+    return static
 
 
 def _xds_cluster(options: AdsBootstrap) -> cluster_pb2.Cluster:
