@@ -34,5 +34,13 @@ test: install lint testenv
 soak: install
 	$(PY) -m tests.soak.run_soak --seconds 600
 
+bench: install testenv
+	scripts/bench/build-tools.sh
+	$(PY) -m bench.run
+
+bench-quick: install
+	scripts/bench/build-tools.sh
+	$(PY) -m bench.run --quick
+
 clean:
 	rm -rf run .pytest_cache .mypy_cache .ruff_cache

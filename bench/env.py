@@ -95,8 +95,9 @@ def machine_facts() -> dict[str, Any]:
         pass
     vegeta = ""
     if (BIN_DIR / "vegeta").exists():
-        vegeta = _run([str(BIN_DIR / "vegeta"), "-version"]).splitlines()[0:1]
-        vegeta = vegeta[0] if vegeta else ""
+        for line in _run([str(BIN_DIR / "vegeta"), "-version"]).splitlines():
+            if line.startswith("Version:"):
+                vegeta = line.split(":", 1)[1].strip()
     commit = _run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"])
     dirty = bool(_run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
     go_version = _run(["go", "env", "GOVERSION"]) or _run(["/usr/local/go/bin/go", "env", "GOVERSION"])

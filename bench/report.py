@@ -153,7 +153,11 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
         for plot in result.plots:
             out.append(f"![{result.title}]({img_prefix}{plot})")
             out.append("")
-        out.append(f"_Scenario wall time: {result.seconds:.0f} s._")
+        load = result.raw.get("loadavg") if isinstance(result.raw, dict) else None
+        load_text = (f" 1-minute load average at its start / end: {load[0]} / {load[1]} (on {facts.get('nproc')} "
+                     "cores; anything above what the scenario itself runs is other work on this shared machine)."
+                     if load else "")
+        out.append(f"_Scenario wall time: {result.seconds:.0f} s.{load_text}_")
         out.append("")
     for section in extra_sections:
         out.append(section.rstrip())

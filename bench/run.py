@@ -67,6 +67,7 @@ def results_dir(quick: bool) -> Path:
 
 def run_scenario(module: ModuleType, ctx: Ctx) -> ScenarioResult:
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     try:
         result: ScenarioResult = module.run(ctx)
     except (BenchTimeout, KeyboardInterrupt):
@@ -78,6 +79,7 @@ def run_scenario(module: ModuleType, ctx: Ctx) -> ScenarioResult:
     finally:
         ctx.stop_all()
     result.seconds = time.monotonic() - started
+    result.raw["loadavg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
 
 

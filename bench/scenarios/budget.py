@@ -62,7 +62,7 @@ def cluster_mode_available() -> str:
 def run(ctx: Ctx) -> ScenarioResult:
     result = ScenarioResult(NAME, TITLE)
     sizes = [1, 10] if ctx.quick else [1, 10, 50]
-    seconds = 30.0 if ctx.quick else 70.0
+    seconds = 16.0 if ctx.quick else 70.0
 
     users = [{"domain": f"bench-account-{n}", "name": f"bench-user-{n}", "project_id": _project(n)} for n in sizes]
     services = [{"name": f"svc-{n}-{i}", "service_id": f"bench-{n}-{i}", "project_id": _project(n), "instances": 1}

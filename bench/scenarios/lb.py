@@ -42,7 +42,7 @@ def _drain(url: str, limit_s: float = 20.0) -> None:
 def run(ctx: Ctx) -> ScenarioResult:
     result = ScenarioResult(NAME, TITLE)
     rates = [400] if ctx.quick else [200, 400]
-    seconds = 5.0 if ctx.quick else 8.0
+    seconds = 4.0 if ctx.quick else 8.0
     policies = ["least_request", "round_robin", "naive client RR"] if ctx.quick else POLICIES
 
     ctx.step("starting 4 Go upstreams and Envoy")
