@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import (
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Where a cluster's endpoints come from: a file in file mode, ADS in xDS mode.
 EdsSource = Callable[[str], config_source_pb2.ConfigSource]
+# Adaptive load balancing: service name -> endpoint address ("ip:port") -> load_balancing_weight.
+EndpointWeights = Mapping[str, Mapping[str, int]]
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_SOCKET = "envoy.transport_sockets.tls"
@@ -57,19 +59,27 @@ def u32(value: int) -> wrappers_pb2.UInt32Value:
     return wrappers_pb2.UInt32Value(value=min(max(value, 0), _UINT32_MAX))
 
 
-def build_load_assignment(service: ServiceSnapshot) -> endpoint_pb2.ClusterLoadAssignment:
+def build_load_assignment(service: ServiceSnapshot,
+                          weights: Mapping[str, int] | None = None) -> endpoint_pb2.ClusterLoadAssignment:
     """Ready endpoints only, sorted, one locality.
 
     Not-ready endpoints are left out rather than sent as UNHEALTHY: Envoy's panic mode (more than half
     the hosts unhealthy) would otherwise route to them, and a not-ready instance must get no traffic.
+    `weights` (Endpoint.address -> weight, from the adaptive load balancer) sets `load_balancing_weight`.
+    An endpoint it does not name yet (just discovered) gets the heaviest weight: it is presumed as good
+    as the best until measured, rather than starved at Envoy's default of 1.
     """
-    unique = sorted({(e.ip, e.port) for e in service.endpoints if e.ready})
+    unique = sorted({(e.ip, e.port, e.address) for e in service.endpoints if e.ready})
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=service.name)
     if unique:
         locality = assignment.endpoints.add()
-        for ip, port in unique:
-            locality.lb_endpoints.add().CopyFrom(endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ip, port))))
+        for ip, port, address in unique:
+            lb_endpoint = endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ip, port)))
+            weight = weights.get(address, max(weights.values())) if weights else None
+            if weight is not None:
+                lb_endpoint.load_balancing_weight.CopyFrom(u32(max(1, weight)))  # Envoy refuses 0
+            locality.lb_endpoints.add().CopyFrom(lb_endpoint)
     return assignment
 
 
@@ -90,6 +100,8 @@ def build_cluster(service: ServiceSnapshot, protocol: Schema, eds_source: EdsSou
         # The source of truth for membership is discovery: a host it removes goes now, even if it
         # still passes active health checks.
         ignore_health_on_host_removal=True,
+        # Requests, errors and latency per instance in /stats/prometheus (the dashboards' per-instance panels).
+        track_cluster_stats=cluster_pb2.TrackClusterStats(per_endpoint_stats=True),
     )
     if spec.outlier_detection.enabled:
         cluster.outlier_detection.CopyFrom(_outlier_detection(spec.outlier_detection))
