@@ -138,7 +138,8 @@ class LoadLoop:
 
         deadline = time.monotonic() + self._max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
-            batch = send_requests(self._port, 10, concurrency=2, host=self._host, headers=self._headers, timeout=5)
+            batch = send_requests(self._port, 10, concurrency=2, host=self._host, headers=self._headers,
+                                  timeout=10)
             with self.result.lock:
                 self.result.answered.update(batch.answered)
                 self.result.statuses.update(batch.statuses)

@@ -57,11 +57,15 @@ def test_sotw_and_delta_envoys_route_and_follow_endpoint_changes(tmp_path: Path,
 
     sink.publish(make_snapshot(config, {"svc": [endpoint(u) for u in ups[1:]]}, version=2))
     for address, envoy in envoys.items():
-        envoy.wait_for_hosts({"svc": [u.address for u in ups[1:]]}, timeout=3)
+        envoy.wait_for_hosts({"svc": [u.address for u in ups[1:]]}, timeout=10)
         result = send_requests(port, 40, concurrency=4, host=address)
         assert result.failures == [] and set(result.answered) == {"i1", "i2"}, address
         assert not any(envoy.rejected_updates().values())
         assert connected(envoy) == 1
+
+
+def cds_nacks() -> float:
+    return REGISTRY.get_sample_value("modelarts_agent_xds_nacks_total", {"type_url": CDS}) or 0.0
 
 
 def _break_clusters(built: EnvoyResources, broken: dict[str, bool]) -> EnvoyResources:
@@ -93,25 +97,25 @@ def test_rejected_cluster_is_nacked_logged_counted_and_traffic_keeps_flowing(
               start_ads_envoy(ads_address(config), listen_address=B, delta=True)]
     for envoy in envoys:
         envoy.wait_for_hosts({"svc": [u.address for u in ups[:2]]})
-    nacks_before = REGISTRY.get_sample_value("modelarts_agent_xds_nacks_total", {"type_url": CDS}) or 0.0
+    nacks_before = cds_nacks()
 
     with LoadLoop(port, A) as load_a, LoadLoop(port, B) as load_b:
         broken["on"] = True
         sink.publish(make_snapshot(config, {"svc": [endpoint(u) for u in ups]}, version=2))
         assert wait_until(lambda: all(e.stats("cds.update_rejected").get("cluster_manager.cds.update_rejected")
-                                      for e in envoys), 5), [e.log_tail() for e in envoys]
+                                      for e in envoys), 15), [e.log_tail() for e in envoys]
+        assert wait_until(lambda: cds_nacks() >= nacks_before + 2, 15)
         time.sleep(1.0)  # no re-send loop: each Envoy NACKs the bad version exactly once
-        nacks = REGISTRY.get_sample_value("modelarts_agent_xds_nacks_total", {"type_url": CDS})
-        assert nacks == nacks_before + 2
+        assert cds_nacks() == nacks_before + 2
         for envoy in envoys:  # the last good cluster is still the one in use
             dump = json.dumps(envoy.config_dump("dynamic_active_clusters"))
             assert '"connect_timeout": "2s"' in dump
         # Endpoint updates of the cluster Envoy kept still flow.
         for envoy in envoys:
-            envoy.wait_for_hosts({"svc": [u.address for u in ups]}, timeout=3)
+            envoy.wait_for_hosts({"svc": [u.address for u in ups]}, timeout=10)
         time.sleep(0.5)
     for load in (load_a, load_b):
-        assert load.result.attempts > 20 and load.result.failures == []
+        assert load.result.attempts > 20 and load.result.failures == [], load.result.failures[:5]
     messages = [r.getMessage() for r in caplog.records if "NACK" in r.getMessage()]
     # Envoy's own error_detail is in the log line.
     assert len(messages) == 2 and all("Expected positive duration" in m for m in messages), messages
@@ -120,8 +124,8 @@ def test_rejected_cluster_is_nacked_logged_counted_and_traffic_keeps_flowing(
     sink.publish(make_snapshot(config, {"svc": [endpoint(u) for u in ups]}, version=3))
     for envoy in envoys:
         assert wait_until(lambda e=envoy: e.stats("cds.update_success").get(  # type: ignore[misc]
-            "cluster_manager.cds.update_success", 0) >= 2, 5)
-    assert REGISTRY.get_sample_value("modelarts_agent_xds_nacks_total", {"type_url": CDS}) == nacks_before + 2
+            "cluster_manager.cds.update_success", 0) >= 2, 15)
+    assert cds_nacks() == nacks_before + 2
 
 
 def test_node_metadata_selects_the_services_a_node_sees(tmp_path: Path, instances: Instances,

@@ -55,14 +55,16 @@ def test_spliced_responses_parse_like_protobuf_built_ones(config: AgentConfig) -
     cache = XdsCache()
     view = cache.set_snapshot(snapshot, config).view(ALL)
     resources = list(view.of(EDS).values())
-    body = ResponseEncoder().sotw(EDS, "v1", resources, "7")
+    encoder = ResponseEncoder()
+    body, nonce = encoder.sotw(EDS, "v1", resources)
     parsed = discovery_pb2.DiscoveryResponse.FromString(body)
-    assert (parsed.version_info, parsed.nonce, parsed.type_url) == ("v1", "7", EDS)
+    assert (parsed.version_info, parsed.nonce, parsed.type_url) == ("v1", nonce, EDS)
     assert [unpack(r, EDS).cluster_name for r in parsed.resources] == ["a", "b"]
-    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(
-        ResponseEncoder().delta(EDS, "3", resources, ["gone"], "8"))
+    assert encoder.sotw(EDS, "v1", resources)[0] is body  # one encoding shared by every stream
+    delta_body, delta_nonce = encoder.delta(EDS, "3", resources, ["gone"])
+    delta = discovery_pb2.DeltaDiscoveryResponse.FromString(delta_body)
     assert [(r.name, r.version) for r in delta.resources] == [(r.name, r.version) for r in resources]
-    assert list(delta.removed_resources) == ["gone"] and delta.nonce == "8"
+    assert list(delta.removed_resources) == ["gone"] and delta.nonce == delta_nonce != nonce
     assert unpack(delta.resources[0].resource, EDS).cluster_name == "a"
 
 
@@ -226,3 +228,51 @@ def test_gateway_view_has_one_listener_and_host_and_path_routes(tmp_path: Path) 
     by_path = next(vh for vh in config_.virtual_hosts if vh.name == "by-path")
     assert [(r.match.prefix or r.match.path, r.route.cluster, r.route.prefix_rewrite) for r in by_path.routes] == [
         ("/a/", "a", "/"), ("/a", "a", "/"), ("/b/", "b", "/"), ("/b", "b", "/")]
+
+
+def test_gateway_routes_carry_the_services_policies_and_splits(tmp_path: Path) -> None:
+    config = xds_config(tmp_path, [
+        {"name": "a", "retries": {"num_retries": 3}, "timeouts": {"request_seconds": 30, "idle_seconds": 60,
+                                                                  "max_request_bytes": 1024}},
+        {"name": "b"}], splits=[{"name": "canary", "listen_port": 9100,
+                                 "backends": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]}],
+        gateway={"route_by_path": False})
+    cache = XdsCache()
+    from agent.sinks.xds.nodes import NodeView
+
+    view = cache.set_snapshot(make_snapshot(config, {"a": [ep(1)], "b": [ep(3)]}), config).view(
+        NodeView(role="gateway", listen_address="127.0.1.9"))
+    [listener] = [unpack_resource(r, LDS) for r in view.of(LDS).values()]
+    assert listener.address.socket_address.address == "127.0.1.9"  # the node's listen address
+    routes = unpack_resource(view.of(RDS)["modelarts-gateway"], RDS)
+    by_name = {vh.name: vh.routes[0] for vh in routes.virtual_hosts}
+    assert set(by_name) == {"a", "b", "canary"}  # host routing only
+    a = by_name["a"].route
+    assert a.retry_policy.num_retries.value == 3 and a.timeout.seconds == 30 and a.idle_timeout.seconds == 60
+    assert "envoy.filters.http.buffer" in by_name["a"].typed_per_filter_config
+    canary = by_name["canary"].route.weighted_clusters.clusters
+    assert [(c.name, c.weight.value) for c in canary] == [("a", 90), ("b", 10)]
+    # The gateway still sees every cluster; sidecar listeners are not part of its view.
+    assert set(view.of(CDS)) == {"a", "b"} and set(view.of(LDS)) == {"modelarts-gateway"}
+
+
+def test_tcp_listener_waits_for_its_cluster(tmp_path: Path) -> None:
+    config = xds_config(tmp_path, [{"name": "t", "protocol": "tcp", "listen_port": 9001}])
+    cache = XdsCache()
+    cache.set_snapshot(make_snapshot(config, {"t": [ep(1)]}), config)
+    client = SotwClient(cache)
+    assert names(client.request(CDS)[0]) == ["t"]
+    # A TCP listener names its cluster directly: not before the cluster is ACKed and has endpoints
+    # (Envoy's first LDS request still gets an answer, without it).
+    assert [names(r) for r in client.request(LDS)] == [[]]
+    assert client.request(LDS) == []
+    assert client.request(CDS) == []
+    sent = client.request(EDS, ["t"])
+    assert [(r.type_url, names(r)) for r in sent] == [(EDS, ["t"]), (LDS, ["t"])]
+
+
+def unpack_resource(resource: object, type_url: str) -> object:
+    from google.protobuf import any_pb2
+
+    packed = any_pb2.Any.FromString(resource.body)  # type: ignore[attr-defined]
+    return unpack(packed, type_url)

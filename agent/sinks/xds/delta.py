@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 from envoy.service.discovery.v3 import discovery_pb2
 
 from agent.sinks.xds.resource import Resource, placeholder
@@ -33,29 +36,34 @@ class DeltaSession(Session):
         subscribe = set(request.resource_names_subscribe)
         if not state.subscribed:
             state.subscribed = True
-            state.wildcard = state.type_url in FULL_STATE and not subscribe
-            self._seed(state, dict(request.initial_resource_versions))
-        state.subscribe(subscribe)
+            state.subscribe(subscribe, wildcard=state.type_url in FULL_STATE and not subscribe)
+            if request.initial_resource_versions:
+                state.seed(self._held(state.type_url, dict(request.initial_resource_versions)))
+        else:
+            state.subscribe(subscribe)
         state.unsubscribe(set(request.resource_names_unsubscribe))
 
-    def _seed(self, state: TypeState, versions: dict[str, str]) -> None:
-        """What a reconnecting Envoy already has: the current resource if the version matches."""
+    def _held(self, type_url: str, versions: dict[str, str]) -> dict[str, Resource]:
+        """What a reconnecting Envoy already has: the current resource where the version matches."""
         current = self._cache.current
-        served = current.view(self.view).of(state.type_url) if current is not None and self.view else {}
+        served: Mapping[str, Resource] = {}
+        if current is not None and self.view is not None:
+            with contextlib.suppress(Exception):  # a broken view is reported when responding
+                served = current.view(self.view).of(type_url)
+        held = {}
         for name, version in versions.items():
             resource = served.get(name)
-            held = resource if resource is not None and resource.version == version else \
-                placeholder(state.type_url, name, version)
-            state.known[name] = state.acked[name] = held
+            held[name] = resource if resource is not None and resource.version == version else \
+                placeholder(type_url, name, version)
+        return held
 
     def _respond(self, state: TypeState, desired: dict[str, Resource], view: ViewResources,
-                 cache_version: int) -> bytes | None:
+                 cache_version: int) -> tuple[bytes, list[Resource]] | None:
         changed = changed_resources(desired, state.known)
         removed = sorted(name for name in state.known if name not in desired and name not in view.withheld)
         if not changed and not removed and (state.answered or state.type_url not in FULL_STATE):
             return None
-        nonce = self._next_nonce()
-        body = self._encoder.delta(state.type_url, str(cache_version), changed, removed, nonce)
+        body, nonce = self._encoder.delta(state.type_url, str(cache_version), changed, removed)
         state.record(nonce, Sent(resources={r.name: r for r in changed}, removed=frozenset(removed), full=False,
                                  cache_version=cache_version))
-        return body
+        return body, changed

@@ -1,31 +1,40 @@
 """Discovery responses as bytes, built from shared resource encodings and cached by content.
 
-Streams in the same state get the same update after a snapshot change; the body (everything but
-the per-stream nonce) is encoded once and reused, and the nonce is appended as one more field.
+Streams in the same state get the same update after a snapshot change. The whole response is
+encoded once and the very same bytes object is written to each of them: the nonce is part of the
+cached bytes, named after the content (a response id), not after the stream. A nonce only has to
+tell apart the responses of one stream, and two responses of one stream can only share a nonce if
+they are byte-identical, in which case acknowledging either means the same thing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from agent.sinks.xds import wire
 from agent.sinks.xds.resource import Resource
 
-_SOTW_NONCE = 5  # DiscoveryResponse.nonce
-_DELTA_NONCE = 5  # DeltaDiscoveryResponse.nonce
+Encoded = tuple[bytes, str]  # (the serialized response, its nonce)
 
 
 def state_version(resources: Iterable[Resource]) -> str:
     """A SotW `version_info`: a hash of the (name, version) pairs Envoy will hold after the response."""
+    return _hash_pairs(tuple(sorted((r.name, r.version) for r in resources)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hash_pairs(pairs: tuple[tuple[str, str], ...]) -> str:
+    # Cached: every stream in the same state asks for the same version string.
     digest = hashlib.sha256()
-    for resource in sorted(resources, key=lambda r: r.name):
-        digest.update(resource.name.encode())
+    for name, version in pairs:
+        digest.update(name.encode())
         digest.update(b"\x00")
-        digest.update(resource.version.encode())
+        digest.update(version.encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:16]
 
@@ -35,32 +44,40 @@ class ResponseEncoder:
 
     def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
-        self._bodies: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._responses: OrderedDict[tuple[object, ...], Encoded] = OrderedDict()
+        self._ids = itertools.count(1)
 
-    def sotw(self, type_url: str, version_info: str, resources: Sequence[Resource], nonce: str) -> bytes:
+    def sotw(self, type_url: str, version_info: str, resources: Sequence[Resource]) -> Encoded:
         key = ("sotw", type_url, version_info, *((r.name, r.version) for r in resources))
-        body = self._bodies.get(key)
-        if body is None:
-            header = discovery_pb2.DiscoveryResponse(version_info=version_info, type_url=type_url)
-            body = self._remember(key, header.SerializeToString() + b"".join(r.sotw_field for r in resources))
-        else:
-            self._bodies.move_to_end(key)
-        return body + wire.string_field(_SOTW_NONCE, nonce)
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        nonce = self._nonce()
+        header = discovery_pb2.DiscoveryResponse(version_info=version_info, type_url=type_url, nonce=nonce)
+        return self._remember(key, header.SerializeToString() + b"".join(r.sotw_field for r in resources), nonce)
 
-    def delta(self, type_url: str, system_version: str, resources: Sequence[Resource], removed: Sequence[str],
-              nonce: str) -> bytes:
+    def delta(self, type_url: str, system_version: str, resources: Sequence[Resource],
+              removed: Sequence[str]) -> Encoded:
         key = ("delta", type_url, system_version, tuple(removed), *((r.name, r.version) for r in resources))
-        body = self._bodies.get(key)
-        if body is None:
-            header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=system_version, type_url=type_url,
-                                                          removed_resources=list(removed))
-            body = self._remember(key, header.SerializeToString() + b"".join(r.delta_field for r in resources))
-        else:
-            self._bodies.move_to_end(key)
-        return body + wire.string_field(_DELTA_NONCE, nonce)
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        nonce = self._nonce()
+        header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=system_version, type_url=type_url,
+                                                      removed_resources=list(removed), nonce=nonce)
+        return self._remember(key, header.SerializeToString() + b"".join(r.delta_field for r in resources), nonce)
 
-    def _remember(self, key: tuple[object, ...], body: bytes) -> bytes:
-        self._bodies[key] = body
-        if len(self._bodies) > self._capacity:
-            self._bodies.popitem(last=False)
-        return body
+    def _nonce(self) -> str:
+        return f"r{next(self._ids)}"
+
+    def _lookup(self, key: tuple[object, ...]) -> Encoded | None:
+        cached = self._responses.get(key)
+        if cached is not None:
+            self._responses.move_to_end(key)
+        return cached
+
+    def _remember(self, key: tuple[object, ...], body: bytes, nonce: str) -> Encoded:
+        self._responses[key] = (body, nonce)
+        if len(self._responses) > self._capacity:
+            self._responses.popitem(last=False)
+        return body, nonce

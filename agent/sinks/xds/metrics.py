@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 from agent.metrics import REGISTRY
+from agent.sinks.xds.types import ORDER
 
 STREAMS = Gauge(
     "modelarts_agent_xds_streams", "Open ADS streams, by API (sotw or delta).", ["api"], registry=REGISTRY,
@@ -20,3 +21,6 @@ NACKS = Counter(
 CACHE_VERSION = Gauge(
     "modelarts_agent_xds_cache_version", "Version of the resource cache the xDS server serves.", registry=REGISTRY,
 )
+
+# Children made once: a push is counted on every stream, and `labels()` is not free.
+PUSHED = {type_url: PUSHES.labels(type_url) for type_url in ORDER}

@@ -1,9 +1,8 @@
 """`XdsServer`: envoy.service.discovery.v3.AggregatedDiscoveryService on grpc.aio, in its own thread.
 
-Each stream runs one loop over an inbox fed by a reader task (Envoy's requests) and by the cache
-(a "something changed" marker, coalesced); after draining the inbox it asks its session what to
-send. Responses are pre-encoded bytes (the method's serializer is the identity), so the bytes of a
-resource are made once per version however many streams carry them.
+Each stream handles Envoy's requests as it reads them and, after each, asks its session what to
+send; a cache change wakes every stream to do the same. Responses are pre-encoded bytes (the
+method's serializer is the identity), so a response is encoded once however many streams carry it.
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ from agent.sinks.xds.sotw import SotwSession
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-_WAKE = object()
-_END = object()
 # Keepalive detects dead Envoys whose connection vanished without a FIN (node crash, partition).
 SERVER_OPTIONS = [
     # gRPC binds with SO_REUSEPORT by default: a second agent on the same port would silently take
@@ -43,14 +40,59 @@ SERVER_OPTIONS = [
 
 
 class _Stream:
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[object] = asyncio.Queue()
-        self.wake_pending = False
+    """One open stream: its session, and a flush that writes whatever the session has to send.
+
+    Flushes never overlap (gRPC allows one write at a time per call); a flush asked for while one
+    runs makes that one go round again, so nothing is missed and nothing is written twice.
+    """
+
+    def __init__(self, session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.session = session
+        self._context = context
+        self._flushing = False
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
-        if not self.wake_pending:
-            self.wake_pending = True
-            self.inbox.put_nowait(_WAKE)
+        """The cache changed (called on the event loop)."""
+        if self._flushing:
+            self._again = True
+        elif self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.flush())
+            self._task.add_done_callback(_consume)
+
+    async def flush(self) -> None:
+        if self._flushing:
+            self._again = True
+            return
+        self._flushing = True
+        try:
+            while True:
+                self._again = False
+                for body in self.session.responses():
+                    await self._context.write(body)
+                if not self._again:
+                    return
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+            log.debug("xDS stream write ended: %s", exc, extra={"node": self.session.node_id})
+        except Exception:
+            # A bug, not the peer: end the stream so that Envoy reconnects and starts over.
+            log.exception("xDS stream failed", extra={"node": self.session.node_id})
+            await self._context.abort(grpc.StatusCode.INTERNAL, "xDS server error")
+        finally:
+            self._flushing = False
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    """Collect a flush task's outcome (an abort already ended the stream and was logged)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class XdsServer:
@@ -161,41 +203,19 @@ class XdsServer:
 
     async def _run_stream(self, session: Session, requests: AsyncIterator[Any],
                           context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        stream = _Stream()
+        # Requests are handled where they are read, and a cache change starts a flush task: no queue
+        # or extra task switch per message (the per-stream cost dominates with thousands of streams).
+        stream = _Stream(session, context)
         self._streams.add(stream)
         STREAMS.labels(session.api).inc()
-        reader = asyncio.create_task(self._read(requests, stream.inbox))
         try:
-            while True:
-                items = [await stream.inbox.get()]
-                while not stream.inbox.empty():
-                    items.append(stream.inbox.get_nowait())
-                for item in items:
-                    if item is _END:
-                        return
-                    if isinstance(item, BaseException):
-                        log.debug("xDS stream read failed: %s", item, extra={"node": session.node_id})
-                        return
-                    if item is _WAKE:
-                        stream.wake_pending = False
-                    else:
-                        session.receive(item)
-                for body in session.responses():
-                    await context.write(body)
+            async for request in requests:
+                session.receive(request)
+                await stream.flush()
+        except grpc.aio.AioRpcError as exc:
+            log.debug("xDS stream read ended: %s", exc, extra={"node": session.node_id})
         finally:
-            reader.cancel()
+            stream.cancel()
             self._streams.discard(stream)
             STREAMS.labels(session.api).dec()
             session.close()
-
-    @staticmethod
-    async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue[object]) -> None:
-        try:
-            async for request in requests:
-                inbox.put_nowait(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            inbox.put_nowait(exc)
-            return
-        inbox.put_nowait(_END)

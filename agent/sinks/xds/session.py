@@ -7,9 +7,8 @@ every cache change, sending whatever Envoy is missing.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -17,7 +16,7 @@ from google.rpc import status_pb2
 
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.encode import ResponseEncoder
-from agent.sinks.xds.metrics import NACKS, PUSHES
+from agent.sinks.xds.metrics import NACKS, PUSHED
 from agent.sinks.xds.nodes import NodeView, node_view
 from agent.sinks.xds.plan import Planner
 from agent.sinks.xds.resource import Resource
@@ -43,7 +42,7 @@ class Session:
         self.node_id = ""
         self.view: NodeView | None = None
         self.states = {type_url: TypeState(type_url) for type_url in ORDER}
-        self._nonces = itertools.count(1)
+        self._settled: dict[str, tuple[object, ...]] = {}  # type -> inputs of its last idle pass
         self._unknown_types: set[str] = set()
 
     # -- requests ------------------------------------------------------------------------------------
@@ -99,32 +98,48 @@ class Session:
             state = self.states[type_url]
             if not state.subscribed:
                 continue
-            before = dict(state.known)
-            body = self._respond(state, planner.desired(type_url), view, current.version)
-            if body is not None:
-                out.append(body)
-                PUSHES.labels(type_url).inc()
-                self._invalidate(type_url, before, state.known)
+            inputs = self._inputs(type_url, view)
+            if self._settled.get(type_url) == inputs:
+                continue  # nothing this type depends on moved since it last had nothing to send
+            result = self._respond(state, planner.desired(type_url), view, current.version)
+            if result is None:
+                self._settled[type_url] = inputs
+                continue
+            body, changed = result
+            out.append(body)
+            PUSHED[type_url].inc()
+            self._invalidate(type_url, changed)
+            # Envoy now holds what was desired: until an input moves, there is nothing more to send.
+            self._settled[type_url] = self._inputs(type_url, view)
         return out
 
+    def _inputs(self, type_url: str, view: ViewResources) -> tuple[object, ...]:
+        """Everything `Planner.desired(type_url)` and `_respond` read (see plan.py)."""
+        states = self.states
+        if type_url == CDS:
+            cds, lds, rds = states[CDS], states[LDS], states[RDS]
+            return (view.signature(CDS), cds.changes, cds.ack_changes, lds.changes, lds.ack_changes, rds.changes,
+                    rds.ack_changes)
+        if type_url == EDS:
+            return view.signature(EDS), view.signature(CDS), view.withheld, states[EDS].changes
+        return (view.signature(type_url), view.withheld, states[type_url].changes, states[CDS].ack_changes,
+                states[EDS].changes)
+
     def _respond(self, state: TypeState, desired: dict[str, Resource], view: ViewResources,
-                 cache_version: int) -> bytes | None:
+                 cache_version: int) -> tuple[bytes, list[Resource]] | None:
+        """The response to send for this type, with the resources it (re)sends; None if nothing."""
         raise NotImplementedError
 
-    def _next_nonce(self) -> str:
-        return str(next(self._nonces))
-
-    def _invalidate(self, type_url: str, before: dict[str, Resource], after: dict[str, Resource]) -> None:
+    def _invalidate(self, type_url: str, changed: list[Resource]) -> None:
         """A changed cluster is re-warmed by Envoy and needs its endpoints again (likewise a changed
         listener its routes): forget them, so this pass re-sends them right after."""
-        changed = [r for name, r in after.items() if name not in before or before[name].version != r.version]
         if type_url == CDS:
             for resource in changed:
-                self.states[EDS].known.pop(resource.name, None)
+                self.states[EDS].forget(resource.name)
         elif type_url == LDS:
             for resource in changed:
                 for route in resource.routes:
-                    self.states[RDS].known.pop(route, None)
+                    self.states[RDS].forget(route)
 
     def close(self) -> None:
         if self.view is not None:
@@ -132,7 +147,7 @@ class Session:
             log.info("xDS stream closed", extra={"node": self.node_id, "api": self.api, "peer": self.peer})
 
 
-def changed_resources(desired: dict[str, Resource], known: dict[str, Resource]) -> list[Resource]:
+def changed_resources(desired: Mapping[str, Resource], known: Mapping[str, Resource]) -> list[Resource]:
     """Resources in `desired` whose version Envoy does not have, sorted by name."""
     out = []
     for name in sorted(desired):

@@ -37,14 +37,10 @@ class SotwSession(Session):
                 return
         state.subscribed = True
         names = set(request.resource_names)
-        if state.type_url in FULL_STATE and (not names or WILDCARD in names):
-            state.wildcard, state.names = True, set()
-        else:
-            state.wildcard, state.names = False, names - {WILDCARD}
-        state.forget_unwanted()
+        state.subscribe_only(state.type_url in FULL_STATE and (not names or WILDCARD in names), names)
 
     def _respond(self, state: TypeState, desired: dict[str, Resource], view: ViewResources,
-                 cache_version: int) -> bytes | None:
+                 cache_version: int) -> tuple[bytes, list[Resource]] | None:
         full = state.type_url in FULL_STATE
         changed = changed_resources(desired, state.known)
         if full:
@@ -60,7 +56,6 @@ class SotwSession(Session):
             version_info = state_version({**state.known, **{r.name: r for r in changed}}.values())
             sent = Sent(resources={r.name: r for r in changed}, removed=frozenset(), full=False,
                         cache_version=cache_version)
-        nonce = self._next_nonce()
-        body = self._encoder.sotw(state.type_url, version_info, resources, nonce)
+        body, nonce = self._encoder.sotw(state.type_url, version_info, resources)
         state.record(nonce, sent)
-        return body
+        return body, changed

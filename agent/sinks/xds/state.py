@@ -4,10 +4,14 @@
 a rejected resource is not re-sent until its content changes. `acked` is what Envoy confirmed: it
 decides when it is safe to send a listener that routes to a new cluster, and which leaving
 clusters Envoy may still route to.
+
+Every change goes through a method that bumps `changes` (subscription or `known`) or
+`ack_changes` (`acked`): the session skips recomputing a type whose inputs did not move.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from agent.sinks.xds.resource import Resource
@@ -29,42 +33,94 @@ class TypeState:
         self.type_url = type_url
         self.subscribed = False  # Envoy has asked for this type on this stream
         self.answered = False  # at least one response was sent (Envoy waits for one to initialise)
-        self.wildcard = False
-        self.names: set[str] = set()
-        self.known: dict[str, Resource] = {}
-        self.acked: dict[str, Resource] = {}
-        self.inflight: dict[str, Sent] = {}  # nonce -> response, oldest first
         self.nonce = ""  # the latest nonce sent
+        self.inflight: dict[str, Sent] = {}  # nonce -> response, oldest first
+        self.changes = 0
+        self.ack_changes = 0
+        self._wildcard = False
+        self._names: set[str] = set()
+        self._known: dict[str, Resource] = {}
+        self._acked: dict[str, Resource] = {}
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    @property
+    def wildcard(self) -> bool:
+        return self._wildcard
+
+    @property
+    def names(self) -> Set[str]:
+        return self._names
+
+    @property
+    def known(self) -> Mapping[str, Resource]:
+        return self._known
+
+    @property
+    def acked(self) -> Mapping[str, Resource]:
+        return self._acked
 
     def wants(self, name: str) -> bool:
-        return self.wildcard or name in self.names
+        return self._wildcard or name in self._names
 
-    def subscribe(self, names: set[str]) -> None:
-        self.wildcard = self.wildcard or WILDCARD in names
-        self.names |= names - {WILDCARD}
+    # -- subscription ------------------------------------------------------------------------------------
+
+    def subscribe_only(self, wildcard: bool, names: set[str]) -> None:
+        """State of the world: each request states the whole subscription."""
+        if wildcard != self._wildcard or names != self._names:
+            self._wildcard, self._names = wildcard, set(names) - {WILDCARD}
+            self.changes += 1
+            self._forget_unwanted()
+
+    def subscribe(self, names: set[str], wildcard: bool = False) -> None:
+        wildcard = self._wildcard or wildcard or WILDCARD in names
+        added = names - {WILDCARD} - self._names
+        if wildcard != self._wildcard or added:
+            self._wildcard = wildcard
+            self._names |= added
+            self.changes += 1
 
     def unsubscribe(self, names: set[str]) -> None:
+        if not names:
+            return
         if WILDCARD in names:
-            self.wildcard = False
-        self.names -= names
-        self.forget_unwanted()
+            self._wildcard = False
+        self._names -= names
+        self.changes += 1
+        self._forget_unwanted()
 
-    def forget_unwanted(self) -> None:
+    def _forget_unwanted(self) -> None:
         # Envoy drops what it no longer subscribes to; resubscribing must resend it.
-        for table in (self.known, self.acked):
+        for table in (self._known, self._acked):
             for name in [n for n in table if not self.wants(n)]:
                 del table[name]
+
+    # -- what Envoy has ----------------------------------------------------------------------------------
+
+    def seed(self, held: Mapping[str, Resource]) -> None:
+        """A reconnecting delta client's `initial_resource_versions`."""
+        self._known.update(held)
+        self._acked.update(held)
+        self.changes += 1
+        self.ack_changes += 1
+
+    def forget(self, name: str) -> None:
+        """Make the next pass send `name` again (Envoy needs it again, e.g. to warm a changed cluster)."""
+        if self._known.pop(name, None) is not None:
+            self.changes += 1
 
     def record(self, nonce: str, sent: Sent) -> None:
         self.nonce = nonce
         self.answered = True
+        self.inflight.pop(nonce, None)  # an identical response re-sent: it is now the newest
         self.inflight[nonce] = sent
         if sent.full:
-            self.known = dict(sent.resources)
+            self._known = dict(sent.resources)
         else:
-            self.known.update(sent.resources)
+            self._known.update(sent.resources)
             for name in sent.removed:
-                self.known.pop(name, None)
+                self._known.pop(name, None)
+        self.changes += 1
 
     def settle(self, nonce: str, accepted: bool) -> Sent | None:
         """Envoy answered `nonce`. Older responses still in flight are taken as accepted: Envoy
@@ -82,8 +138,9 @@ class TypeState:
 
     def _apply(self, sent: Sent) -> None:
         if sent.full:
-            self.acked = dict(sent.resources)
+            self._acked = dict(sent.resources)
         else:
-            self.acked.update(sent.resources)
+            self._acked.update(sent.resources)
             for name in sent.removed:
-                self.acked.pop(name, None)
+                self._acked.pop(name, None)
+        self.ack_changes += 1

@@ -42,9 +42,17 @@ class ViewResources:
     resources: Mapping[str, Mapping[str, Resource]]
     withheld: frozenset[str] = frozenset()  # EDS names not served yet (service not synced)
     index: Mapping[tuple[str, str, str], Resource] = field(default_factory=dict, repr=False)
+    # type -> ((name, version), ...): equal across snapshot versions when that type did not change
+    signatures: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict, repr=False)
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
-        return self.resources.get(type_url, MappingProxyType({}))
+        return self.resources.get(type_url, _EMPTY)
+
+    def signature(self, type_url: str) -> tuple[tuple[str, str], ...]:
+        return self.signatures.get(type_url, ())
+
+
+_EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 ViewBuilder = Callable[[Snapshot, AgentConfig, NodeView, ResourcePool], ViewResources]
@@ -77,7 +85,9 @@ def _to_view(built: EnvoyResources, services: Mapping[str, ServiceSnapshot], poo
     for route in built.routes:
         by_type[RDS][route.name] = pool.make(RDS, route.name, route, route_clusters(route))
     return ViewResources(resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}),
-                         withheld=withheld, index=pool.made)
+                         withheld=withheld, index=pool.made,
+                         signatures={t: tuple(sorted((n, r.version) for n, r in r_.items()))
+                                     for t, r_ in by_type.items()})
 
 
 def _select(snapshot: Snapshot, config: AgentConfig,

@@ -1,0 +1,72 @@
+"""The gRPC server with a raw gRPC client (no Envoy): streams, the streams gauge, stream errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from agent.metrics import REGISTRY
+from agent.model import Endpoint
+from agent.sinks.xds.sink import XdsSink
+from agent.sinks.xds.sotw import SotwSession
+from agent.sinks.xds.types import CDS
+from tests.envoy.harness import make_snapshot, wait_until
+from tests.xds.helpers import names, xds_config
+
+METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[XdsSink]:
+    config = xds_config(tmp_path, [{"name": "a"}, {"name": "b"}])
+    sink = XdsSink(config)
+    sink.start()
+    sink.publish(make_snapshot(config, {"a": [Endpoint("10.0.0.1", 80)], "b": [Endpoint("10.0.0.2", 80)]}))
+    try:
+        yield sink
+    finally:
+        sink.close(grace=0)
+
+
+def streams(api: str) -> float:
+    return REGISTRY.get_sample_value("modelarts_agent_xds_streams", {"api": api}) or 0.0
+
+
+def open_stream(sink: XdsSink) -> tuple[grpc.Channel, object]:
+    assert sink.server is not None
+    channel = grpc.insecure_channel(f"127.0.0.1:{sink.server.port}")
+    call = channel.stream_stream(METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                 response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+    requests = iter([discovery_pb2.DiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="raw"))])
+    return channel, call(requests, timeout=5)
+
+
+def test_a_raw_client_gets_clusters_and_the_gauge_counts_the_stream(sink: XdsSink) -> None:
+    before = streams("sotw")
+    channel, responses = open_stream(sink)
+    try:
+        first = next(responses)  # type: ignore[call-overload]
+        assert first.type_url == CDS and names(first) == ["a", "b"] and first.nonce
+        assert wait_until(lambda: streams("sotw") == before + 1, 2)
+    finally:
+        channel.close()
+    assert wait_until(lambda: streams("sotw") == before, 5)
+
+
+def test_a_server_bug_ends_the_stream_with_internal(sink: XdsSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: SotwSession) -> list[bytes]:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(SotwSession, "responses", broken)
+    channel, responses = open_stream(sink)
+    try:
+        with pytest.raises(grpc.RpcError) as failure:
+            next(responses)  # type: ignore[call-overload]
+        assert failure.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    finally:
+        channel.close()
