@@ -225,3 +225,50 @@ def test_gateway_fleet_routes_by_host_and_by_path_prefix(tmp_path: Path, instanc
         # The prefix is rewritten to "/": "/llm/health" reaches the instance as "/health".
         assert _get(address, gateway_port, "/llm/health", "modelarts-gateway") == (200, {"ok": True})
         assert _get(address, gateway_port, "/nothing/here", "modelarts-gateway")[0] == 404
+
+
+def test_services_added_changed_and_removed_over_ads_without_dropping_traffic(
+        tmp_path: Path, instances: Instances, start_control_plane: StartControlPlane,
+        start_ads_envoy: StartAdsEnvoy) -> None:
+    stable_port, extra_port = free_port(), free_port()
+    services = [{"name": "stable", "listen_port": stable_port}, {"name": "extra", "listen_port": extra_port}]
+    stable, extra = [instances.http("s0"), instances.http("s1")], [instances.http("x0")]
+    endpoints = {"stable": [endpoint(u) for u in stable], "extra": [endpoint(u) for u in extra]}
+    one = xds_config(tmp_path, services[:1])
+    sink = start_control_plane(one)
+    sink.publish(make_snapshot(one, endpoints))
+    envoys = {A: start_ads_envoy(ads_address(one), listen_address=A),
+              B: start_ads_envoy(ads_address(one), listen_address=B, delta=True)}
+    for envoy in envoys.values():
+        envoy.wait_for_hosts({"stable": [u.address for u in stable]})
+
+    with LoadLoop(stable_port, A) as load_a, LoadLoop(stable_port, B) as load_b:
+        # A new service: its cluster, endpoints, listener and route arrive, in that order.
+        two = one.model_copy(update={"services": xds_config(tmp_path, services).services})
+        sink.update_config(two)
+        sink.publish(make_snapshot(two, endpoints, version=2))
+        for host in envoys:
+            assert wait_until(lambda h=host: set(send_requests(extra_port, 4, host=h).answered) == {"x0"},  # type: ignore[misc]
+                              10), host
+        # A changed cluster (LB policy) is re-warmed by Envoy: it must get its endpoints again.
+        changed = xds_config(tmp_path, [{**services[0], "lb": {"policy": "round_robin"}}, services[1]])
+        changed = two.model_copy(update={"services": changed.services})
+        sink.update_config(changed)
+        sink.publish(make_snapshot(changed, endpoints, version=3))
+        for envoy in envoys.values():
+            assert wait_until(lambda e=envoy: "round_robin" in json.dumps(  # type: ignore[misc]
+                e.config_dump("dynamic_active_clusters")), 10), envoy.log_tail()
+            assert not json.dumps(envoy.config_dump("dynamic_warming_clusters")).count('"name": "stable"')
+        # A removed service: its listener goes first, then its cluster.
+        sink.update_config(changed.model_copy(update={"services": changed.services[:1]}))
+        sink.publish(make_snapshot(changed.model_copy(update={"services": changed.services[:1]}), endpoints,
+                                   version=4))
+        for envoy in envoys.values():
+            assert wait_until(lambda e=envoy: served(e) == {"stable"}, 10), envoy.hosts()  # type: ignore[misc]
+            assert "extra" not in envoy.listeners()
+        time.sleep(0.5)
+    for load in (load_a, load_b):
+        assert load.result.attempts > 50 and load.result.failures == [], load.result.failures[:5]
+        assert set(load.result.answered) == {"s0", "s1"}
+    for envoy in envoys.values():
+        assert not any(envoy.rejected_updates().values())

@@ -18,7 +18,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from agent.sinks.xds.resource import Resource, placeholder
 from agent.sinks.xds.session import Session, changed_resources
 from agent.sinks.xds.state import Sent, TypeState
-from agent.sinks.xds.types import FULL_STATE
+from agent.sinks.xds.types import EDS, FULL_STATE
 from agent.sinks.xds.views import ViewResources
 
 
@@ -60,7 +60,9 @@ class DeltaSession(Session):
     def _respond(self, state: TypeState, desired: dict[str, Resource], view: ViewResources,
                  cache_version: int) -> tuple[bytes, list[Resource]] | None:
         changed = changed_resources(desired, state.known)
-        removed = sorted(name for name in state.known if name not in desired and name not in view.withheld)
+        # Withheld endpoints (service not synced yet) stay in Envoy: not a removal.
+        kept = view.withheld if state.type_url == EDS else frozenset()
+        removed = sorted(name for name in state.known if name not in desired and name not in kept)
         if not changed and not removed and (state.answered or state.type_url not in FULL_STATE):
             return None
         body, nonce = self._encoder.delta(state.type_url, str(cache_version), changed, removed)
