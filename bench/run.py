@@ -39,7 +39,7 @@ SCENARIOS: dict[str, tuple[str, int, int]] = {
     "lb": ("bench.scenarios.lb", 130, 25),
     "failover": ("bench.scenarios.failover", 45, 15),
     "propagation": ("bench.scenarios.propagation", 90, 25),
-    "budget": ("bench.scenarios.budget", 110, 40),
+    "budget": ("bench.scenarios.budget", 260, 30),
     "footprint": ("bench.scenarios.footprint", 150, 25),
 }
 FULL_BUDGET = 15 * 60

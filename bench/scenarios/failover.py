@@ -69,9 +69,8 @@ def run(ctx: Ctx) -> ScenarioResult:
         ctx.step(f"{method}: {rate:g} rps for {seconds:g} s, one instance killed at {kill_at:g} s")
         res, killed_at, stats = _one_run(ctx, envoy, port, ups, method, rate, seconds, kill_at)
         failed_mask = ~res.ok_mask
-        after_kill = res.sent >= killed_at - 0.05
-        failures = int((failed_mask & after_kill).sum())
-        last_failure = float(res.sent[failed_mask].max() - killed_at) if failures else 0.0
+        failures = int(failed_mask.sum())  # over the whole run: requests in flight at the kill count too
+        last_failure = max(0.0, float(res.sent[failed_mask].max() - killed_at)) if failures else 0.0
         dead_served = res.per_instance().get(ups[0].instance_id, 0)
         served_after = sum(1 for t, i, ok in zip(res.sent.tolist(), res.instance, res.ok_mask.tolist(), strict=True)
                            if ok and i == ups[0].instance_id and t > killed_at + 0.05)

@@ -58,7 +58,7 @@ def listed_only_instances() -> Iterator[None]:
         instances.Instance.start = original  # type: ignore[method-assign]
 
 
-class _EmulatorHandle:
+class EmulatorHandle:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
 
@@ -76,7 +76,7 @@ def _agent_case(ctx: Ctx, services: int, endpoints: int, idle_seconds: float) ->
     })
     with listed_only_instances():
         emulator = Emulator(config).start(timeout=120)
-    emulator_handle = ctx.track(_EmulatorHandle(emulator))
+    emulator_handle = ctx.track(EmulatorHandle(emulator))
     admin_port = free_port()
     agent = start_agent(ctx, {
         "modelarts": {"iam_url": emulator.iam_url, "modelarts_url": emulator.modelarts_url,
