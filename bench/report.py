@@ -7,6 +7,7 @@ rebuilds the page without running anything.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,16 +201,37 @@ def current_intro(doc: Path) -> str:
     return head.rstrip() + "\n" if found and head.strip() else DEFAULT_INTRO
 
 
-def xds_section(path: Path) -> str | None:
-    """The xDS server benchmark (bench/xds_bench.py, another engineer's) results, when it wrote any."""
+def xds_result(path: Path, since: float | None = None) -> ScenarioResult | None:
+    """bench/xds_bench.py's results (another engineer's benchmark) as one more section of the report.
+
+    `since`: a wall-clock time; results written before it are labelled as coming from an earlier run.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        mtime = path.stat().st_mtime
     except (OSError, ValueError):
         return None
-    lines = ["## xDS server (bench/xds_bench.py)", "",
-             f"Results from `{path.name}` written by `bench/xds_bench.py` in the same `make bench` run.", ""]
-    lines.append(_render_json(data))
-    return "\n".join(lines)
+    result = ScenarioResult("xds", "7. xDS server (bench/xds_bench.py)")
+    result.seconds = float(data.get("wall_seconds") or 0.0)
+    when = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stale = since is not None and mtime < since
+    result.notes.append(
+        f"Written by `python -m bench.xds_bench` ({data.get('mode', '?')} mode) into `bench/results/{path.name}` "
+        + (f"**in an earlier run ({when})**, not this one." if stale else f"in this `make bench` run ({when}).")
+        + (f" Method: {data['method']}." if data.get("method") else ""))
+    for target in data.get("targets") or []:
+        verdict = str(target.get("verdict", "")).upper()
+        result.checks.append(Check(str(target.get("figure", "")), str(target.get("measured", "")),
+                                   str(target.get("target", "")),
+                                   True if verdict == "PASS" else False if verdict == "MISS" else None))
+    scenarios = [r for r in data.get("scenarios") or [] if isinstance(r, dict)]
+    if scenarios:
+        columns = list(dict.fromkeys(k for r in scenarios for k in r))
+        result.tables.append(table("Per scenario and change kind (from xds.json)", columns,
+                                   [[r.get(c, "") for c in columns] for r in scenarios]))
+    if not result.checks and not scenarios:
+        result.notes.append(_render_json({k: v for k, v in data.items() if k != "raw"}))
+    return result
 
 
 def _render_json(data: Any) -> str:
@@ -220,16 +242,10 @@ def _render_json(data: Any) -> str:
         if scalars:
             parts.append(md_table(["key", "value"], scalars))
         for key, value in data.items():
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                columns = list(dict.fromkeys(k for v in value for k in v))
-                if all(not isinstance(v.get(c), dict | list) for v in value for c in columns):
-                    parts.append(f"**{key}**\n\n" + md_table(columns, [[v.get(c, "") for c in columns]
-                                                                        for v in value]))
-                    continue
             if isinstance(value, dict | list):
-                parts.append(f"**{key}**\n\n```json\n{json.dumps(value, indent=2)[:4000]}\n```")
+                parts.append(f"**{key}**\n\n```json\n{json.dumps(value, indent=2)[:3000]}\n```")
         return "\n\n".join(parts)
-    return f"```json\n{json.dumps(data, indent=2)[:6000]}\n```"
+    return f"```json\n{json.dumps(data, indent=2)[:3000]}\n```"
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> Table:
