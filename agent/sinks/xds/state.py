@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from agent.sinks.xds.resource import Resource
 from agent.sinks.xds.types import WILDCARD
 
+MAX_INFLIGHT = 32  # unanswered responses remembered per type (Envoy answers each within milliseconds)
+
 
 @dataclass(frozen=True)
 class Sent:
@@ -114,6 +116,8 @@ class TypeState:
         self.answered = True
         self.inflight.pop(nonce, None)  # an identical response re-sent: it is now the newest
         self.inflight[nonce] = sent
+        while len(self.inflight) > MAX_INFLIGHT:  # a client that never answers must not grow this
+            del self.inflight[next(iter(self.inflight))]
         if sent.full:
             self._known = dict(sent.resources)
         else:
