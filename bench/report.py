@@ -184,7 +184,11 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
         load_text = (f" 1-minute load average at its start / end: {load[0]} / {load[1]} (on {facts.get('nproc')} "
                      "cores; anything above what the scenario itself runs is other work on this shared machine)."
                      if load else "")
-        out.append(f"_Scenario wall time: {result.seconds:.0f} s.{load_text}_")
+        busy = result.raw.get("busy_before") if isinstance(result.raw, dict) else None
+        busy_text = (f" CPU busy with other work just before it: {busy[0]:.0%} of the machine"
+                     + (f" (after waiting {busy[1]:.0f} s for it to calm)." if busy[1] >= 1 else ".")
+                     if busy else "")
+        out.append(f"_Scenario wall time: {result.seconds:.0f} s.{load_text}{busy_text}_")
         out.append("")
     for section in extra_sections:
         out.append(section.rstrip())

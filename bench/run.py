@@ -35,12 +35,12 @@ from bench.scenarios import Ctx, ScenarioResult
 
 # name -> (module, rough seconds needed in full / quick mode; a scenario is skipped when less is left)
 SCENARIOS: dict[str, tuple[str, int, int]] = {
-    "overhead": ("bench.scenarios.overhead", 120, 25),
-    "lb": ("bench.scenarios.lb", 130, 25),
-    "failover": ("bench.scenarios.failover", 45, 15),
-    "propagation": ("bench.scenarios.propagation", 90, 25),
-    "budget": ("bench.scenarios.budget", 260, 30),
-    "footprint": ("bench.scenarios.footprint", 150, 25),
+    "overhead": ("bench.scenarios.overhead", 160, 20),
+    "lb": ("bench.scenarios.lb", 90, 20),
+    "failover": ("bench.scenarios.failover", 45, 9),
+    "propagation": ("bench.scenarios.propagation", 60, 18),
+    "budget": ("bench.scenarios.budget", 280, 22),
+    "footprint": ("bench.scenarios.footprint", 100, 14),
 }
 FULL_BUDGET = 15 * 60
 QUICK_BUDGET = 2 * 60
@@ -63,6 +63,29 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def results_dir(quick: bool) -> Path:
     return env.RESULTS_DIR / ("quick" if quick else "full")
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy (anything but idle and iowait) over `seconds`, from /proc/stat."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(limit: float, threshold: float = 0.35) -> tuple[float, float]:
+    """Before a scenario (nothing of ours runs): wait up to `limit` s for other work on the machine to drop
+    below `threshold` of its CPUs. Returns (busy fraction when starting, seconds waited)."""
+    started = time.monotonic()
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() - started < limit:
+        busy = cpu_busy(2.0)
+    return busy, time.monotonic() - started
 
 
 def run_scenario(module: ModuleType, ctx: Ctx) -> ScenarioResult:
@@ -216,10 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                 module = importlib.import_module(module_name)
                 workdir = workroot / name
                 workdir.mkdir(parents=True, exist_ok=True)
+                progress.update(task, scenario=name, description="waiting for other work on the machine to calm")
+                still_needed = sum(SCENARIOS[n][2 if args.quick else 1] for n in names[names.index(name):])
+                busy, waited = wait_for_quiet(min(40.0 if not args.quick else 3.0,
+                                                  max(0.0, deadline - time.monotonic() - still_needed)))
                 progress.update(task, scenario=name, description="starting")
                 ctx = Ctx(workdir, img_dir, args.quick, console,
                           on_step=lambda text: progress.update(task, description=text))
                 result = run_scenario(module, ctx)
+                result.raw["busy_before"] = [round(busy, 2), round(waited, 1)]
                 results.append(result)
                 (out_dir / f"{name}.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
                 verdicts = " ".join(c.status for c in result.checks if c.passed is not None)
