@@ -126,6 +126,8 @@ class Ctx:
             with contextlib.suppress(Exception):
                 child.stop()
 
+    stop = stop_all  # a Ctx can be tracked by another Ctx
+
 
 # --- small helpers ------------------------------------------------------------------------------------------
 
