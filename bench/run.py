@@ -39,7 +39,7 @@ SCENARIOS: dict[str, tuple[str, int, int]] = {
     "lb": ("bench.scenarios.lb", 90, 20),
     "failover": ("bench.scenarios.failover", 45, 9),
     "propagation": ("bench.scenarios.propagation", 60, 18),
-    "budget": ("bench.scenarios.budget", 280, 22),
+    "budget": ("bench.scenarios.budget", 230, 22),
     "footprint": ("bench.scenarios.footprint", 100, 14),
 }
 FULL_BUDGET = 15 * 60
@@ -78,11 +78,11 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_for_quiet(limit: float, threshold: float = 0.35) -> tuple[float, float]:
+def wait_for_quiet(limit: float, threshold: float = 0.35, sample: float = 1.0) -> tuple[float, float]:
     """Before a scenario (nothing of ours runs): wait up to `limit` s for other work on the machine to drop
     below `threshold` of its CPUs. Returns (busy fraction when starting, seconds waited)."""
     started = time.monotonic()
-    busy = cpu_busy()
+    busy = cpu_busy(sample)
     while busy > threshold and time.monotonic() - started < limit:
         busy = cpu_busy(2.0)
     return busy, time.monotonic() - started
@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 still_needed = sum(SCENARIOS[n][2 if args.quick else 1] for n in names[names.index(name):])
                 if not args.quick and not args.only and XDS_BENCH.exists():
                     still_needed += XDS_FULL_SECONDS
-                busy, waited = wait_for_quiet(min(25.0 if not args.quick else 3.0,
-                                                  max(0.0, deadline - time.monotonic() - still_needed)))
+                busy, waited = wait_for_quiet(0.0 if args.quick else min(
+                    25.0, max(0.0, deadline - time.monotonic() - still_needed)), sample=0.5 if args.quick else 1.0)
                 progress.update(task, scenario=name, description="starting")
                 ctx = Ctx(workdir, img_dir, args.quick, console,
                           on_step=lambda text: progress.update(task, description=text))
