@@ -113,18 +113,20 @@ def _status(check: Check) -> str:
     return {"PASS": "**PASS**", "MISS": "**MISS**", "info": "info"}[check.status]
 
 
+def ordered(checks: Sequence[Check]) -> list[Check]:
+    """Figures with a target first, then the informational ones (stable otherwise)."""
+    return sorted(checks, key=lambda c: c.passed is None)
+
+
 def summary_rows(results: Sequence[ScenarioResult]) -> list[list[str]]:
     rows = []
     for result in results:
         if result.pending:
-            rows.append([result.title, "—", "—", "pending", result.pending])
+            rows.append([result.title, "—", "—", "—", "pending", result.pending])
         if result.error:
-            rows.append([result.title, "—", "—", "**ERROR**", result.error])
-        for check in result.checks:
-            if check.passed is None:
-                continue
-            rows.append([result.title, check.what, f"{check.value} (target: {check.target})", _status(check),
-                         check.note])
+            rows.append([result.title, "—", "—", "—", "**ERROR**", result.error])
+        for check in ordered(result.checks):
+            rows.append([result.title, check.what, check.value, check.target, _status(check), check.note])
     return rows
 
 
@@ -135,7 +137,9 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
     out.append("")
     out.append(md_table(["fact", "value"], [
         ["date", facts.get("date", "")],
-        ["git commit", f"`{facts.get('git_commit', '')}`"],
+        ["git commit", f"`{facts.get('git_commit', '')}`"
+                       + (" (+dirty: uncommitted work of others in the shared tree)"
+                          if str(facts.get("git_commit", "")).endswith("+dirty") else "")],
         ["nproc", facts.get("nproc", "")],
         ["CPU model", facts.get("cpu_model", "")],
         ["RAM", f"{facts.get('ram_gib', '')} GiB"],
@@ -147,10 +151,10 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
         ["bench wall time", f"{wall_seconds:.0f} s"],
     ]))
     out.append("")
-    out.append("## Summary: every target")
+    out.append("## Summary: every figure beside its target")
     out.append("")
     rows = summary_rows(results)
-    out.append(md_table(["scenario", "figure", "measured (target)", "verdict", "note"], rows) if rows
+    out.append(md_table(["scenario", "figure", "measured", "target", "verdict", "note"], rows) if rows
                else "_no results_")
     out.append("")
     for result in results:
@@ -167,7 +171,7 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
             out.append("")
         if result.checks:
             out.append(md_table(["figure", "measured", "target", "verdict", "note"],
-                                [[c.what, c.value, c.target, _status(c), c.note] for c in result.checks]))
+                                [[c.what, c.value, c.target, _status(c), c.note] for c in ordered(result.checks)]))
             out.append("")
         for table in result.tables:
             out.append(f"**{table.title}**")
