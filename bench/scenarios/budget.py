@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from bench.scenarios import (
     ScenarioResult,
     free_port,
     http_json,
+    http_text,
     proc_rss_mib,
     start_agent,
     start_emulator,
@@ -340,7 +340,7 @@ def _cluster_mode(ctx: Ctx, counts: list[int], phase_seconds: float) -> dict[str
         sidecar_calls = 0.0
         for _, admin in sidecars:
             with contextlib.suppress(Exception):
-                text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=3).read().decode()
+                text = http_text(f"http://127.0.0.1:{admin}/metrics", timeout=3)
                 sidecar_calls += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                      if line.startswith("modelarts_agent_discovery_calls_total{"))
         rss = [proc_rss_mib(c.proc.pid) for c, _ in sidecars if c.proc is not None and c.running]
