@@ -28,8 +28,10 @@ unit: install
 testenv:
 	scripts/testenv/build.sh
 
+# The suite runs inside a private network namespace whose loopback also carries 192.168.205.0/24 (the
+# stand-in for the peered VPC): the kube tests need instance IPs that Kubernetes accepts. See scripts/vpc-netns.
 test: install lint testenv
-	$(VENV)/bin/pytest tests -q
+	scripts/vpc-netns $(VENV)/bin/pytest tests -q
 
 soak: install
 	$(PY) -m tests.soak.run_soak --seconds 600

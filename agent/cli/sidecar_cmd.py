@@ -1,0 +1,119 @@
+"""`modelarts-agent sidecar`: EndpointSlices written by the controller -> Envoy files. Zero ModelArts calls.
+
+The config file is an ordinary agent config for the Envoy side (services with listen ports and
+policies, splits, envoy, admin, discovery.allowed_cidrs); each service name is the name of the
+Kubernetes Service (= the ModelArtsService) to follow. The `modelarts` and `auth` sections may be
+left out: the sidecar has no ModelArts client, so they would be unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from agent.admin_server import AdminServer
+from agent.config import AgentConfig, apply_env_overrides, parse_config
+from agent.errors import ConfigError
+
+# Filled in when absent so the shared config model validates; nothing ever connects to them.
+_UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http://unused.invalid",
+                     "project_id": "unused"}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "sidecar", help="follow the EndpointSlices of Kubernetes Services and write Envoy files (no ModelArts calls)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--config", "-c", type=Path, required=True,
+                        help="agent config YAML: services (listen ports, policies), envoy, admin")
+    parser.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="Kubernetes Service to follow (repeatable; default: every service in the config)")
+    parser.add_argument("--namespace", help="namespace of the Services (default: the pod's namespace)")
+    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+    parser.add_argument("--admin-port", type=int, help="override admin.port (0 picks a free port)")
+    parser.set_defaults(handler=run)
+
+
+def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"invalid YAML in {path}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
+    data.setdefault("modelarts", dict(_UNUSED_MODELARTS))
+    data.setdefault("auth", {"mode": "token"})
+    for entry in data.get("services") or []:
+        if isinstance(entry, dict) and "name" in entry:
+            entry.setdefault("service_id", str(entry["name"]))  # the sidecar never looks services up by id
+    config = parse_config(apply_env_overrides(data), str(path))
+    known = {s.name for s in config.services}
+    missing = [name for name in services if name not in known]
+    if missing:
+        raise ConfigError(f"{path} has no service named {', '.join(missing)}: the sidecar needs each Service's "
+                          f"listen_port and policy from the config")
+    if not config.services:
+        raise ConfigError(f"{path} lists no services to follow")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.kube.client import KubeClient, default_namespace
+    from agent.modelarts.client import allowed_networks
+    from agent.sinks.envoy.files import EnvoyFileSink
+    from agent.sinks.runner import SinkRunner
+    from agent.snapshot import SnapshotStore
+    from agent.sources.kubernetes import KubernetesSource
+
+    config = load_sidecar_config(args.config, args.service)
+    if args.admin_port is not None:
+        config = config.model_copy(update={"admin": config.admin.model_copy(update={"port": args.admin_port})})
+    followed = tuple(s for s in config.services if not args.service or s.name in args.service)
+    names = {s.name for s in followed}
+    # Only what this sidecar follows is rendered; a split needs all of its backends followed.
+    config = config.model_copy(update={"services": followed, "splits": tuple(
+        t for t in config.splits if all(b.service in names for b in t.backends))})
+    namespace = args.namespace or default_namespace(args.kubeconfig)
+    kube = KubeClient.connect(args.kubeconfig)
+    stop = threading.Event()
+    store = SnapshotStore(config.services, config.discovery)
+    sources = [KubernetesSource(kube, namespace, spec, store, allowed_networks(config),
+                                config.discovery.max_endpoints, stop) for spec in followed]
+    runner = SinkRunner(EnvoyFileSink(config), store, stop)
+
+    def status() -> dict[str, Any]:
+        snapshot = store.snapshot
+        return {"namespace": namespace, "snapshot_version": snapshot.version, "ready": store.ready(),
+                "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints]}
+                             for st in store.statuses() if st.name in snapshot.services],
+                "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
+                "sink": {"published_version": runner.published_version, "last_error": runner.last_error}}
+
+    try:
+        admin = AdminServer(config.admin.address, config.admin.port, status, store.ready)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.admin.address}:{config.admin.port}: {exc.strerror}") from None
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    admin.start()
+    runner.start()
+    for source in sources:
+        source.start()
+    while not stop.wait(1.0):
+        pass
+    runner.thread.join(10)
+    admin.stop()
+    kube.close()
+    return 0

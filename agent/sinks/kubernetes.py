@@ -1,0 +1,161 @@
+"""The kubernetes sink: per ModelArtsService a selectorless Service and its EndpointSlices, by server-side apply.
+
+For each CR-backed service in a snapshot:
+
+1. the Service (ClusterIP or headless), owned by the CR, so the garbage collector removes it
+   with the CR. A Service of that name that some other owner made is left alone and reported.
+2. once the service has synced, its EndpointSlices (at most 100 endpoints each, ready
+   conditions from the snapshot); then slices we manage under that Service that are no longer
+   produced are deleted (new ones first, so there is no gap);
+3. with `legacy_endpoints`, a v1 Endpoints object too, labelled so the mirroring controller
+   does not copy it into a second set of slices.
+
+Before a service has synced in this leadership term its slices are not touched: a new leader
+keeps serving what the previous one wrote. Every write passes the leadership guard first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agent.controller.status import Problem
+from agent.kube import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
+from agent.kube.client import KubeApiError, KubeClient, collection_path, object_path
+from agent.kube.crd import ModelArtsServiceResource
+from agent.kube.objects import Owner, endpoint_slices, port_name, service_manifest
+from agent.model import Endpoint, ServiceSnapshot, Snapshot
+
+log = logging.getLogger(__name__)
+
+SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
+
+Targets = Callable[[], Mapping[str, ModelArtsServiceResource]]
+
+
+def effective_protocol(spec_protocol: str, endpoints: Sequence[Endpoint]) -> str:
+    """`auto` takes the instances' schema when they agree, else plain TCP."""
+    if spec_protocol != "auto":
+        return spec_protocol
+    schemas = Counter(e.schema for e in endpoints)
+    return next(iter(schemas)) if len(schemas) == 1 else "tcp"
+
+
+def endpoints_manifest(resource: ModelArtsServiceResource, endpoints: Sequence[Endpoint], protocol: str,
+                       owner: Owner) -> dict[str, Any]:
+    """The legacy v1 Endpoints twin of the slices (opt-in, for consumers that still read Endpoints)."""
+    by_port: dict[int, list[Endpoint]] = defaultdict(list)
+    for endpoint in sorted(endpoints):
+        by_port[endpoint.port].append(endpoint)
+    subsets = []
+    for port, members in sorted(by_port.items()):
+        subset: dict[str, Any] = {"ports": [{"name": port_name(protocol), "port": port, "protocol": "TCP"}]}
+        ready = [{"ip": e.ip} for e in members if e.ready]
+        not_ready = [{"ip": e.ip} for e in members if not e.ready]
+        if ready:
+            subset["addresses"] = ready
+        if not_ready:
+            subset["notReadyAddresses"] = not_ready
+        subsets.append(subset)
+    return {
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": resource.name, "namespace": resource.namespace,
+                     "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, SKIP_MIRROR_LABEL: "true"},
+                     "ownerReferences": [owner.reference()]},
+        "subsets": subsets,
+    }
+
+
+class ServiceConflict(Exception):
+    pass
+
+
+class KubernetesSink:
+    name = "kubernetes"
+
+    def __init__(self, kube: KubeClient, targets: Targets, guard: Callable[[], bool], stop: threading.Event,
+                 legacy_endpoints: bool = False) -> None:
+        self._kube = kube
+        self._targets = targets
+        self._guard = guard
+        self._stop = stop
+        self._legacy = legacy_endpoints
+        self._lock = threading.Lock()
+        self._problems: dict[str, Problem] = {}
+        self._owned: set[tuple[str, str, str]] = set()  # Services known to be ours: (namespace, name, uid)
+
+    def problems(self) -> dict[str, Problem]:
+        """Per service key, why its objects could not be written (cleared by the next good write)."""
+        with self._lock:
+            return dict(self._problems)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        targets = self._targets()
+        failures: list[str] = []
+        for key, svc in snapshot.services.items():
+            resource = targets.get(key)
+            if resource is None:
+                continue
+            try:
+                self._publish_one(resource, svc)
+            except ServiceConflict as exc:
+                self._set_problem(key, Problem("ServiceConflict", str(exc)))
+            except KubeApiError as exc:
+                self._set_problem(key, Problem("WriteFailed", f"cannot write the Service or its slices: {exc}"))
+                failures.append(f"{resource.namespace}/{resource.name}: {exc}")
+            else:
+                self._set_problem(key, None)
+        if failures:
+            raise RuntimeError(f"{len(failures)} service(s) not written: {'; '.join(failures[:3])}")
+
+    def _set_problem(self, key: str, problem: Problem | None) -> None:
+        with self._lock:
+            if problem is None:
+                self._problems.pop(key, None)
+            else:
+                self._problems[key] = problem
+
+    def _apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._kube.apply(obj, guard=self._guard, stop=self._stop)
+
+    def _check_service_owner(self, resource: ModelArtsServiceResource) -> None:
+        """Never take over a Service that another owner (a person, a chart) created under the same name."""
+        mark = (resource.namespace, resource.name, resource.uid)
+        if mark in self._owned:
+            return
+        current = self._kube.get(object_path("Service", resource.namespace, resource.name))
+        if current is not None:
+            refs = (current.get("metadata") or {}).get("ownerReferences") or []
+            ours = any(r.get("kind") == "ModelArtsService" and r.get("name") == resource.name for r in refs)
+            if not ours:
+                raise ServiceConflict(f"Service {resource.namespace}/{resource.name} already exists and is not "
+                                      f"owned by this ModelArtsService; rename one of them")
+        self._owned.add(mark)
+
+    def _publish_one(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot) -> None:
+        owner = Owner(resource.name, resource.uid)
+        protocol = effective_protocol(resource.spec.protocol, svc.endpoints)
+        self._check_service_owner(resource)
+        self._apply(service_manifest(resource.name, resource.namespace, resource.spec.service_id, resource.spec.port,
+                                     protocol, resource.spec.service_type == "Headless", owner))
+        if not svc.synced:
+            return
+        desired = endpoint_slices(resource.name, resource.namespace, resource.spec.service_id, svc.endpoints,
+                                  protocol, owner)
+        for item in desired:
+            self._apply(item)
+        names = {item["metadata"]["name"] for item in desired}
+        selector = f"{SERVICE_NAME_LABEL}={resource.name},{MANAGED_BY_LABEL}={MANAGED_BY}"
+        existing, _ = self._kube.list(collection_path("EndpointSlice", resource.namespace), label_selector=selector)
+        for item in existing:
+            name = item["metadata"]["name"]
+            if name not in names:
+                if not self._guard():
+                    return
+                self._kube.delete(object_path("EndpointSlice", resource.namespace, name), "EndpointSlice")
+                log.info("deleted stale EndpointSlice", extra={"slice": f"{resource.namespace}/{name}"})
+        if self._legacy:
+            self._apply(endpoints_manifest(resource, svc.endpoints, protocol, owner))

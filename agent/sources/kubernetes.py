@@ -1,0 +1,93 @@
+"""The `kubernetes` source: endpoints from the EndpointSlices that the controller wrote for a Service.
+
+This is what sidecars use, so 100 app pods cost the ModelArts API nothing: they never talk to
+ModelArts (the source has no client and no credentials), they only watch their namespace's
+slices (label `kubernetes.io/service-name`). The addresses are checked again against the
+allowed CIDRs before they enter the store: a slice is just an object that anyone with write
+access to EndpointSlices could have edited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agent.config import ServiceSpec
+from agent.errors import DiscoveryError
+from agent.kube import SERVICE_NAME_LABEL
+from agent.kube.client import KubeClient, collection_path
+from agent.kube.objects import endpoints_from_slices
+from agent.kube.watch import Reflector
+from agent.metrics import ENDPOINTS_REJECTED
+from agent.model import SCHEMAS, Endpoint, Schema
+from agent.snapshot import SnapshotStore
+from agent.validation import IPNetwork, Rejection, check_ip, check_port
+
+log = logging.getLogger(__name__)
+
+_APP_PROTOCOLS: dict[str, Schema] = {"http": "http", "https": "https", "kubernetes.io/h2c": "grpc"}
+
+
+def slice_schema(spec_protocol: str, slices: Sequence[Mapping[str, Any]]) -> Schema:
+    """The protocol the config names, else what the controller put on the slice ports."""
+    if spec_protocol in SCHEMAS:
+        return spec_protocol  # type: ignore[return-value]
+    for item in slices:
+        for port in item.get("ports") or []:
+            app = _APP_PROTOCOLS.get(str(port.get("appProtocol") or ""))
+            if app:
+                return app
+            if port.get("name") in SCHEMAS:
+                return port["name"]  # type: ignore[no-any-return]
+    return "http"
+
+
+class KubernetesSource:
+    def __init__(self, kube: KubeClient, namespace: str, spec: ServiceSpec, store: SnapshotStore,
+                 allowed: tuple[IPNetwork, ...], max_endpoints: int, stop: threading.Event) -> None:
+        self.spec = spec
+        self._store = store
+        self._allowed = allowed
+        self._max = max_endpoints
+        self._seen_endpoints: set[str] = set()
+        self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), f"endpointslices-{spec.name}",
+                                   self._on_change, stop, label_selector=f"{SERVICE_NAME_LABEL}={spec.name}")
+
+    def start(self) -> KubernetesSource:
+        self.reflector.start()
+        return self
+
+    def _validated(self, candidates: Sequence[Endpoint]) -> tuple[list[Endpoint], int]:
+        accepted: list[Endpoint] = []
+        rejected = 0
+        for endpoint in candidates:
+            problem = next((r for r in (check_ip(endpoint.ip, self._allowed), check_port(endpoint.port))
+                            if isinstance(r, Rejection)), None)
+            if problem is not None:
+                rejected += 1
+                ENDPOINTS_REJECTED.labels(self.spec.name, problem.reason).inc()
+                log.warning("dropped EndpointSlice address: %s", problem.detail,
+                            extra={"service": self.spec.name, "reason": problem.reason})
+                continue
+            accepted.append(endpoint)
+        return accepted[:self._max], rejected
+
+    def _on_change(self, objects: Mapping[str, dict[str, Any]]) -> None:
+        slices = list(objects.values())
+        candidates = endpoints_from_slices(slices, slice_schema(self.spec.protocol, slices))
+        accepted, rejected = self._validated(candidates)
+        name = self.spec.name
+        if accepted:
+            self._store.record_endpoints(name, tuple(sorted(accepted)), rejected=rejected)
+        elif candidates:
+            self._store.record_failure(name, DiscoveryError(
+                f"all {len(candidates)} addresses in the EndpointSlices were rejected", kind="all_rejected"))
+        elif name in self._seen_endpoints:
+            # The controller already applied the last-known-good rules: an empty set is meant.
+            self._store.record_empty(name, "stopped")
+        # No slices and never any: the controller has not synced yet (or the service is empty);
+        # stay "not synced" so /readyz tells the truth.
+        if accepted:
+            self._seen_endpoints.add(name)
