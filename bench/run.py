@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
     if args.report_only:
-        results = load_results(args.quick, names)
+        loaded = load_results(args.quick, names)
         facts = json.loads((results_dir(args.quick) / "facts.json").read_text())
-        path = write_report(results, facts, args.quick, float(facts.get("wall_seconds", 0)), None)
+        path = write_report(loaded, facts, args.quick, float(facts.get("wall_seconds", 0)), None)
         console.print(f"report: {path}")
         return 0
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = workroot / name
                 workdir.mkdir(parents=True, exist_ok=True)
                 progress.update(task, scenario=name, description="waiting for other work on the machine to calm")
-                still_needed = sum(SCENARIOS[n][2 if args.quick else 1] for n in names[names.index(name):])
+                still_needed = sum(int(SCENARIOS[n][2 if args.quick else 1]) for n in names[names.index(name):])
                 if not args.quick and not args.only and XDS_BENCH.exists():
                     still_needed += XDS_FULL_SECONDS
                 busy, waited = wait_for_quiet(0.0 if args.quick else min(

@@ -305,7 +305,8 @@ def start_agent(ctx: Ctx, config: Mapping[str, Any], name: str = "agent", passwo
     path.write_text(yaml.safe_dump(dict(config)))
     env = {"MODELARTS_PASSWORD": password} if password else {}
     argv = [*(taskset_prefix(cpu) if cpu else []), sys.executable, "-m", "agent", "run", "--config", str(path)]
-    child = ctx.track(ChildProcess(name, argv, ctx.workdir, env))
+    child = ChildProcess(name, argv, ctx.workdir, env)
+    ctx.track(child)
     child.start()
     if wait_ready:
         port = config["admin"]["port"]

@@ -52,7 +52,7 @@ def run(ctx: Ctx) -> ScenarioResult:
     slow = ups[3]
     ports = {p: free_port() for p in ("least_request", "round_robin", "random")}
     services = [{"name": p.replace("_", "-"), "listen_port": port, "lb": {"policy": p}} for p, port in ports.items()]
-    endpoints = {s["name"]: [(u.ip, u.port) for u in ups] for s in services}
+    endpoints = {p.replace("_", "-"): [(u.ip, u.port) for u in ups] for p in ports}
     sidecar(ctx, services, endpoints)
     targets = {p: [Target(f"http://127.0.0.1:{port}/v1/infer")] for p, port in ports.items()}
     targets["naive client RR"] = [Target(f"{u.url}/v1/infer") for u in ups]

@@ -81,7 +81,10 @@ def run(ctx: Ctx) -> ScenarioResult:
         appeared = time.time()
         count += 1
         new = ({i.instance_id for i in admin.instances(SERVICE_ID)} - before).pop()
-        wait_for(lambda new=new: admin.instance(new).served > 0, POLL_SECONDS + 20, f"{new} served")
+        def has_served(new: str = new) -> bool:
+            return admin.instance(new).served > 0
+
+        wait_for(has_served, POLL_SECONDS + 20, f"{new} served")
         outs.append({"instance": new, "appeared": appeared})
         time.sleep(0.5)
 
