@@ -44,8 +44,9 @@ def leaders(*procs: AgentProcess) -> list[AgentProcess]:
 def check_budget(calls: list[Any]) -> None:
     times = sorted(c.time for c in calls)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # Arrival jitter on loopback is milliseconds; two pollers at once would give gaps far below the spacing.
-    assert all(g >= SPACING - 0.15 for g in gaps), f"calls closer than the pacing interval: {gaps}"
+    # The agent paces departures; arrivals jitter by milliseconds (more on a busy machine, hence 0.5 s).
+    # Two pollers at once cannot pass: with period 3.1 s, of the two offsets d and 3.1 - d one is < 1.55 s.
+    assert all(g >= SPACING - 0.5 for g in gaps), f"calls closer than the pacing interval: {gaps}"
     for i, start in enumerate(times):
         in_window = [t for t in times[i:] if t < start + 60.0]
         assert len(in_window) <= 20, f"{len(in_window)} calls in the minute from {start}"
@@ -75,7 +76,9 @@ def test_one_poller_handover_within_lease_and_budget_holds(cluster: Cluster, nam
     killed = time.monotonic()
     wait_until(lambda: other.is_leader(), LEASE_DURATION + 3, "the follower to take over", interval=0.05)
     handover = time.monotonic() - killed
-    assert handover <= LEASE_DURATION + 0.5, f"hand-over took {handover:.1f}s (lease duration {LEASE_DURATION}s)"
+    # By design the take-over comes one lease duration after the last renewal, i.e. before kill + duration;
+    # the extra second covers this test's own polling on a loaded machine.
+    assert handover <= LEASE_DURATION + 1.0, f"hand-over took {handover:.1f}s (lease duration {LEASE_DURATION}s)"
     print(f"hand-over after SIGKILL: {handover:.2f}s")
 
     emu.admin.scale("svc-le", 4)
