@@ -13,7 +13,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import controller_cmd, endpoints_cmd, render_cmd, run_cmd, sidecar_cmd, status_cmd
+    from agent.cli import controller_cmd, endpoints_cmd, inject_cmd, render_cmd, run_cmd, sidecar_cmd, status_cmd
     from agent.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     render_cmd.add_parser(sub)
     controller_cmd.add_parser(sub)
     sidecar_cmd.add_parser(sub)
+    inject_cmd.add_parser(sub)
     status_cmd.add_parser(sub)
     emulator_cli.add_parser(sub)
     version = sub.add_parser("version", help="print the version")

@@ -1,0 +1,99 @@
+{{/* Names ------------------------------------------------------------------------------------ */}}
+
+{{- define "modelarts-agent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart>, or just <release> when it already contains the chart name. */}}
+{{- define "modelarts-agent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "modelarts-agent.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelarts-agent.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "modelarts-agent.leaseName" -}}
+{{- default (printf "%s-controller" (include "modelarts-agent.fullname" .)) .Values.controller.leaseName }}
+{{- end }}
+
+{{- define "modelarts-agent.xdsServiceName" -}}
+{{- printf "%s-xds" (include "modelarts-agent.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelarts-agent.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret that ModelArtsServices reference by default ("" when there is none). */}}
+{{- define "modelarts-agent.credentialsSecretName" -}}
+{{- $c := .Values.credentials }}
+{{- if $c.existingSecret }}
+{{- $c.existingSecret }}
+{{- else if or $c.password $c.ak $c.sk $c.token }}
+{{- printf "%s-credentials" (include "modelarts-agent.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Labels ----------------------------------------------------------------------------------- */}}
+
+{{- define "modelarts-agent.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "modelarts-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelarts-agent
+{{- end }}
+
+{{- define "modelarts-agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelarts-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "modelarts-agent.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelarts-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* Checks that a schema cannot express ------------------------------------------------------- */}}
+
+{{- define "modelarts-agent.validate" -}}
+{{- $c := .Values.credentials }}
+{{- if and $c.existingSecret (or $c.domain $c.user $c.password $c.ak $c.sk $c.token) }}
+{{- fail "credentials: set either existingSecret or the credential values (domain/user/password, ak/sk or token), not both" }}
+{{- end }}
+{{- if and $c.password (not (and $c.domain $c.user)) }}
+{{- fail "credentials: a password needs domain and user too" }}
+{{- end }}
+{{- if ne (empty $c.ak) (empty $c.sk) }}
+{{- fail "credentials: set ak and sk together" }}
+{{- end }}
+{{- if and .Values.gateway.enabled (not .Values.controller.xds.enabled) }}
+{{- fail "gateway.enabled needs controller.xds.enabled: the gateway gets its whole configuration from the controller's xDS server (see the chart README)" }}
+{{- end }}
+{{- end }}
+
+{{/* PodDisruptionBudget spec: maxUnavailable when given, else minAvailable. */}}
+{{- define "modelarts-agent.pdbSpec" -}}
+{{- if hasKey . "maxUnavailable" }}
+maxUnavailable: {{ .maxUnavailable }}
+{{- else }}
+minAvailable: {{ .minAvailable | default 1 }}
+{{- end }}
+{{- end }}
