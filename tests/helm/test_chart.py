@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.cli.main import build_parser
-from agent.inject import restricted_security_context
+from agent.inject import InjectOptions, restricted_security_context
 from tests.helm.conftest import CHART, REPO, VALUES_ALL, Helm, find, kinds, load_yaml_docs
 
 CRD = REPO / "manifests" / "crd" / "vpc.modelarts.io_modelartsservices.yaml"
@@ -196,11 +196,19 @@ def test_chart_rbac_equals_manifests_rbac(helm: Helm, release: str) -> None:
             kinds([o for o in manifests if o["kind"].endswith(("Role", "RoleBinding"))])
 
 
-def test_sidecar_rbac_matches_what_inject_expects() -> None:
-    role = next(d for d in load_yaml_docs(RBAC / "sidecar.yaml") if d["kind"] == "Role")
-    assert role["metadata"]["name"] == "modelarts-sidecar"
-    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                              "verbs": ["get", "list", "watch"]}]
+def test_chart_sidecar_rbac_equals_manifests_sidecar_rbac(helm: Helm) -> None:
+    """sidecar.namespaces gives app namespaces what manifests/rbac/sidecar.yaml gives `my-app`."""
+    def essentials(objects: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+        keep = ("rules", "roleRef", "subjects")
+        return sorted((o["kind"], o["metadata"]["name"], o["metadata"]["namespace"],
+                       json.dumps({k: o[k] for k in keep if k in o}, sort_keys=True)) for o in objects)
+
+    theirs = list(load_yaml_docs(RBAC / "sidecar.yaml"))
+    chart = [o for o in helm.objects("--set", "sidecar.namespaces={my-app}")
+             if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sidecar"]
+    assert essentials(chart) == essentials(theirs)
+    # ... and it is the ServiceAccount inject puts on pods.
+    assert InjectOptions().service_account == "modelarts-sidecar"
 
 
 @pytest.mark.parametrize(("args", "message"), [

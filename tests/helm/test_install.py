@@ -70,7 +70,7 @@ def test_helm_install_creates_every_object(kube_env: KubeTestEnv, installed: str
     assert names(kube_env, "servicemonitors", *ns) == {FULLNAME, "modelarts-gateway"}
     assert names(kube_env, "prometheusrules", *ns) == {FULLNAME}
     assert names(kube_env, "roles", *ns) == {f"{FULLNAME}-leader-election"}
-    assert names(kube_env, "rolebindings", "-n", "team-a") == {f"{FULLNAME}-credentials-reader"}
+    assert names(kube_env, "rolebindings", "-n", "team-a") == {f"{FULLNAME}-credentials-reader", "modelarts-sidecar"}
     roles = {f"{FULLNAME}-controller", f"{FULLNAME}-credentials-reader", f"{FULLNAME}-legacy-endpoints"}
     assert roles <= names(kube_env, "clusterroles")
     assert {f"{FULLNAME}-controller", f"{FULLNAME}-legacy-endpoints"} <= names(kube_env, "clusterrolebindings")
@@ -99,6 +99,18 @@ def test_chart_rbac_grants_what_the_controller_needs_and_no_more(kube_env: KubeT
     assert not can("update", "leases.coordination.k8s.io/other", RELEASE_NS)
     assert can("patch", "endpointslices.discovery.k8s.io", "default")
     assert not can("delete", "services", "default")
+
+
+def test_sidecar_service_account_reads_only_endpointslices(kube_env: KubeTestEnv, installed: str) -> None:
+    sa = "system:serviceaccount:team-a:modelarts-sidecar"
+
+    def can(verb: str, resource: str, namespace: str) -> bool:
+        proc = kube_env.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={sa}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("watch", "endpointslices.discovery.k8s.io", "team-a")
+    assert not can("list", "endpointslices.discovery.k8s.io", "default")
+    assert not can("get", "secrets", "team-a") and not can("patch", "endpointslices.discovery.k8s.io", "team-a")
 
 
 def test_plain_manifests_apply(kube_env: KubeTestEnv) -> None:
