@@ -93,7 +93,8 @@ def test_envoys_serve_through_control_plane_sigkill_and_resync_after_restart(
     listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
     config_path = write_config(tmp_path / "agent.yaml", emulator, listen_port, xds_port, admin_port)
     agents.append(Agent(config_path, admin_port, tmp_path / "agent.log"))
-    assert wait_until(agents[-1].ready, 30), (tmp_path / "agent.log").read_text()[-3000:]
+    assert wait_until(agents[-1].ready, 60), \
+        f"agent exit code {agents[-1].proc.poll()}; log: {(tmp_path / 'agent.log').read_text()[-3000:]}"
     address = f"127.0.0.1:{xds_port}"
     envoys: dict[str, EnvoyProcess] = {A: start_ads_envoy(address, listen_address=A),
                                        B: start_ads_envoy(address, listen_address=B, delta=True)}

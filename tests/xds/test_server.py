@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,8 +43,13 @@ def open_stream(sink: XdsSink) -> tuple[grpc.Channel, object]:
     channel = grpc.insecure_channel(f"127.0.0.1:{sink.server.port}")
     call = channel.stream_stream(METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
                                  response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
-    requests = iter([discovery_pb2.DiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="raw"))])
-    return channel, call(requests, timeout=5)
+    return channel, call(_requests_then_hold(), timeout=5)
+
+
+def _requests_then_hold() -> Iterator[discovery_pb2.DiscoveryRequest]:
+    """One request, then keep the request side open (a real Envoy never half-closes its stream)."""
+    yield discovery_pb2.DiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="raw"))
+    time.sleep(6)  # longer than the call timeout: the call ends first
 
 
 def test_a_raw_client_gets_clusters_and_the_gauge_counts_the_stream(sink: XdsSink) -> None:
