@@ -130,6 +130,8 @@ class LoadBalancing(Strict):
     policy: LbPolicy = LbPolicy.least_request
     choice_count: int | None = Field(default=None, ge=2, le=100)
     hash_key: HashKey | None = None
+    # Latency-aware endpoint weights from the agent's feedback loop (docs/adaptive-lb.md); least_request only.
+    adaptive: bool = False
 
     @model_validator(mode="after")
     def _hash(self) -> LoadBalancing:
@@ -138,6 +140,8 @@ class LoadBalancing(Strict):
             raise ValueError(f"policy {self.policy.value} needs hash_key (header, cookie or source_ip)")
         if not sticky and self.hash_key is not None:
             raise ValueError("hash_key only applies to ring_hash and maglev")
+        if self.adaptive and self.policy is not LbPolicy.least_request:
+            raise ValueError("adaptive needs policy least_request (Envoy weighs it by active requests)")
         return self
 
 
@@ -380,6 +384,29 @@ class GatewayConfig(Strict):
 
 class AgentConfig(Strict):
     modelarts: ModelArtsEndpoints
+class AdaptiveConfig(Strict):
+    """The feedback loop behind `lb.adaptive` (agent/adaptive/, docs/adaptive-lb.md)."""
+
+    # How often Envoy's /clusters is read: in-flight counts are sampled, so faster means less noise.
+    sample_interval_seconds: float = Field(default=0.05, ge=0.01, le=10)
+    # At most one EDS rewrite per service per interval, and only on a material change.
+    update_interval_seconds: float = Field(default=1.0, ge=0.2, le=300)
+    # Heaviest weight / lightest weight; the lightest still gets a trickle of probe traffic.
+    max_weight_ratio: float = Field(default=100.0, ge=1.5, le=1000)
+    # Envoy admin URLs to read (summed); empty: this agent's own Envoy (envoy.admin_address:admin_port).
+    envoy_admin_urls: tuple[str, ...] = ()
+
+    @field_validator("envoy_admin_urls")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            match = re.match(r"^http://(\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d{1,5})/?$", url)
+            if not match:
+                raise ValueError(f"{url!r} is not http://<ip>:<port>")
+            _ip_literal(match.group(1).strip("[]"))
+        return tuple(url.rstrip("/") for url in value)
+
+
     auth: AuthConfig
     budget: BudgetConfig = BudgetConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
@@ -389,6 +416,7 @@ class AgentConfig(Strict):
     admin: AdminConfig = AdminConfig()
     xds: XdsConfig = XdsConfig()
     gateway: GatewayConfig = GatewayConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> AgentConfig:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.adaptive.runner import AdaptiveRunner
 from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
@@ -49,6 +50,8 @@ class AgentRuntime:
             self._load_state(config)
             sinks.append(StateFileSink(config.discovery.state_file))
         self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
+        # Latency-aware weights (lb.adaptive): EDS-only updates to the sinks that take them.
+        self.adaptive = AdaptiveRunner(lambda: [runner.sink for runner in self.sinks])
         self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.store.ready)
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
         # Files rendered into Envoy config (API keys, JWKS): a change re-renders, no restart.
@@ -69,6 +72,7 @@ class AgentRuntime:
         self.admin.start()
         for runner in self.sinks:
             runner.start()
+        self.adaptive.apply(self.config)
         source_thread = threading.Thread(target=self.source.run, name="source-modelarts", daemon=True)
         source_thread.start()
         self._threads.append(source_thread)
@@ -84,6 +88,7 @@ class AgentRuntime:
         self._rendered_files.stop()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.adaptive.stop()
         for runner in self.sinks:
             runner.thread.join(timeout=10)
         self.admin.stop()
@@ -106,6 +111,7 @@ class AgentRuntime:
             if updater is not None:
                 updater(config)
             runner.republish()
+        self.adaptive.apply(config)
         self._rendered_files.watch(rendered_files(config))
 
     def _republish(self) -> None:
@@ -121,6 +127,8 @@ class AgentRuntime:
                 entry["effective_poll_interval_seconds"] = round(self.source.effective_interval(spec), 2)
             snap = self.store.snapshot.services.get(st.name)
             entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
+            if spec is not None and spec.lb.adaptive:
+                entry["weights"] = self.adaptive.rows(st.name)
             services.append(entry)
         budgets = [budget.usage().__dict__ for budget in self.budgets.budgets()]
         return {

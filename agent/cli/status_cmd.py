@@ -77,7 +77,29 @@ def render(status: dict[str, Any]) -> Group:
     for budget in status.get("budgets", []):
         budgets.add_row(budget["identity"], str(budget["used_in_window"]), str(budget["limit"]),
                         str(budget["waits_total"]), str(budget["calls_total"]), f"{budget['next_slot_seconds']:.1f}s")
-    return Group(services, budgets)
+    weights = _weights_table(status)
+    return Group(services, budgets, *([weights] if weights is not None else []))
+
+
+def _weights_table(status: dict[str, Any]) -> Table | None:
+    """Adaptive load balancing (lb.adaptive): each endpoint's weight and the estimate behind it."""
+    rows = [(svc["name"], row) for svc in status.get("services", []) for row in svc.get("weights") or []]
+    if not rows:
+        return None
+    table = Table(title="adaptive weights")
+    for column in ("service", "endpoint", "weight", "share", "est. latency", "req/s", "in flight"):
+        table.add_column(column)
+    totals: dict[str, float] = {}
+    for name, row in rows:
+        totals[name] = totals.get(name, 0.0) + float(row.get("weight") or 0)
+    for name, row in rows:
+        weight = float(row.get("weight") or 0)
+        latency = row.get("latency_ms")
+        table.add_row(name, str(row.get("address", "?")), f"{weight:.0f}",
+                      f"{weight / totals[name]:.1%}" if totals[name] else "-",
+                      "-" if latency is None else f"{float(latency):.1f} ms",
+                      f"{float(row.get('rate') or 0):.1f}", f"{float(row.get('in_flight') or 0):.2f}")
+    return table
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 
 from agent.config import AgentConfig
 from agent.model import Snapshot
+from agent.sinks.envoy.clusters import EndpointWeights, build_load_assignment
 from agent.sinks.envoy.layout import SUFFIX, TEMP_SUFFIX, FileLayout
 from agent.sinks.envoy.resources import EnvoyResources, build_resources
 from agent.sinks.envoy.serialize import (
@@ -96,6 +97,9 @@ class EnvoyFileSink:
         self.layout = FileLayout.for_config(config.envoy)
         self._lock = threading.Lock()
         self.last_changed: tuple[Path, ...] = ()
+        # Adaptive LB weights and the snapshot they apply to: `update_weights` rewrites EDS files only.
+        self._weights: EndpointWeights = {}
+        self._published: Snapshot | None = None
         prepare_output_dir(self.layout)
         self._remove_temp_files()
 
@@ -111,11 +115,31 @@ class EnvoyFileSink:
 
     def publish(self, snapshot: Snapshot) -> None:
         with self._lock:
-            resources = build_resources(snapshot, self._config, self.layout.eds_source)
+            resources = build_resources(snapshot, self._config, self.layout.eds_source, weights=self._weights)
             self.last_changed = tuple(self._write(resources))
+            self._published = snapshot
         if self.last_changed:
             log.info("envoy files updated", extra={"version": snapshot.version,
                                                    "files": [str(p) for p in self.last_changed]})
+
+    def update_weights(self, weights: EndpointWeights) -> None:
+        """New adaptive weights: rewrite the EDS files whose content changes, and nothing else.
+
+        CDS and LDS stay as they are; the next `publish` keeps using these weights.
+        """
+        with self._lock:
+            self._weights = {name: dict(per) for name, per in weights.items()}
+            snapshot = self._published
+            if snapshot is None:
+                return
+            changed = []
+            for svc in snapshot.services.values():
+                assignment = build_load_assignment(svc, self._weights.get(svc.name))
+                path = self.layout.eds_path(svc.name)
+                if atomic_write(path, render(LOAD_ASSIGNMENT_TYPE, [assignment])):
+                    changed.append(path)
+        if changed:
+            log.debug("envoy EDS weights updated", extra={"files": [str(p) for p in changed]})
 
     def _write(self, resources: EnvoyResources) -> list[Path]:
         layout = self.layout

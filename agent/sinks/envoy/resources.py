@@ -19,7 +19,7 @@ from envoy.config.route.v3 import route_pb2
 
 from agent.config import AgentConfig, TrafficSplit
 from agent.model import SCHEMAS, Schema, ServiceSnapshot, Snapshot
-from agent.sinks.envoy.clusters import EdsSource, build_cluster, build_load_assignment
+from agent.sinks.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
 from agent.sinks.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,12 @@ def effective_protocol(service: ServiceSnapshot) -> Schema:
 
 
 def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSource,
-                    rds_source: config_source_pb2.ConfigSource | None = None) -> EnvoyResources:
+                    rds_source: config_source_pb2.ConfigSource | None = None,
+                    weights: EndpointWeights | None = None) -> EnvoyResources:
+    """`weights` (service -> endpoint address -> weight, from agent.adaptive) only touches EDS."""
     services = sorted(snapshot.services.values(), key=lambda s: s.name)
     clusters = [build_cluster(svc, effective_protocol(svc), eds_source) for svc in services]
-    assignments = [build_load_assignment(svc) for svc in services]
+    assignments = [build_load_assignment(svc, (weights or {}).get(svc.name)) for svc in services]
     listeners: list[listener_pb2.Listener] = []
     routes: list[route_pb2.RouteConfiguration] = []
     for svc in services:

@@ -1,0 +1,151 @@
+"""Reads per-host request counters from Envoy's admin `/clusters?format=json`, one or several Envoys.
+
+Why the admin API and not access logs: it needs no change to the data path (no access-log filter in
+LDS, no per-request work in Envoy, nothing written to disk), it works for any Envoy whose admin we can
+reach (a sidecar's own, or gateway Envoys), and one read costs about 0.1 ms of Envoy CPU and 0.15 ms of
+ours for a 4-host cluster (see docs/adaptive-lb.md). Per-host latency is not exported by Envoy, so the
+estimator derives it from these counters with Little's law.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostCounters:
+    """One upstream host as an Envoy reports it (summed over Envoys when several are read)."""
+
+    rq_total: int = 0  # requests sent to the host (counter)
+    rq_active: int = 0  # requests in flight right now, queued at the host included (gauge)
+    rq_success: int = 0  # counter
+    rq_error: int = 0  # counter: 5xx answers, resets, connect failures
+
+
+
+# cluster name -> host address ("ip:port", "[v6]:port") -> counters
+ClusterHosts = dict[str, dict[str, HostCounters]]
+
+
+class AdminReadError(Exception):
+    pass
+
+
+def host_address(entry: Mapping[str, Any]) -> str | None:
+    sock = (entry.get("address") or {}).get("socket_address") or {}
+    ip, port = sock.get("address"), sock.get("port_value")
+    if not ip or not isinstance(port, int):
+        return None
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"  # the same form as Endpoint.address
+
+
+def parse_clusters(data: Any, wanted: Iterable[str] | None = None) -> ClusterHosts:
+    """The `cluster_statuses` of `/clusters?format=json`, reduced to the counters the estimator uses."""
+    names = set(wanted) if wanted is not None else None
+    result: ClusterHosts = {}
+    for cluster in (data or {}).get("cluster_statuses", []) if isinstance(data, dict) else []:
+        name = cluster.get("name")
+        if not isinstance(name, str) or (names is not None and name not in names):
+            continue
+        hosts: dict[str, HostCounters] = {}
+        for host in cluster.get("host_statuses", []) or []:
+            address = host_address(host)
+            if address is None:
+                continue
+            values = {stat.get("name"): stat.get("value", 0) for stat in host.get("stats", []) or []}
+            hosts[address] = HostCounters(
+                rq_total=_int(values.get("rq_total")), rq_active=_int(values.get("rq_active")),
+                rq_success=_int(values.get("rq_success")), rq_error=_int(values.get("rq_error")))
+        result[name] = hosts
+    return result
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+class _Connection:
+    """A keep-alive connection to one admin endpoint, reopened after any failure."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError(f"not an http://ip:port URL: {url!r}")
+        self.url = url
+        self._host, self._port, self._timeout = parts.hostname, parts.port, timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def get_json(self, path: str) -> Any:
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            self._conn.request("GET", path)
+            response = self._conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise AdminReadError(f"{self.url}: {type(exc).__name__}") from None
+        if response.status != 200:
+            raise AdminReadError(f"{self.url}{path}: HTTP {response.status}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise AdminReadError(f"{self.url}{path}: not JSON") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class CounterReader(Protocol):
+    """What the feedback loop reads from (an `AdminReader`, or a fake in tests)."""
+
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+
+    def read(self, clusters: Iterable[str]) -> dict[str, ClusterHosts]: ...
+
+    def close(self) -> None: ...
+
+
+class AdminReader:
+    """Reads the host counters of the named clusters from every configured Envoy admin."""
+
+    def __init__(self, urls: Iterable[str], timeout: float = 1.0) -> None:
+        self._connections = [_Connection(url, timeout) for url in urls]
+        if not self._connections:
+            raise ValueError("no Envoy admin URL to read")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(c.url for c in self._connections)
+
+    def read(self, clusters: Iterable[str]) -> dict[str, ClusterHosts]:
+        """URL -> its counters for the named clusters, for every Envoy that answered. Raises if none did."""
+        wanted = set(clusters)
+        answers: dict[str, ClusterHosts] = {}
+        errors: list[str] = []
+        for conn in self._connections:
+            try:
+                answers[conn.url] = parse_clusters(conn.get_json("/clusters?format=json"), wanted)
+            except AdminReadError as exc:
+                errors.append(str(exc))
+        if not answers:
+            raise AdminReadError("; ".join(errors))
+        return answers
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()

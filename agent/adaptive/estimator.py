@@ -1,0 +1,180 @@
+"""Per-endpoint latency and capacity estimates from Envoy's counters, peak-EWMA style.
+
+Envoy exports no per-host latency, but it does export, per host, the requests sent and the requests in
+flight. Little's law gives the mean time a request spends at the host (queueing at the instance
+included): latency = mean in-flight / throughput. Both are kept as exponentially decayed sums:
+
+- `busy`: the integral of in-flight requests over time (sampled; trapezoids between reads);
+- `succeeded`: requests answered successfully (a host that fails fast must not look fast, so latency
+  is time in flight per *successful* request);
+- `span`: the decayed elapsed time, to turn sums into rates.
+
+Two horizons, like peak-EWMA: a slow one (`slow_tau`, the estimate) and a fast one (`fast_tau`). When
+the fast one shows the host clearly slower (`peak_factor`), the slow one jumps to it: a host that
+degrades is noticed within a couple of seconds, while good news is believed only slowly. What one
+interval adds to the slow horizon is capped (`cap_factor` x the best latency per request), so a queue
+that blew up does not dominate the estimate for minutes after the host has recovered.
+
+A host with little recent traffic has little evidence: its latency is blended with a prior (the best
+latency in the service) as if `prior_requests` requests had been observed at that prior. As its
+evidence decays, its estimate drifts back towards the best, its weight rises and traffic probes it
+again: the starvation guard. With steady probe traffic the evidence holds and the estimate stays put.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agent.adaptive.sampling import HostSample
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    slow_tau: float = 10.0  # seconds
+    fast_tau: float = 2.0  # seconds
+    # The fast horizon counts only with this much evidence (in-flight counts are sampled, so a handful of
+    # short requests would give a noisy figure), or when requests sit unanswered for this long in total.
+    fast_min_requests: float = 20.0
+    stuck_busy_seconds: float = 1.0
+    # The fast horizon wins only when clearly worse (its noise must not demote a healthy host).
+    peak_factor: float = 2.0
+    # The slow horizon counts at most this many times the prior per request (winsorizing): a queue
+    # blow-up must not dominate the estimate for minutes after the host has recovered.
+    cap_factor: float = 20.0
+    prior_requests: float = 3.0  # pseudo-requests at the prior latency
+    confident_requests: float = 20.0  # evidence needed for a host's latency to serve as the prior
+
+
+class _Decayed:
+    """Exponentially decayed sums over one horizon."""
+
+    __slots__ = ("busy", "done", "sent", "span", "succeeded", "tau")
+
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+        self.sent = self.succeeded = self.done = self.busy = self.span = 0.0
+
+    def add(self, dt: float, sample: HostSample, busy: float) -> None:
+        keep = math.exp(-dt / self.tau)
+        self.sent = self.sent * keep + sample.sent
+        self.succeeded = self.succeeded * keep + sample.succeeded
+        self.done = self.done * keep + sample.succeeded + sample.failed
+        self.busy = self.busy * keep + busy
+        self.span = self.span * keep + dt
+
+    def throughput(self) -> float:
+        return self.done / self.span if self.span > 0 else 0.0
+
+    def adopt(self, other: _Decayed, max_busy: float | None) -> None:
+        """Take `other`'s figures (the long horizon jumping to what the short one saw)."""
+        self.sent, self.succeeded, self.done, self.span = other.sent, other.succeeded, other.done, other.span
+        self.busy = other.busy if max_busy is None else min(other.busy, max_busy)
+
+    def latency(self) -> float | None:
+        return self.busy / self.succeeded if self.succeeded > 0 else None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    latency: float  # seconds per successful request, prior and peak applied
+    rate: float  # requests per second sent to the host
+    throughput: float  # requests per second it answered, over the horizon that gave `latency`
+    in_flight: float  # mean requests in flight
+    evidence: float  # decayed count of successful requests behind `latency`
+    measured: float | None  # latency from the slow horizon alone (no prior), if any
+
+    @property
+    def capacity(self) -> float:
+        """Requests/s the host could serve, from its latency at its throughput: see `service_time`."""
+        return 1.0 / service_time(self.latency, self.throughput)
+
+
+def service_time(latency: float, throughput: float) -> float:
+    """Seconds of work per request, by inverting the M/D/1 queue (Pollaczek-Khinchine, constant service):
+
+        latency = s + λ·s² / (2·(1 - λ·s))   ->   λ·s² - 2·(λ·L + 1)·s + 2·L = 0, the smaller root.
+
+    An idle host gives its latency; a loaded one less than its latency (the rest was queueing); a
+    saturated one about 1/throughput. Inference instances that serve several requests at once look
+    slower than they are, which only makes the split more conservative. (The M/M/1 inversion,
+    1/(λ + 1/L), credits loaded hosts with up to ~30% too much capacity against idle ones, which kept
+    recovered hosts from ever looking as good as the loaded ones.)
+    """
+    latency = max(latency, 1e-6)
+    lam = max(throughput, 0.0)
+    if lam * latency < 1e-9:
+        return latency
+    b = lam * latency + 1.0
+    return (b - math.sqrt(b * b - 2.0 * lam * latency)) / lam
+
+
+class EndpointEstimator:
+    def __init__(self, params: EstimatorParams | None = None) -> None:
+        self.params = params or EstimatorParams()
+        self._slow = _Decayed(self.params.slow_tau)
+        self._fast = _Decayed(self.params.fast_tau)
+        self._last_time: float | None = None
+        self._last_active = 0
+
+    def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
+        """One read of the host: `sample` holds the counts since the previous read.
+
+        `prior` (the best latency in the service) bounds what one interval adds to the slow horizon.
+        """
+        if self._last_time is None:
+            self._last_time, self._last_active = now, sample.active
+            return  # the first read only sets the baseline
+        dt = now - self._last_time
+        if dt <= 0:
+            return
+        busy = dt * (self._last_active + sample.active) / 2.0
+        p = self.params
+        capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
+        self._slow.add(dt, sample, capped)
+        self._fast.add(dt, sample, busy)
+        fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
+        if self._fast.succeeded >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \
+                and fast_latency > p.peak_factor * slow_latency:
+            # Peak: the host got clearly slower; what the long horizon remembers no longer applies.
+            self._slow.adopt(self._fast, None if prior is None else self._fast.succeeded * p.cap_factor * prior)
+        self._last_time, self._last_active = now, sample.active
+
+    def pause(self, now: float) -> None:
+        """The whole service was idle since the last read: let no time pass for this estimate.
+
+        Estimates age with the service's traffic, not with the clock: after a quiet night the service
+        starts from what it knew, while a host starved *during* traffic still drifts back (probing).
+        """
+        self._last_time, self._last_active = now, 0
+
+    @property
+    def evidence(self) -> float:
+        return self._slow.succeeded
+
+    @property
+    def span(self) -> float:
+        """Decayed seconds of traffic observed (at most about `slow_tau`)."""
+        return self._slow.span
+
+    def measured_latency(self) -> float | None:
+        """Slow-horizon latency when there is enough evidence for it to be a prior for others."""
+        if self._slow.succeeded < self.params.confident_requests:
+            return None
+        return self._slow.latency()
+
+    def estimate(self, prior: float) -> Estimate:
+        p = self.params
+        slow = self._slow
+        # Pseudo-requests at the prior: little evidence -> close to the prior; lots -> the measurement.
+        fast = self._fast
+        latency = (slow.busy + p.prior_requests * prior) / (slow.succeeded + p.prior_requests)
+        throughput = slow.throughput()
+        if fast.succeeded < p.fast_min_requests and fast.busy >= p.stuck_busy_seconds:
+            # Requests in flight but few answered lately: a stuck or very slow host; count the time so far.
+            stuck = fast.busy / max(fast.succeeded, 1.0)
+            if stuck > latency:
+                latency, throughput = stuck, fast.throughput()
+        span = max(slow.span, 1e-9)
+        return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
+                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency())

@@ -1,0 +1,227 @@
+"""`FeedbackLoop`: Envoy's counters -> per-endpoint estimates -> weights -> EDS, on one thread.
+
+Every `sample_interval_seconds` it reads `/clusters?format=json` from the Envoy admin(s) and feeds each
+host's estimator; every `update_interval_seconds` it turns the estimates of each adaptive service into
+weights (agent.adaptive.weights) and, only when they changed materially, stores them in the
+`WeightTable` and hands the whole table to `publish` (the sinks' `update_weights`: EDS only).
+
+If the loop stops or Envoy's admin cannot be read, nothing is rewritten: Envoy keeps the last weights,
+which are in its EDS files (or its ADS state).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from agent.adaptive import metrics
+from agent.adaptive.envoy_admin import AdminReader, AdminReadError, CounterReader
+from agent.adaptive.estimator import EndpointEstimator, EstimatorParams
+from agent.adaptive.sampling import DeltaTracker, Samples
+from agent.adaptive.table import WeightTable
+from agent.adaptive.weights import ServiceWeights, WeightParams
+from agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Mapping[str, Mapping[str, int]]], None]
+# Latency assumed for every host of a service before any host has enough evidence: all equal.
+NO_EVIDENCE_PRIOR = 0.05
+# Seconds of traffic a service needs before its hosts may get unequal weights (early estimates are noisy).
+WARMUP_SECONDS = 3.0
+WARN_EVERY_SECONDS = 60.0
+
+
+def adaptive_services(config: AgentConfig) -> tuple[str, ...]:
+    return tuple(sorted(s.name for s in config.services if s.lb.adaptive))
+
+
+def admin_urls(config: AgentConfig) -> tuple[str, ...]:
+    """The Envoys to read: `adaptive.envoy_admin_urls`, else this agent's own (sidecar mode)."""
+    if config.adaptive.envoy_admin_urls:
+        return config.adaptive.envoy_admin_urls
+    address = config.envoy.admin_address
+    host = f"[{address}]" if ":" in address else address
+    return (f"http://{host}:{config.envoy.admin_port}",)
+
+
+class _Service:
+    """Estimators and weight state of one adaptive service."""
+
+    def __init__(self, weight_params: WeightParams) -> None:
+        self.estimators: dict[str, EndpointEstimator] = {}
+        self.weights = ServiceWeights(weight_params)
+        self.prior: float | None = None  # best measured latency in the service, seconds
+
+
+class FeedbackLoop:
+    def __init__(self, config: AgentConfig, table: WeightTable, publish: Publish,
+                 reader: CounterReader | None = None, clock: Callable[[], float] = time.monotonic,
+                 estimator_params: EstimatorParams | None = None) -> None:
+        self.table = table
+        self._publish = publish
+        self._clock = clock
+        self._estimator_params = estimator_params or EstimatorParams()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._services: dict[str, _Service] = {}
+        self._tracker = DeltaTracker()
+        self._reader: CounterReader | None = reader
+        self._own_reader = reader is None
+        self._next_update = 0.0
+        self._unpublished = False
+        self._last_warning = -WARN_EVERY_SECONDS
+        self.reads_ok = self.reads_failed = 0
+        self.cpu_seconds = 0.0
+        self.last_error: str | None = None
+        self.update_config(config)
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def update_config(self, config: AgentConfig) -> None:
+        """Hot reload: services that turned adaptive off lose their weights (EDS back to plain)."""
+        with self._lock:
+            self._config = config
+            adaptive = self._config.adaptive
+            self._weight_params = WeightParams(max_ratio=adaptive.max_weight_ratio)
+            wanted = set(adaptive_services(config))
+            dropped = [name for name in self._services if name not in wanted]
+            for name in dropped:
+                for address in self._services.pop(name).estimators:
+                    metrics.forget(name, address)
+            for name in wanted:
+                if name not in self._services or self._services[name].weights.params != self._weight_params:
+                    self._services[name] = _Service(self._weight_params)
+            if self._own_reader:
+                urls = admin_urls(config)
+                if self._reader is None or self._reader.urls != urls:
+                    if self._reader is not None:
+                        self._reader.close()
+                    self._reader = AdminReader(urls)
+                    self._tracker = DeltaTracker()
+        removed = [name for name in dropped if self.table.drop(name)]
+        if removed:
+            self._safe_publish()
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._services))
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="adaptive-feedback", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._own_reader and self._reader is not None:
+            self._reader.close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self._clock()
+            cpu = time.thread_time()
+            try:
+                self.step(started)
+            except Exception:
+                log.exception("adaptive feedback step failed; weights stay as they are")
+            self.cpu_seconds += time.thread_time() - cpu  # what the loop costs the agent (docs/adaptive-lb.md)
+            # Jittered: in-flight counts are sampled, and a fixed period could alias with periodic traffic.
+            interval = self._config.adaptive.sample_interval_seconds * random.uniform(0.5, 1.5)
+            self._stop.wait(max(0.0, interval - (self._clock() - started)))
+
+    def step(self, now: float) -> None:
+        """One sample; and, when due, one weight update. Public so tests can drive it with a fake clock."""
+        with self._lock:
+            if not self._services or self._reader is None:
+                return
+            names = tuple(self._services)
+            reader = self._reader
+        try:
+            answers = reader.read(names)
+        except AdminReadError as exc:
+            self._read_failed(now, str(exc))
+            return
+        self.reads_ok += 1
+        self.last_error = None
+        metrics.ADMIN_READS.labels("ok").inc()
+        with self._lock:
+            self._observe(now, self._tracker.update(answers))
+            due = now >= self._next_update
+            if due:
+                self._next_update = now + self._config.adaptive.update_interval_seconds
+                changed = self._update()
+        if due and (changed or self._unpublished):
+            self._safe_publish()
+
+    def _read_failed(self, now: float, error: str) -> None:
+        self.reads_failed += 1
+        self.last_error = error
+        metrics.ADMIN_READS.labels("error").inc()
+        if now - self._last_warning >= WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning("cannot read Envoy admin for adaptive weights; Envoy keeps the last ones: %s", error)
+
+    def _observe(self, now: float, samples: Samples) -> None:
+        for name, service in self._services.items():
+            hosts = samples.get(name)
+            if hosts is None:
+                continue  # cluster not (yet) in Envoy
+            for gone in [a for a in service.estimators if a not in hosts]:
+                del service.estimators[gone]
+                metrics.forget(name, gone)
+            idle = all(s.sent == 0 and s.active == 0 and s.succeeded == 0 and s.failed == 0 for s in hosts.values())
+            for address, sample in hosts.items():
+                estimator = service.estimators.get(address)
+                if estimator is None:
+                    estimator = service.estimators[address] = EndpointEstimator(self._estimator_params)
+                if idle:
+                    estimator.pause(now)
+                else:
+                    estimator.observe(now, sample, service.prior)
+
+    def _update(self) -> bool:
+        changed = False
+        for name, service in self._services.items():
+            if not service.estimators:
+                continue
+            measured = [m for e in service.estimators.values() if (m := e.measured_latency()) is not None]
+            service.prior = min(measured) if measured else None
+            estimates = {address: e.estimate(service.prior or NO_EVIDENCE_PRIOR)
+                         for address, e in service.estimators.items()}
+            warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
+            proposed = service.weights.propose(estimates, all_equal=warming)
+            if proposed is not None:
+                self.table.set_weights(name, proposed)
+                metrics.WEIGHT_UPDATES.labels(name).inc()
+                changed = True
+                log.debug("adaptive weights", extra={"service": name, "weights": proposed})
+            published = service.weights.published
+            self.table.set_view(name, published, estimates)
+            for address, weight in published.items():
+                metrics.ENDPOINT_WEIGHT.labels(name, address).set(weight)
+                if address in estimates:
+                    metrics.ENDPOINT_LATENCY.labels(name, address).set(estimates[address].latency)
+        return changed
+
+    def _safe_publish(self) -> None:
+        try:
+            self._publish(self.table.weights())
+            self._unpublished = False
+        except Exception:
+            self._unpublished = True  # retried at the next update
+            log.exception("publishing adaptive weights failed; retrying at the next update")

@@ -1,0 +1,53 @@
+"""`AdaptiveRunner`: runs the feedback loop while any service has `lb.adaptive`, and hands the weights to
+every sink that takes them (`update_weights(weights)`: the Envoy file sink; an ADS sink can do the same).
+
+One object for any owner of sinks (the `run` runtime, a sidecar, a controller): `apply(config)` on
+start and on every reload, `stop()` at the end, `rows(service)` for status pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from agent.adaptive.feedback import FeedbackLoop, adaptive_services
+from agent.adaptive.table import WeightTable
+from agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+class AdaptiveRunner:
+    def __init__(self, sinks: Callable[[], Iterable[Any]]) -> None:
+        self.table = WeightTable()
+        self.loop: FeedbackLoop | None = None
+        self._sinks = sinks
+
+    def apply(self, config: AgentConfig) -> None:
+        services = adaptive_services(config)
+        if self.loop is None:
+            if services:
+                self.loop = FeedbackLoop(config, self.table, self._publish)
+                self.loop.start()
+                log.info("adaptive load balancing on", extra={"services": list(services)})
+            return
+        self.loop.update_config(config)  # drops the weights of services that turned it off
+        if not services:
+            self.loop.stop()
+            self.loop = None
+            log.info("adaptive load balancing off")
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
+
+    def rows(self, service: str) -> list[dict[str, object]]:
+        return self.table.rows(service)
+
+    def _publish(self, weights: Mapping[str, Mapping[str, int]]) -> None:
+        for sink in self._sinks():
+            update = getattr(sink, "update_weights", None)
+            if update is not None:
+                update(weights)

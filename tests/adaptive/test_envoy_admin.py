@@ -1,0 +1,50 @@
+"""Reading Envoy's /clusters JSON and turning cumulative counters into per-read samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.adaptive.envoy_admin import HostCounters, parse_clusters
+from agent.adaptive.sampling import DeltaTracker, HostSample
+
+
+def host(ip: str, port: int, total: int, active: int, success: int, error: int = 0) -> dict[str, Any]:
+    # The shape Envoy 1.40 answers (only the fields we read; counters and gauges mixed in `stats`).
+    return {"address": {"socket_address": {"address": ip, "port_value": port}},
+            "stats": [{"name": "cx_active", "type": "GAUGE", "value": "1"},
+                      {"name": "rq_total", "value": str(total)},
+                      {"name": "rq_active", "type": "GAUGE", "value": active},
+                      {"name": "rq_success", "value": str(success)}, {"name": "rq_error", "value": str(error)}],
+            "health_status": {"eds_health_status": "HEALTHY"}, "weight": 1}
+
+
+def clusters(*entries: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {"cluster_statuses": [{"name": name, "host_statuses": hosts} for name, hosts in entries]}
+
+
+def test_parse_keeps_wanted_clusters_and_reads_counters() -> None:
+    data = clusters(("llm", [host("10.0.0.1", 80, 10, 2, 7, 1), host("fd00::1", 8080, 3, 0, 3)]),
+                    ("other", [host("10.0.0.9", 80, 1, 0, 1)]))
+    parsed = parse_clusters(data, ["llm"])
+    assert set(parsed) == {"llm"}
+    assert parsed["llm"]["10.0.0.1:80"] == HostCounters(rq_total=10, rq_active=2, rq_success=7, rq_error=1)
+    assert "[fd00::1]:8080" in parsed["llm"]  # the same form as Endpoint.address
+
+
+def test_parse_tolerates_junk() -> None:
+    assert parse_clusters(None) == {}
+    assert parse_clusters({"cluster_statuses": [{"name": "x", "host_statuses": [{"address": {}}]}]}) == {"x": {}}
+
+
+def test_deltas_per_envoy_are_summed_and_resets_are_not_negative() -> None:
+    tracker = DeltaTracker()
+    a0 = {"llm": {"h:1": HostCounters(100, 1, 90, 5)}}
+    b0 = {"llm": {"h:1": HostCounters(50, 2, 50, 0)}}
+    first = tracker.update({"http://a": a0, "http://b": b0})
+    assert first["llm"]["h:1"] == HostSample(sent=0, succeeded=0, failed=0, active=3)  # baseline only
+    a1 = {"llm": {"h:1": HostCounters(110, 0, 99, 6)}}
+    b1 = {"llm": {"h:1": HostCounters(4, 1, 4, 0)}}  # Envoy b restarted: counters went back
+    second = tracker.update({"http://a": a1, "http://b": b1})
+    assert second["llm"]["h:1"] == HostSample(sent=10, succeeded=9, failed=1, active=1)
+    third = tracker.update({"http://a": a1})  # b did not answer: a's part only
+    assert third["llm"]["h:1"] == HostSample(sent=0, succeeded=0, failed=0, active=0)
