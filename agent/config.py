@@ -305,6 +305,8 @@ class EnvoyConfig(Strict):
     # A listener that serves only GET /stats/prometheus (None: no such listener).
     stats_port: int | None = Field(default=None, ge=1, le=65535)
     stats_address: str = "0.0.0.0"
+    # Write the Envoy files (file mode). False: only the xDS server feeds Envoy (e.g. the gateway).
+    files: bool = True
 
     @field_validator("stats_address")
     @classmethod

@@ -1,9 +1,12 @@
-"""`modelarts-agent sidecar`: EndpointSlices written by the controller -> Envoy files. Zero ModelArts calls.
+"""`modelarts-agent sidecar`: EndpointSlices written by the controller -> Envoy files and/or xDS. Zero ModelArts calls.
 
 The config file is an ordinary agent config for the Envoy side (services with listen ports and
-policies, splits, envoy, admin, discovery.allowed_cidrs); each service name is the name of the
-Kubernetes Service (= the ModelArtsService) to follow. The `modelarts` and `auth` sections may be
-left out: the sidecar has no ModelArts client, so they would be unused.
+policies, splits, envoy, admin, discovery.allowed_cidrs, xds, gateway); each service name is the
+name of the Kubernetes Service (= the ModelArtsService) to follow. The `modelarts` and `auth`
+sections may be left out: the sidecar has no ModelArts client, so they would be unused.
+
+With `xds.enabled: true` the sidecar also serves ADS (e.g. on loopback to the gateway's Envoy, as
+the chart's gateway pods do); `envoy.files: false` then skips the Envoy files.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ _UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "sidecar", help="follow the EndpointSlices of Kubernetes Services and write Envoy files (no ModelArts calls)",
+        "sidecar",
+        help="follow the EndpointSlices of Kubernetes Services and feed Envoy (files or xDS; no ModelArts calls)",
         description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--config", "-c", type=Path, required=True,
                         help="agent config YAML: services (listen ports, policies), envoy, admin")
@@ -62,13 +66,15 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
                           f"listen_port and policy from the config")
     if not config.services:
         raise ConfigError(f"{path} lists no services to follow")
+    if not (config.envoy.files or config.xds.enabled):
+        raise ConfigError(f"{path}: envoy.files is false and xds is not enabled, so nothing would feed Envoy")
     return config
 
 
 def run(args: argparse.Namespace) -> int:
     from agent.kube.client import KubeClient, default_namespace
     from agent.modelarts.client import allowed_networks
-    from agent.sinks.envoy.files import EnvoyFileSink
+    from agent.sinks.factory import sinks_for
     from agent.sinks.runner import SinkRunner
     from agent.snapshot import SnapshotStore
     from agent.sources.kubernetes import KubernetesSource
@@ -87,19 +93,41 @@ def run(args: argparse.Namespace) -> int:
     store = SnapshotStore(config.services, config.discovery)
     sources = [KubernetesSource(kube, namespace, spec, store, allowed_networks(config),
                                 config.discovery.max_endpoints, stop) for spec in followed]
-    runner = SinkRunner(EnvoyFileSink(config), store, stop)
+    try:
+        sinks = list(sinks_for(config))  # binds the xDS port now, when enabled
+    except Exception:
+        kube.close()
+        raise
+    runners = [SinkRunner(sink, store, stop) for sink in sinks]
+    xds = next((sink for sink in sinks if sink.name == "xds"), None)
 
     def status() -> dict[str, Any]:
         snapshot = store.snapshot
-        return {"namespace": namespace, "snapshot_version": snapshot.version, "ready": store.ready(),
-                "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints]}
-                             for st in store.statuses() if st.name in snapshot.services],
-                "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
-                "sink": {"published_version": runner.published_version, "last_error": runner.last_error}}
+        body: dict[str, Any] = {
+            "namespace": namespace, "snapshot_version": snapshot.version, "ready": store.ready(),
+            "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints]}
+                         for st in store.statuses() if st.name in snapshot.services],
+            "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
+            "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
+                      for r in runners]}
+        files = next((r for r in runners if r.sink.name != "xds"), None)
+        if files is not None:  # the single-sink shape of earlier versions
+            body["sink"] = {"published_version": files.published_version, "last_error": files.last_error}
+        if xds is not None:
+            body["xds"] = _xds_status(xds, config)
+        return body
+
+    def close_sinks() -> None:
+        for sink in sinks:
+            closer = getattr(sink, "close", None)
+            if closer is not None:
+                closer()
 
     try:
         admin = AdminServer(config.admin.address, config.admin.port, status, store.ready)
     except OSError as exc:
+        close_sinks()
+        kube.close()
         raise ConfigError(f"cannot listen on {config.admin.address}:{config.admin.port}: {exc.strerror}") from None
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -108,12 +136,25 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     admin.start()
-    runner.start()
+    for runner in runners:
+        runner.start()
     for source in sources:
         source.start()
     while not stop.wait(1.0):
         pass
-    runner.thread.join(10)
+    for runner in runners:
+        runner.thread.join(10)
+    close_sinks()
     admin.stop()
     kube.close()
     return 0
+
+
+def _xds_status(sink: Any, config: AgentConfig) -> dict[str, Any]:
+    """Where the xDS server listens, the cache version it serves and how many Envoy streams are open."""
+    server = sink.server
+    current = sink.cache.current
+    return {"address": config.xds.address, "port": server.port if server is not None else None,
+            "tls": config.xds.tls.cert_file is not None, "serving": server is not None,
+            "cache_version": current.version if current is not None else 0,
+            "streams": server.stream_count if server is not None else 0}

@@ -10,8 +10,8 @@ from agent.sinks.envoy.files import EnvoyFileSink
 
 
 def sinks_for(config: AgentConfig) -> Sequence[Sink]:
-    # File mode: a colocated Envoy reads the files; the Kubernetes sink registers here as it lands.
-    sinks: list[Sink] = [EnvoyFileSink(config)]
+    # File mode: a colocated Envoy reads the files (unless envoy.files is false: xDS only).
+    sinks: list[Sink] = [EnvoyFileSink(config)] if config.envoy.files else []
     if config.xds.enabled:
         from agent.sinks.xds.sink import XdsSink
 
