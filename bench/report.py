@@ -110,12 +110,12 @@ DEFAULT_INTRO = _INTRO.replace("{instance_table}", md_table(["scenario", "instan
 
 
 def _status(check: Check) -> str:
-    return {"PASS": "**PASS**", "MISS": "**MISS**", "info": "info"}[check.status]
+    return {"PASS": "**PASS**", "MISS": "**MISS**", "info": "info", "INCONCLUSIVE": "**INCONCLUSIVE**"}[check.status]
 
 
 def ordered(checks: Sequence[Check]) -> list[Check]:
     """Figures with a target first, then the informational ones (stable otherwise)."""
-    return sorted(checks, key=lambda c: c.passed is None)
+    return sorted(checks, key=lambda c: c.passed is None and not c.inconclusive)
 
 
 def summary_rows(results: Sequence[ScenarioResult]) -> list[list[str]]:

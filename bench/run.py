@@ -144,14 +144,14 @@ def print_summary(results: list[ScenarioResult]) -> None:
     table = RichTable(title="benchmark targets")
     for column in ("scenario", "figure", "measured", "target", "verdict"):
         table.add_column(column)
-    colors = {"PASS": "green", "MISS": "red", "info": "dim"}
+    colors = {"PASS": "green", "MISS": "red", "info": "dim", "INCONCLUSIVE": "yellow"}
     for result in results:
         if result.error:
             table.add_row(result.name, "[red]error", result.error[:80], "", "[red]ERROR")
         if result.pending:
             table.add_row(result.name, "pending", result.pending[:80], "", "[yellow]pending")
         for check in result.checks:
-            if check.passed is None:
+            if check.passed is None and not check.inconclusive:
                 continue
             table.add_row(result.name, check.what, check.value, check.target,
                           f"[{colors[check.status]}]{check.status}")

@@ -42,9 +42,12 @@ class Check:
     target: str
     passed: bool | None
     note: str = ""
+    inconclusive: bool = False  # the machine was too noisy for this figure to decide anything
 
     @property
     def status(self) -> str:
+        if self.inconclusive:
+            return "INCONCLUSIVE"
         return {True: "PASS", False: "MISS", None: "info"}[self.passed]
 
 

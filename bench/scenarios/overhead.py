@@ -18,6 +18,7 @@ NAME = "overhead"
 TITLE = "1. Data-plane overhead: direct vs sidecar Envoy"
 P99_TARGET_MS = 1.0  # at 1,000 rps
 THROUGHPUT_TARGET = 0.80
+NOISE_SPREAD = 3.0  # direct-arm p99: median over rounds / best round, beyond which the run is too noisy
 
 
 def run(ctx: Ctx) -> ScenarioResult:
@@ -137,9 +138,16 @@ def run(ctx: Ctx) -> ScenarioResult:
     if 1000 in fixed:
         dp99, sp99 = med_p99(1000, "direct"), med_p99(1000, "sidecar")
         added = sp99 - dp99
+        # The direct arm has no proxy: if its own rounds disagree by more than 3x, other work on the machine
+        # owned the tail, and neither arm's p99 says anything about Envoy.
+        spread = dp99 / max(1e-9, min(round_p99[1000]["direct"]))
+        noisy = spread > NOISE_SPREAD
         result.checks.append(Check(
             "p99 added by the sidecar at 1,000 rps", f"{added:+.2f} ms ({fmt_ms(dp99)} → {fmt_ms(sp99)})",
-            f"≤ +{P99_TARGET_MS:g} ms", added <= P99_TARGET_MS, "median over rounds of each round's p99"))
+            f"≤ +{P99_TARGET_MS:g} ms", None if noisy else added <= P99_TARGET_MS,
+            (f"the direct arm's round p99s spread {spread:.0f}x (median / best): the machine was too busy "
+             "to measure a 1 ms difference in this run") if noisy else "median over rounds of each round's p99",
+            inconclusive=noisy))
     result.checks.append(Check(
         "max throughput kept through the sidecar", f"{ratio:.0%} ({med['sidecar']:,.0f} vs {med['direct']:,.0f} rps)",
         f"≥ {THROUGHPUT_TARGET:.0%}", ratio >= THROUGHPUT_TARGET, "Envoy with one worker thread on one core"))
@@ -154,9 +162,12 @@ def run(ctx: Ctx) -> ScenarioResult:
         "worker thread on core 1, config rendered by `EnvoyFileSink` for one service with the default policy "
         "(least_request, retries for idempotent requests, outlier detection). The direct arm is the \"high-speed "
         "path\": the client calls the instance's IP itself.")
-    if any(not c.passed for c in result.checks if c.passed is not None):
+    if any(not c.passed for c in result.checks if c.passed is not None) or any(c.inconclusive
+                                                                               for c in result.checks):
         result.notes.append(
-            "**A target is missed: why, and the plan.** Through the sidecar each request makes two more "
+            ("**A target is missed: why, and the plan.** " if any(c.passed is False for c in result.checks)
+             else "**A target could not be decided: why, and the plan.** ")
+            + "Through the sidecar each request makes two more "
             "loopback hops and crosses from core 0 to Envoy's core and back twice; on this VM a wake-up of an "
             "idle vCPU costs up to a few milliseconds, and that lands in the tail (the per-round p99s above "
             "swing by several ms between identical rounds). Max throughput through one Envoy worker is bounded "
