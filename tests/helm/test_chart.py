@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from agent.cli.main import build_parser
+from agent.cli.sidecar_cmd import load_sidecar_config
+from agent.config import AgentConfig
 from agent.inject import InjectOptions, restricted_security_context
 from tests.helm.conftest import CHART, REPO, VALUES_ALL, Helm, find, kinds, load_yaml_docs
 
@@ -69,7 +72,8 @@ def test_defaults_render_the_controller_and_nothing_optional(helm: Helm) -> None
 def test_every_optional_feature_renders(helm: Helm) -> None:
     objects = helm.objects("-f", VALUES_ALL)
     expected = {
-        ("Secret", "modelarts-agent-credentials"), ("Service", "modelarts-agent-xds"),
+        ("Secret", "modelarts-agent-credentials"), ("ConfigMap", "modelarts-gateway-config"),
+        ("ServiceAccount", "modelarts-gateway"), ("Role", "modelarts-gateway"), ("RoleBinding", "modelarts-gateway"),
         ("ServiceMonitor", "modelarts-agent"), ("ServiceMonitor", "modelarts-gateway"),
         ("PrometheusRule", "modelarts-agent"), ("ConfigMap", "modelarts-agent-dashboard"),
         ("NetworkPolicy", "modelarts-agent"), ("Deployment", "modelarts-gateway"), ("Service", "modelarts-gateway"),
@@ -77,15 +81,22 @@ def test_every_optional_feature_renders(helm: Helm) -> None:
         ("ModelArtsService", "llm"), ("ModelArtsService", "embeddings"),
     }
     assert expected <= kinds(objects)
-    # The gateway: an init container renders the ADS bootstrap, then Envoy (same image) runs it.
+    # The gateway: the agent (a native sidecar), an init container that renders the ADS bootstrap
+    # for the agent's loopback xDS port, then Envoy (same image) runs it.
     gateway = pod_specs(objects)["modelarts-gateway"]
-    init = gateway["initContainers"][0]
+    agent, init = gateway["initContainers"]
+    assert agent["name"] == "agent" and agent["restartPolicy"] == "Always"
+    assert agent["args"][2:] == ["sidecar", "--config=/etc/modelarts-gateway/config.yaml",
+                                 "--namespace=modelarts-system"]
+    assert agent["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "agent-admin"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "agent-admin"}
     assert init["args"][:2] == ["render", "bootstrap"]
-    assert "--ads=modelarts-agent-xds.modelarts-system.svc:18000" in init["args"] and "--gateway" in init["args"]
+    assert "--ads=127.0.0.1:18000" in init["args"] and "--gateway" in init["args"]
     assert "--stats-port=9902" in init["args"]
     envoy = gateway["containers"][0]
     assert envoy["command"] == ["/opt/modelarts-agent/bin/envoy"]
     assert envoy["args"][:2] == ["-c", "/var/run/modelarts/bootstrap.yaml"]
+    assert not any(a.startswith("--xds-port") for a in pod_specs(objects)["modelarts-agent"]["containers"][0]["args"])
     # CRs: defaults merged, the chart's Secret referenced in the release namespace, other namespaces bound.
     llm = find(objects, "ModelArtsService", "llm")
     assert llm["metadata"]["namespace"] == "modelarts-system"
@@ -105,7 +116,7 @@ def test_network_policy_limits_ingress_to_metrics_and_egress_to_listed_peers(hel
     policy = find(helm.objects("-f", VALUES_ALL), "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     ingress_ports = [p["port"] for rule in policy["ingress"] for p in rule["ports"]]
-    assert ingress_ports == ["metrics", "xds"]
+    assert ingress_ports == ["metrics"]
     assert all(rule.get("from") for rule in policy["ingress"])
     cidrs = [peer["ipBlock"]["cidr"] for rule in policy["egress"] for peer in rule.get("to", []) if "ipBlock" in peer]
     assert cidrs == ["10.96.0.1/32", "172.20.0.0/24", "100.125.0.0/16"]
@@ -140,25 +151,69 @@ def test_pods_are_restricted_non_root_and_read_only(helm: Helm, values: list[str
 
 @pytest.mark.parametrize("values", [[], ["-f", str(VALUES_ALL)]], ids=["defaults", "all-features"])
 def test_controller_and_gateway_args_are_accepted_by_the_cli(helm: Helm, values: list[str]) -> None:
-    """The chart passes only flags the real CLI knows; `--xds-port` only when asked to (controller.xds)."""
+    """The chart passes only flags the real CLI knows."""
     for spec in pod_specs(helm.objects(*values)).values():
         for container in spec.get("initContainers", []) + spec["containers"]:
             if container.get("command"):
                 continue  # Envoy
             args = [a.replace("$(POD_NAME)", "pod-0") for a in container["args"]]
-            supports_xds = cli_accepts(["controller", "--xds-port=18000"])[0]
-            if not supports_xds:
-                args = [a for a in args if not a.startswith("--xds-port=")]
             ok, err = cli_accepts(args)
             assert ok, f"{container['name']}: {args}: {err}"
 
 
-def test_xds_port_is_only_passed_when_enabled(helm: Helm) -> None:
-    default_args = pod_specs(helm.objects())["modelarts-agent"]["containers"][0]["args"]
-    assert not any(a.startswith("--xds-port") for a in default_args)
-    on = helm.objects("--set", "controller.xds.enabled=true")
-    assert "--xds-port=18000" in pod_specs(on)["modelarts-agent"]["containers"][0]["args"]
-    assert ("Service", "modelarts-agent-xds") in kinds(on)
+def gateway_config(objects: list[dict[str, Any]], tmp_path: Path) -> AgentConfig:
+    """The gateway agent's config file from the ConfigMap, loaded as `sidecar --config` loads it."""
+    path = tmp_path / "config.yaml"
+    path.write_text(find(objects, "ConfigMap", "modelarts-gateway-config")["data"]["config.yaml"])
+    return load_sidecar_config(path, [])
+
+
+def test_gateway_agent_config_serves_xds_on_loopback_and_writes_no_files(helm: Helm, tmp_path: Path) -> None:
+    objects = helm.objects("-f", VALUES_ALL, "--set", "gateway.xdsPort=18500", "--set", "gateway.listenPort=8443")
+    config = gateway_config(objects, tmp_path)
+    # The modelArtsServices of the release namespace (not team-a's embeddings), then gateway.services.
+    assert [s.name for s in config.services] == ["llm", "chat"]
+    assert config.xds.enabled and config.xds.address == "127.0.0.1" and config.xds.port == 18500
+    assert not config.envoy.files
+    assert config.gateway.listen_port == 8443 and config.gateway.route_by_host and config.gateway.route_by_path
+    assert config.discovery.allowed_cidrs == ("192.168.0.0/16",)
+    assert (config.admin.address, config.admin.port) == ("0.0.0.0", 8087)
+    spec = pod_specs(objects)["modelarts-gateway"]
+    agent, bootstrap = spec["initContainers"]
+    assert "--ads=127.0.0.1:18500" in bootstrap["args"]
+    assert spec["containers"][0]["ports"][0] == {"name": "http", "containerPort": 8443, "protocol": "TCP"}
+    # Probes and metrics on the pod IP (the env override of admin.address).
+    assert agent["env"] == [{"name": "MODELARTS_AGENT__ADMIN__ADDRESS",
+                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    # The controller serves no xDS and has no xDS Service.
+    assert not any("xds" in name for kind, name in kinds(objects) if kind == "Service")
+
+
+def test_only_the_gateway_agent_gets_an_api_token(helm: Helm) -> None:
+    objects = helm.objects("-f", VALUES_ALL)
+    spec = pod_specs(objects)["modelarts-gateway"]
+    assert spec["serviceAccountName"] == "modelarts-gateway" and spec["automountServiceAccountToken"] is False
+    token_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    mounts = {c["name"]: [m["mountPath"] for m in c["volumeMounts"]]
+              for c in spec["initContainers"] + spec["containers"]}
+    assert [name for name, paths in mounts.items() if token_path in paths] == ["agent"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "kube-api-access")
+    assert [next(iter(s)) for s in volume["projected"]["sources"]] == ["serviceAccountToken", "configMap",
+                                                                       "downwardAPI"]
+    assert find(objects, "Role", "modelarts-gateway")["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]
+    binding = find(objects, "RoleBinding", "modelarts-gateway")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelarts-gateway",
+                                    "namespace": "modelarts-system"}]
+
+
+def test_gateway_config_change_rolls_the_pods(helm: Helm) -> None:
+    def checksum(*args: str) -> str:
+        spec = find(helm.objects("-f", VALUES_ALL, *args), "Deployment", "modelarts-gateway")["spec"]
+        return str(spec["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("--set", "gateway.services={chat,other}")
 
 
 def test_crd_in_chart_is_byte_identical_to_manifests() -> None:
@@ -212,7 +267,7 @@ def test_chart_sidecar_rbac_equals_manifests_sidecar_rbac(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--set", "gateway.enabled=true"], "gateway.enabled needs controller.xds.enabled"),
+    (["--set", "gateway.enabled=true"], "gateway.enabled needs services to route to"),
     (["--set", "credentials.existingSecret=x", "--set", "credentials.token=t"], "set either existingSecret or"),
     (["--set", "credentials.password=p"], "a password needs domain and user too"),
     (["--set", "credentials.ak=a"], "set ak and sk together"),
@@ -220,7 +275,7 @@ def test_chart_sidecar_rbac_equals_manifests_sidecar_rbac(helm: Helm) -> None:
      "modelArtsServices[0] (x): set credentialsSecretRef"),
     (["--set", "credentials.token=t", "--set", "modelArtsServices[0].name=x",
       "--set", "modelArtsServices[0].serviceId=s"], "modelArtsServices[0] (x): projectId is required"),
-], ids=["gateway-without-xds", "secret-twice", "password-alone", "ak-alone", "cr-without-secret", "cr-incomplete"])
+], ids=["gateway-without-services", "secret-twice", "password-alone", "ak-alone", "cr-without-secret", "cr-incomplete"])
 def test_inconsistent_values_fail_with_a_message(helm: Helm, args: list[str], message: str) -> None:
     proc = helm.template(*args, check=False)
     assert proc.returncode != 0

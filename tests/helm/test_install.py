@@ -62,14 +62,15 @@ def test_helm_install_creates_every_object(kube_env: KubeTestEnv, installed: str
     ns = ["-n", RELEASE_NS]
     assert names(kube_env, "deployments", *ns) == {FULLNAME, "modelarts-gateway"}
     assert names(kube_env, "serviceaccounts", *ns) >= {FULLNAME}
-    assert names(kube_env, "services", *ns) == {f"{FULLNAME}-metrics", f"{FULLNAME}-xds", "modelarts-gateway"}
+    assert names(kube_env, "services", *ns) == {f"{FULLNAME}-metrics", "modelarts-gateway"}
     assert names(kube_env, "poddisruptionbudgets", *ns) == {FULLNAME, "modelarts-gateway"}
     assert names(kube_env, "networkpolicies", *ns) == {FULLNAME}
     assert names(kube_env, "secrets", *ns) >= {f"{FULLNAME}-credentials"}
-    assert names(kube_env, "configmaps", *ns) >= {f"{FULLNAME}-dashboard"}
+    assert names(kube_env, "configmaps", *ns) >= {f"{FULLNAME}-dashboard", "modelarts-gateway-config"}
     assert names(kube_env, "servicemonitors", *ns) == {FULLNAME, "modelarts-gateway"}
     assert names(kube_env, "prometheusrules", *ns) == {FULLNAME}
-    assert names(kube_env, "roles", *ns) == {f"{FULLNAME}-leader-election"}
+    assert names(kube_env, "roles", *ns) == {f"{FULLNAME}-leader-election", "modelarts-gateway"}
+    assert names(kube_env, "serviceaccounts", *ns) >= {FULLNAME, "modelarts-gateway"}
     assert names(kube_env, "rolebindings", "-n", "team-a") == {f"{FULLNAME}-credentials-reader", "modelarts-sidecar"}
     roles = {f"{FULLNAME}-controller", f"{FULLNAME}-credentials-reader", f"{FULLNAME}-legacy-endpoints"}
     assert roles <= names(kube_env, "clusterroles")
@@ -111,6 +112,22 @@ def test_sidecar_service_account_reads_only_endpointslices(kube_env: KubeTestEnv
     assert can("watch", "endpointslices.discovery.k8s.io", "team-a")
     assert not can("list", "endpointslices.discovery.k8s.io", "default")
     assert not can("get", "secrets", "team-a") and not can("patch", "endpointslices.discovery.k8s.io", "team-a")
+
+
+def test_gateway_service_account_reads_only_endpointslices_of_the_release_namespace(
+        kube_env: KubeTestEnv, installed: str) -> None:
+    sa = f"system:serviceaccount:{RELEASE_NS}:modelarts-gateway"
+
+    def can(verb: str, resource: str, namespace: str) -> bool:
+        proc = kube_env.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={sa}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("get", "endpointslices.discovery.k8s.io", RELEASE_NS)
+    assert can("list", "endpointslices.discovery.k8s.io", RELEASE_NS)
+    assert can("watch", "endpointslices.discovery.k8s.io", RELEASE_NS)
+    assert not can("list", "endpointslices.discovery.k8s.io", "team-a")
+    assert not can("get", "secrets", RELEASE_NS) and not can("patch", "endpointslices.discovery.k8s.io", RELEASE_NS)
+    assert not can("get", "modelartsservices.vpc.modelarts.io", RELEASE_NS)
 
 
 def test_plain_manifests_apply(kube_env: KubeTestEnv) -> None:

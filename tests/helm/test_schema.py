@@ -23,11 +23,14 @@ from tests.helm.conftest import Helm
     (["--set", "modelArtsServices[0].serviceId=x"], "missing property 'name'"),
     (["--set", "controller.adminPort=70000"], "at '/controller/adminPort': maximum: got 70,000, want 65,535"),
     (["--set", "controller.logLevel=verbose"], "at '/controller/logLevel': value must be one of"),
-    (["--set", "controller.xds.enable=true"], "additional properties 'enable' not allowed"),
+    (["--set", "gateway.service.annotation.a=b"], "additional properties 'annotation' not allowed"),
+    (["--set", "controller.xds.enabled=true"], "additional properties 'xds' not allowed"),
+    (["--set", "gateway.services[0]=Not_A_Name"], "at '/gateway/services/0'"),
     (["--set", "networkPolicy.modelarts.cidrs[0]=everything"], "at '/networkPolicy/modelarts/cidrs/0'"),
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy': value must be one of"),
 ], ids=["replicas-string", "replicas-zero", "unknown-top-level", "gateway-service-type", "cr-service-type",
-        "cr-poll-interval", "cr-without-name", "port-range", "log-level", "unknown-nested", "cidr", "pull-policy"])
+        "cr-poll-interval", "cr-without-name", "port-range", "log-level", "unknown-nested", "controller-xds-is-gone",
+        "gateway-service-name", "cidr", "pull-policy"])
 def test_bad_values_fail_with_a_clear_message(helm: Helm, args: list[str], message: str) -> None:
     proc = helm.template(*args, check=False)
     assert proc.returncode != 0, proc.stdout[:500]

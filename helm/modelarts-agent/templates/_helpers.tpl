@@ -30,10 +30,6 @@
 {{- default (printf "%s-controller" (include "modelarts-agent.fullname" .)) .Values.controller.leaseName }}
 {{- end }}
 
-{{- define "modelarts-agent.xdsServiceName" -}}
-{{- printf "%s-xds" (include "modelarts-agent.fullname" .) | trunc 63 | trimSuffix "-" }}
-{{- end }}
-
 {{- define "modelarts-agent.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -84,9 +80,6 @@ app.kubernetes.io/component: gateway
 {{- if ne (empty $c.ak) (empty $c.sk) }}
 {{- fail "credentials: set ak and sk together" }}
 {{- end }}
-{{- if and .Values.gateway.enabled (not .Values.controller.xds.enabled) }}
-{{- fail "gateway.enabled needs controller.xds.enabled: the gateway gets its whole configuration from the controller's xDS server (see the chart README)" }}
-{{- end }}
 {{- end }}
 
 {{/* PodDisruptionBudget spec: maxUnavailable when given, else minAvailable. */}}
@@ -96,4 +89,51 @@ maxUnavailable: {{ .maxUnavailable }}
 {{- else }}
 minAvailable: {{ .minAvailable | default 1 }}
 {{- end }}
+{{- end }}
+
+{{/* Gateway ---------------------------------------------------------------------------------- */}}
+
+{{/* The Services the gateway follows: modelArtsServices in the release namespace, then gateway.services. */}}
+{{- define "modelarts-agent.gatewayServices" -}}
+{{- $names := list }}
+{{- range .Values.modelArtsServices }}
+{{- $item := mergeOverwrite (deepCopy ($.Values.serviceDefaults | default dict)) (deepCopy .) }}
+{{- if eq (default $.Release.Namespace $item.namespace) $.Release.Namespace }}
+{{- $names = append $names $item.name }}
+{{- end }}
+{{- end }}
+{{- range .Values.gateway.services }}
+{{- $names = append $names . }}
+{{- end }}
+{{- toYaml (uniq $names) }}
+{{- end }}
+
+{{/* The gateway agent's config file (`modelarts-agent sidecar --config`). */}}
+{{- define "modelarts-agent.gatewayConfig" -}}
+{{- $gw := .Values.gateway -}}
+# The gateway agent (`modelarts-agent sidecar`): the Kubernetes Services (= ModelArtsServices)
+# to follow in {{ .Release.Namespace }}, xDS on loopback for this pod's Envoy, no Envoy files.
+services:
+  {{- range (include "modelarts-agent.gatewayServices" . | fromYamlArray) }}
+  - name: {{ . }}
+  {{- end }}
+{{- with $gw.allowedCIDRs }}
+discovery:
+  allowed_cidrs: {{ toJson . }}
+{{- end }}
+envoy:
+  files: false
+  admin_port: {{ $gw.adminPort }}
+xds:
+  enabled: true
+  address: 127.0.0.1
+  port: {{ $gw.xdsPort }}
+gateway:
+  listen_port: {{ $gw.listenPort }}
+  route_by_host: {{ $gw.routeByHost }}
+  route_by_path: {{ $gw.routeByPath }}
+admin:
+  # MODELARTS_AGENT__ADMIN__ADDRESS (the pod IP) overrides this in the pod.
+  address: 0.0.0.0
+  port: {{ $gw.agentAdminPort }}
 {{- end }}
