@@ -177,7 +177,7 @@ def run(ctx: Ctx) -> ScenarioResult:
                "direct arm's client and instance share one core too. " if envoy_cpu_us.get("max") else ". ")
             + "Plan: (1) re-measure on a machine with ≥ 4 dedicated cores, where Envoy gets "
             "2 workers; (2) profile Envoy's per-request work with `perf` (stats, retry and outlier bookkeeping); "
-            "(3) if the gap holds there, document the sizing rule (one Envoy worker per ~10k rps) and offer a "
+            "(3) if the gap holds there, document the sizing rule (one Envoy worker per the rate above) and offer a "
             "lean per-service profile (no retries/outlier detection) for latency-critical services.")
     result.raw = {"fixed": raw_fixed, "throughput": throughput, "throughput_ratio": ratio,
                   "envoy_retries": retries, "realistic": realistic, "envoy_cpu_us": envoy_cpu_us}
