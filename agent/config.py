@@ -384,8 +384,6 @@ class GatewayConfig(Strict):
         return self
 
 
-class AgentConfig(Strict):
-    modelarts: ModelArtsEndpoints
 class AdaptiveConfig(Strict):
     """The feedback loop behind `lb.adaptive` (agent/adaptive/, docs/adaptive-lb.md)."""
 
@@ -409,6 +407,8 @@ class AdaptiveConfig(Strict):
         return tuple(url.rstrip("/") for url in value)
 
 
+class AgentConfig(Strict):
+    modelarts: ModelArtsEndpoints
     auth: AuthConfig
     budget: BudgetConfig = BudgetConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
@@ -416,9 +416,9 @@ class AdaptiveConfig(Strict):
     splits: tuple[TrafficSplit, ...] = ()
     envoy: EnvoyConfig = EnvoyConfig()
     admin: AdminConfig = AdminConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
     xds: XdsConfig = XdsConfig()
     gateway: GatewayConfig = GatewayConfig()
-    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> AgentConfig:
