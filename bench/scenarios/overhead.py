@@ -194,7 +194,7 @@ def run(ctx: Ctx) -> ScenarioResult:
         ax.bar(xs + offset, p50, width, color=color, label=f"{arm} p50")
     ax.set_xticks(xs, [f"{r:,} rps" for r in rates])
     ax.set_ylabel("latency (ms)")
-    ax.set_title("p50 (solid) and p99 (light), direct vs sidecar")
+    ax.set_title("p50 (solid) and pooled p99 (light), direct vs sidecar")
     ax.legend(fontsize=8)
     ax = axes[1]
     rate = 1000 if 1000 in fixed else rates[0]
