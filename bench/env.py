@@ -86,6 +86,10 @@ def ram_gib() -> float:
     return 0.0
 
 
+def machine_facts_date() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def machine_facts() -> dict[str, Any]:
     envoy_version = ""
     try:
@@ -111,5 +115,5 @@ def machine_facts() -> dict[str, Any]:
         "go_version": go_version,
         "vegeta": vegeta,
         "git_commit": commit + ("+dirty" if dirty else ""),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": machine_facts_date(),
     }

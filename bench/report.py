@@ -149,6 +149,9 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
         ["Go", facts.get("go_version", "")],
         ["vegeta", facts.get("vegeta", "")],
         ["bench wall time", f"{wall_seconds:.0f} s"],
+        *[[f"re-run alone: {', '.join(r['scenarios'])}", f"{r['date']}, commit `{r['git_commit']}`, "
+           f"{r['wall_seconds']:.0f} s" + (f": {r['note']}" if r.get("note") else "")]
+          for r in facts.get("reruns", [])],
     ]))
     out.append("")
     out.append("## Summary: every figure beside its target")
@@ -192,7 +195,9 @@ def render(results: Sequence[ScenarioResult], facts: dict[str, Any], intro: str,
         busy_text = (f" CPU busy with other work just before it: {busy[0]:.0%} of the machine"
                      + (f" (after waiting {busy[1]:.0f} s for it to calm)." if busy[1] >= 1 else ".")
                      if busy else "")
-        out.append(f"_Scenario wall time: {result.seconds:.0f} s.{load_text}{busy_text}_")
+        ran_at = result.raw.get("ran_at") if isinstance(result.raw, dict) else None
+        when = f" Measured {ran_at}." if ran_at else ""
+        out.append(f"_Scenario wall time: {result.seconds:.0f} s.{when}{load_text}{busy_text}_")
         out.append("")
     for section in extra_sections:
         out.append(section.rstrip())

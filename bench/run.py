@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated scenarios out of: {', '.join(SCENARIOS)}")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the last results")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--note", help="with --only: why these scenarios were re-run (shown in the report)")
     parser.add_argument("--budget-seconds", type=float, help="time budget (default 900, quick 120)")
     args = parser.parse_args(argv)
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                           on_step=lambda text: progress.update(task, description=text))
                 result = run_scenario(module, ctx)
                 result.raw["busy_before"] = [round(busy, 2), round(waited, 1)]
+                result.raw["ran_at"] = env.machine_facts_date()
                 results.append(result)
                 (out_dir / f"{name}.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
                 verdicts = " ".join(c.status for c in result.checks if c.passed is not None)
@@ -284,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
     wall = time.monotonic() - started
     facts["wall_seconds"] = round(wall, 1)
+    previous_path = out_dir / "facts.json"
+    if args.only and previous_path.exists():
+        # A partial run: the page still describes the last whole run, plus which scenarios were re-run when.
+        previous = json.loads(previous_path.read_text())
+        rerun = {"scenarios": names, "date": facts["date"], "git_commit": facts["git_commit"],
+                 "wall_seconds": round(wall, 1), "note": args.note or ""}
+        facts = {**previous, "reruns": [*previous.get("reruns", []), rerun]}
+        wall = float(previous.get("wall_seconds", wall))
     (out_dir / "facts.json").write_text(json.dumps(facts, indent=1))
     if args.only:
         # A partial run refreshes its scenarios and keeps the last results of the others.
