@@ -27,7 +27,14 @@ import requests
 import yaml
 
 from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
+from agent.emulator.config import (
+    DEFAULT_AK,
+    DEFAULT_DOMAIN,
+    DEFAULT_PASSWORD,
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SK,
+    DEFAULT_USER,
+)
 from tests import kubeenv
 from tests.kubeenv import KubeTestEnv, free_port
 
@@ -187,7 +194,8 @@ def vpc_addresses(first: int, count: int) -> list[str]:
 
 
 def make_emulator(services: list[dict[str, Any]]) -> Emulator:
-    users = [{"domain": DEFAULT_DOMAIN, "name": DEFAULT_USER, "password": DEFAULT_PASSWORD}, *OTHER_USERS]
+    users = [{"domain": DEFAULT_DOMAIN, "name": DEFAULT_USER, "password": DEFAULT_PASSWORD,
+              "access_keys": [{"ak": DEFAULT_AK, "sk": DEFAULT_SK}]}, *OTHER_USERS]
     return Emulator(EmulatorConfig.model_validate({"users": users, "services": services}))
 
 
