@@ -33,6 +33,8 @@ NO_EVIDENCE_PRIOR = 0.05
 # Seconds of traffic a service needs before its hosts may get unequal weights (early estimates are noisy).
 WARMUP_SECONDS = 3.0
 WARN_EVERY_SECONDS = 60.0
+# While no adaptive service has traffic, read Envoy this many times less often (an idle sidecar costs ~nothing).
+IDLE_SLOWDOWN = 10.0
 
 
 def adaptive_services(config: AgentConfig) -> tuple[str, ...]:
@@ -76,6 +78,7 @@ class FeedbackLoop:
         self._unpublished = False
         self._last_warning = -WARN_EVERY_SECONDS
         self.reads_ok = self.reads_failed = 0
+        self.idle = False  # no adaptive service had traffic at the last read
         self.cpu_seconds = 0.0
         self.last_error: str | None = None
         self.update_config(config)
@@ -142,6 +145,8 @@ class FeedbackLoop:
             self.cpu_seconds += time.thread_time() - cpu  # what the loop costs the agent (docs/adaptive-lb.md)
             # Jittered: in-flight counts are sampled, and a fixed period could alias with periodic traffic.
             interval = self._config.adaptive.sample_interval_seconds * random.uniform(0.5, 1.5)
+            if self.idle:
+                interval *= IDLE_SLOWDOWN
             self._stop.wait(max(0.0, interval - (self._clock() - started)))
 
     def step(self, now: float) -> None:
@@ -177,6 +182,7 @@ class FeedbackLoop:
             log.warning("cannot read Envoy admin for adaptive weights; Envoy keeps the last ones: %s", error)
 
     def _observe(self, now: float, samples: Samples) -> None:
+        all_idle = True
         for name, service in self._services.items():
             hosts = samples.get(name)
             if hosts is None:
@@ -185,6 +191,7 @@ class FeedbackLoop:
                 del service.estimators[gone]
                 metrics.forget(name, gone)
             idle = all(s.sent == 0 and s.active == 0 and s.succeeded == 0 and s.failed == 0 for s in hosts.values())
+            all_idle = all_idle and idle
             for address, sample in hosts.items():
                 estimator = service.estimators.get(address)
                 if estimator is None:
@@ -193,6 +200,7 @@ class FeedbackLoop:
                     estimator.pause(now)
                 else:
                     estimator.observe(now, sample, service.prior)
+        self.idle = all_idle
 
     def _update(self) -> bool:
         changed = False

@@ -1,0 +1,774 @@
+"""Adaptive load balancing vs Envoy's built-in policies: `python -m bench.adaptive_bench [--quick]`.
+
+One emulator (4 inference instances, one request at a time each, constant service time), one real Envoy,
+and one listener per policy over the same instances, all rendered by the agent's EnvoyFileSink:
+
+- `default`:  least_request as the agent renders it without adaptive (Envoy's P2C);
+- `oracle`:   least_request over the fast instances only (what a perfect operator would configure);
+- `adaptive`: least_request + `lb.adaptive`, weights from the agent's own feedback loop (AdaptiveRunner,
+  run in this process exactly as the agent runs it), published through the same EDS files.
+
+Load is open loop (vegeta: a fixed send schedule whatever the responses do, latency measured from the
+scheduled send, so coordinated omission does not hide queues), or, without vegeta, an asyncio/aiohttp
+generator that measures from each request's intended send time. Runs of the policies are interleaved
+and repeated, and percentiles are taken over the pooled requests of all repetitions. The machine may
+be shared: the load average is recorded beside each scenario.
+
+Writes bench/results/adaptive.json and docs/img/adaptive-*.png. Every child process is stopped at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from agent.adaptive.runner import AdaptiveRunner
+from agent.config import AgentConfig, parse_config
+from agent.demo.processes import ChildProcess
+from agent.emulator.client import EmulatorAdmin
+from agent.model import Endpoint, ServiceSnapshot, Snapshot
+from agent.sinks.envoy.bootstrap import build_bootstrap
+from agent.sinks.envoy.files import EnvoyFileSink
+from agent.sinks.envoy.serialize import to_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "adaptive.json"
+IMG_DIR = REPO / "docs" / "img"
+VEGETA = Path(os.environ.get("MODELARTS_AGENT_CACHE") or REPO / ".cache") / "bench" / "bin" / "vegeta"
+ENVOY = Path(sys.executable).parent / "envoy"
+
+FAST_MS, SLOW_MS, DEGRADED_MS = 10.0, 50.0, 60.0
+LOW_RATE, HIGH_RATE = 150.0, 280.0
+# Two cores: load generator + instances on core 0, Envoy + this process (the agent's feedback loop) on core 1.
+LOAD_CPU, PROXY_CPU = "0", "1"
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def taskset(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(interval)
+    raise RuntimeError(f"{what} did not happen within {timeout:.0f}s")
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    with opener.open(url, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def fmt_ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else (f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms")
+
+
+# --- load ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Per-request results of one open-loop run: intended send time (s), latency (s), status, instance."""
+
+    policy: str
+    rate: float
+    started: float = 0.0
+    sent: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)
+    instance: list[str] = field(default_factory=list)
+    envoy_cpu: float = 0.0
+    rounds_p99: list[float] = field(default_factory=list)  # p99 (ms) of each segment, when pooled
+
+    def extend(self, other: Run) -> None:
+        self.sent += other.sent
+        self.latency += other.latency
+        self.status += other.status
+        self.instance += other.instance
+        self.envoy_cpu += other.envoy_cpu
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for s in self.status if not 200 <= s < 300)
+
+    def p(self, q: float, window: tuple[float, float] | None = None) -> float:
+        """Latency percentile in ms over all requests, or those sent in [start, end) (absolute times)."""
+        if window is None:
+            return percentile(self.latency, q) * 1000
+        return percentile([lat for t, lat in zip(self.sent, self.latency, strict=True)
+                           if window[0] <= t < window[1]], q) * 1000
+
+    def shares(self) -> dict[str, float]:
+        counts = Counter(i for i, s in zip(self.instance, self.status, strict=True) if i and 200 <= s < 300)
+        total = sum(counts.values()) or 1
+        return {k: counts[k] / total for k in sorted(counts)}
+
+    def per_second_p99(self, origin: float) -> list[tuple[float, float]]:
+        buckets: dict[int, list[float]] = {}
+        for t, lat in zip(self.sent, self.latency, strict=True):
+            buckets.setdefault(int(t - origin), []).append(lat)
+        return [(second + 0.5, percentile(values, 99) * 1000) for second, values in sorted(buckets.items())]
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": len(self.latency), "errors": self.errors,
+                **{f"p{q:g}_ms": round(self.p(q), 2) for q in (50, 90, 99, 99.9)},
+                "max_ms": round(self.p(100), 2), "shares": {k: round(v, 4) for k, v in self.shares().items()},
+                "p99_ms_per_segment": self.rounds_p99,
+                "envoy_cpu_ms_per_1k_requests": round(1e6 * self.envoy_cpu / max(len(self.latency), 1), 1)}
+
+
+class Load:
+    """Open-loop load: vegeta when built (scripts/bench/build-tools.sh), else an asyncio generator."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.tool = "vegeta" if os.access(VEGETA, os.X_OK) else "asyncio"
+
+    def run(self, url: str, rate: float, seconds: float, policy: str) -> Run:
+        return self._vegeta(url, rate, seconds, policy) if self.tool == "vegeta" \
+            else self._asyncio(url, rate, seconds, policy)
+
+    def _vegeta(self, url: str, rate: float, seconds: float, policy: str) -> Run:
+        targets = self.workdir / "targets.txt"
+        targets.write_text(f"GET {url}\n")
+        out = self.workdir / f"{policy}.bin"
+        started = time.time()
+        proc = subprocess.run([*taskset(LOAD_CPU), str(VEGETA), "attack", f"-targets={targets}",
+                               f"-rate={rate:g}/1s", f"-duration={seconds:g}s", "-timeout=60s",
+                               f"-output={out}"], capture_output=True, timeout=seconds + 120, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"vegeta failed: {proc.stderr.decode(errors='replace')[-500:]}")
+        encoded = subprocess.run([str(VEGETA), "encode", "--to=json", str(out)], capture_output=True,
+                                 timeout=120, check=True).stdout
+        run = Run(policy, rate, started)
+        for line in encoded.splitlines():
+            rec = json.loads(line)
+            run.sent.append(_rfc3339(rec["timestamp"]))
+            run.latency.append(rec["latency"] / 1e9)
+            run.status.append(int(rec.get("code") or 0))
+            headers = rec.get("headers") or {}
+            value = headers.get("X-Instance-Id") or [""]
+            run.instance.append(value[0] if isinstance(value, list) and value else "")
+        out.unlink(missing_ok=True)
+        return run
+
+    def _asyncio(self, url: str, rate: float, seconds: float, policy: str) -> Run:
+        import aiohttp
+
+        run = Run(policy, rate, time.time())
+
+        async def one(session: aiohttp.ClientSession, intended: float, loop_origin: float) -> None:
+            delay = intended - (asyncio.get_running_loop().time() - loop_origin)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    status, instance = resp.status, resp.headers.get("X-Instance-Id", "")
+            except (TimeoutError, aiohttp.ClientError):
+                status, instance = 0, ""
+            # Latency from the intended send time: a late send (a busy generator) counts as waiting.
+            run.sent.append(run.started + intended)
+            run.latency.append(asyncio.get_running_loop().time() - loop_origin - intended)
+            run.status.append(status)
+            run.instance.append(instance)
+
+        async def main() -> None:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+                origin = asyncio.get_running_loop().time()
+                count = int(rate * seconds)
+                await asyncio.gather(*(one(s, i / rate, origin) for i in range(count)))
+
+        asyncio.run(main())
+        return run
+
+
+def _rfc3339(text: str) -> float:
+    main, _, rest = text.partition(".")
+    digits = "".join(ch for ch in rest[:9] if ch.isdigit()) if rest else ""
+    tz = rest[len(digits):] if rest else text[len(main):]
+    base = datetime.datetime.fromisoformat(main + ("+00:00" if tz in ("Z", "") else tz))
+    return base.timestamp() + (float("0." + digits) if digits else 0.0)
+
+
+# --- the bench rig ---------------------------------------------------------------------------------------
+
+
+class Rig:
+    """Emulator + Envoy + file sink + the adaptive runner; `close()` stops every child."""
+
+    POLICIES: Mapping[str, dict[str, Any]] = {
+        "default": {"policy": "least_request"},
+        "oracle": {"policy": "least_request"},
+        "adaptive": {"policy": "least_request", "adaptive": True},
+        "choice4": {"policy": "least_request", "choice_count": 4},
+    }
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.children: list[ChildProcess] = []
+        self.load = Load(workdir)
+        self.runner: AdaptiveRunner | None = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        scenario = {"seed": 7, "services": [{
+            "name": "llm", "service_id": "llm", "instances": 4, "concurrency": 1,
+            "latency": {"base_ms": FAST_MS, "jitter_ms": 0, "distribution": "constant"}}]}
+        (self.workdir / "emulator.yaml").write_text(yaml.safe_dump(scenario))
+        ready = self.workdir / "emulator.json"
+        emulator = ChildProcess("emulator", [*taskset(LOAD_CPU), sys.executable, "-m", "agent", "--log-format",
+                                             "text", "emulator", "--config", str(self.workdir / "emulator.yaml"),
+                                             "--ready-file", str(ready)], self.workdir)
+        self.children.append(emulator.start())
+        emulator.wait_until(ready.exists, 60, "emulator ready")
+        self.emulator = EmulatorAdmin(json.loads(ready.read_text())["admin_url"])
+        self.instances = sorted(self.emulator.instances(), key=lambda i: i.instance_id)
+        self.slow = self.instances[-1]
+        self.ports = {name: free_port() for name in self.POLICIES}
+        self.config: AgentConfig = parse_config({
+            "modelarts": {"iam_url": "http://127.0.0.1:9", "modelarts_url": "http://127.0.0.1:9", "project_id": "p"},
+            "auth": {"mode": "token"},
+            "discovery": {"allowed_cidrs": ["127.0.0.0/8"]},
+            "services": [{"name": name, "service_id": f"sid-{name}", "listen_port": self.ports[name], "lb": lb,
+                          "access_log": {"enabled": False}}
+                         for name, lb in self.POLICIES.items()],
+            "envoy": {"output_dir": str(self.workdir / "envoy"), "admin_port": free_port()},
+        }, "adaptive-bench")
+        self.sink = EnvoyFileSink(self.config)
+        self.sink.publish(self._snapshot())
+        bootstrap = self.workdir / "bootstrap.yaml"
+        bootstrap.write_text(to_yaml(build_bootstrap(self.config.envoy)))
+        envoy = ChildProcess("envoy", [*taskset(PROXY_CPU), str(ENVOY), "-c", str(bootstrap),
+                                       "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn",
+                                       "--drain-time-s", "1"], self.workdir)
+        self.children.append(envoy.start())
+        self.envoy = envoy
+        admin = f"http://127.0.0.1:{self.config.envoy.admin_port}"
+        envoy.wait_until(lambda: http_get(admin + "/ready", 0.5).strip() == b"LIVE", 30, "Envoy ready")
+        hosts = sum(len(svc.endpoints) for svc in self._snapshot().services.values())
+        wait_for(lambda: http_get(admin + "/clusters").count(b"::rq_active::") >= hosts, 30, "Envoy hosts")
+        # The agent's feedback loop, exactly as AgentRuntime runs it (in this process, pinned with Envoy).
+        self.runner = AdaptiveRunner(lambda: [self.sink])
+        self.runner.apply(self.config)
+
+    def _snapshot(self) -> Snapshot:
+        def endpoints(name: str) -> tuple[Endpoint, ...]:
+            chosen = [i for i in self.instances if name != "oracle" or i.instance_id != self.slow.instance_id]
+            return tuple(sorted(Endpoint(ip=i.ip, port=i.port) for i in chosen))
+
+        services = {spec.name: ServiceSnapshot(spec=spec, synced=True, endpoints=endpoints(spec.name))
+                    for spec in self.config.services}
+        return Snapshot(version=1, services=MappingProxyType(dict(sorted(services.items()))))
+
+    # -- controls ---------------------------------------------------------------------------------------
+
+    def set_latency(self, instance_id: str, ms: float) -> None:
+        self.emulator.set_latency(instance_id, ms, 0.0, "constant")
+
+    def address_of(self, instance_id: str) -> str:
+        info = next(i for i in self.instances if i.instance_id == instance_id)
+        return f"{info.ip}:{info.port}"
+
+    def weights(self) -> dict[str, int]:
+        assert self.runner is not None
+        return dict(self.runner.table.get("adaptive") or {})
+
+    def loop_state(self) -> str:
+        """The feedback loop's own view, for the log: a weight that never moves must be explainable."""
+        loop = self.runner.loop if self.runner else None
+        if loop is None:
+            return "loop not running"
+        spans = [round(r.get("in_flight", 0.0), 2) for r in loop.table.rows("adaptive")]  # type: ignore[arg-type]
+        return (f"loop reads {loop.reads_ok} ok / {loop.reads_failed} failed, alive {loop.running}, "
+                f"mean in flight {spans}")
+
+    def idle(self, timeout: float = 120.0) -> None:
+        """Wait until no instance has requests in service or queued (the previous run fully drained)."""
+        wait_for(lambda: all(i.in_flight == 0 and i.queued == 0 for i in self.emulator.instances()), timeout,
+                 "instances idle", interval=0.2)
+        time.sleep(0.5)
+
+    def run(self, policy: str, rate: float, seconds: float,
+            during: Callable[[float], None] | None = None) -> Run:
+        """One open-loop run against one policy's listener; `during(start)` runs alongside it."""
+        self.idle()
+        cpu = proc_cpu_seconds(self.envoy.proc.pid) if self.envoy.proc else 0.0
+        worker = None
+        if during is not None:
+            start = time.time()
+            worker = threading.Thread(target=during, args=(start,), daemon=True)
+            worker.start()
+        result = self.load.run(f"http://127.0.0.1:{self.ports[policy]}/v1/infer", rate, seconds, policy)
+        if worker is not None:
+            worker.join(timeout=seconds + 60)
+        result.envoy_cpu = (proc_cpu_seconds(self.envoy.proc.pid) if self.envoy.proc else 0.0) - cpu
+        return result
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                child.stop()
+        with contextlib.suppress(Exception):
+            self.emulator.close()
+
+
+# --- scenarios -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    what: str
+    value: float
+    target: float
+    passed: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "value": round(self.value, 3), "target": round(self.target, 3),
+                "status": "PASS" if self.passed else "MISS", "detail": self.detail}
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    checks: list[Check] = field(default_factory=list)
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    load_average: tuple[float, float] = (0.0, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "checks": [c.as_dict() for c in self.checks],
+                "policies": self.policies, "notes": self.notes, "load_average_before_after": self.load_average,
+                **self.extra}
+
+
+def interleaved(rig: Rig, policies: Sequence[str], rate: float, segment: float, rounds: int,
+                log: Callable[[str], None]) -> dict[str, Run]:
+    """`rounds` rounds of one `segment`-second run per policy, the order rotating every round, pooled.
+
+    Short interleaved segments spread the bursts of a shared machine's noise over every policy instead
+    of letting one burst spoil one policy's single long run.
+    """
+    pooled = {p: Run(p, rate) for p in policies}
+    for n in range(rounds):
+        order = list(policies[n % len(policies):]) + list(policies[:n % len(policies)])
+        line = []
+        for policy in order:
+            run = rig.run(policy, rate, segment)
+            pooled[policy].extend(run)
+            pooled[policy].rounds_p99.append(round(run.p(99), 2))
+            line.append(f"{policy} {fmt_ms(run.p(99))}")
+        log(f"  round {n + 1}/{rounds} p99: " + ", ".join(line) + f"  (adaptive weights {rig.weights()}; "
+            f"{rig.loop_state()})")
+    return pooled
+
+
+def warm(rig: Rig, rate: float, seconds: float) -> None:
+    """Give the adaptive listener traffic to learn from (its estimates start empty); not measured."""
+    rig.run("adaptive", rate, seconds)
+
+
+def settle(rig: Rig, rate: float, limit: float = 120.0) -> float | None:
+    """Traffic to the adaptive listener until every weight is equal again (all instances are alike now).
+
+    Returns the seconds it took (None: not within `limit`); how fast a recovered instance is probed back in.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        weights = rig.weights()
+        if weights and len(set(weights.values())) == 1:
+            return time.monotonic() - started
+        rig.run("adaptive", rate, 5)
+    return None
+
+
+def ratio_check(what: str, num: Run, den: Run, target: float) -> Check:
+    value = num.p(99) / den.p(99)
+    return Check(what, value, target, value <= target, f"{fmt_ms(num.p(99))} vs {fmt_ms(den.p(99))}")
+
+
+def scenario_slow_instance(rig: Rig, seconds: float, reps: int, log: Callable[[str], None]) -> Scenario:
+    sc = Scenario("slow_instance_150rps", f"3 x {FAST_MS:g} ms + 1 x {SLOW_MS:g} ms, concurrency 1, "
+                                          f"{LOW_RATE:g} rps")
+    rig.set_latency(rig.slow.instance_id, SLOW_MS)
+    warm(rig, LOW_RATE, 10)
+    runs = interleaved(rig, ["default", "oracle", "adaptive", "choice4"], LOW_RATE, seconds, reps, log)
+    sc.checks.append(ratio_check("adaptive p99 / oracle p99", runs["adaptive"], runs["oracle"], 1.5))
+    sc.checks.append(ratio_check("adaptive p99 / default least_request p99", runs["adaptive"], runs["default"], 0.35))
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+def scenario_near_capacity(rig: Rig, seconds: float, reps: int, log: Callable[[str], None]) -> Scenario:
+    sc = Scenario("near_capacity_280rps", f"the same instances at {HIGH_RATE:g} rps (capacity about "
+                                          f"{3 * 1000 / FAST_MS + 1000 / SLOW_MS:.0f} rps)")
+    rig.set_latency(rig.slow.instance_id, SLOW_MS)
+    warm(rig, HIGH_RATE, 10)
+    runs = interleaved(rig, ["default", "adaptive"], HIGH_RATE, seconds, reps, log)
+    adaptive = runs["adaptive"]
+    sc.checks.append(Check("adaptive errors", adaptive.errors, 0, adaptive.errors == 0,
+                           f"{adaptive.errors} of {len(adaptive.status)}"))
+    sc.checks.append(ratio_check("adaptive p99 / default least_request p99", adaptive, runs["default"], 0.5))
+    slow_share = adaptive.shares().get(rig.slow.instance_id, 0.0)
+    sc.notes.append(f"share of requests the adaptive listener sent to the slow instance: {slow_share:.1%} "
+                    f"(its capacity is {1000 / SLOW_MS / HIGH_RATE:.1%} of the load)")
+    sc.extra["adaptive_slow_share"] = slow_share
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+def scenario_degrade(rig: Rig, before: float, after: float, log: Callable[[str], None]) -> tuple[Scenario, dict]:
+    sc = Scenario("degrade_mid_run", f"4 x {FAST_MS:g} ms at {LOW_RATE:g} rps; one instance degrades to "
+                                     f"{DEGRADED_MS:g} ms after {before:g} s")
+    rig.set_latency(rig.slow.instance_id, FAST_MS)
+    victim = rig.instances[1].instance_id
+    victim_address = rig.address_of(victim)
+    window = 30.0 if after >= 30 else after
+    traces: dict[str, Any] = {}
+    results: dict[str, Run] = {}
+    recovered_in: float | None = None
+    for policy in ("default", "adaptive"):
+        if policy == "adaptive":
+            settled = settle(rig, LOW_RATE)  # all four are equal now: let the weights come back first
+            sc.extra["equal_weights_after_seconds"] = settled
+            log(f"  adaptive weights before the change: {rig.weights()} (equal after {settled} s)")
+        marks: dict[str, float] = {}
+        trace: list[tuple[float, dict[str, int], dict[str, float | None]]] = []
+
+        def during(start: float, policy: str = policy, marks: dict[str, float] = marks,
+                   trace: list[Any] = trace) -> None:
+            deadline = start + before + after
+            changed = False
+            while time.time() < deadline:
+                now = time.time()
+                if not changed and now >= start + before:
+                    rig.set_latency(victim, DEGRADED_MS)
+                    marks["change"] = time.time()
+                    changed = True
+                if policy == "adaptive" and rig.runner is not None:
+                    rows = {r["address"]: r for r in rig.runner.rows("adaptive")}
+                    trace.append((time.time(), rig.weights(),
+                                  {a: r.get("latency_ms") for a, r in rows.items()}))  # type: ignore[misc]
+                time.sleep(0.25)
+
+        run = rig.run(policy, LOW_RATE, before + after, during)
+        rig.set_latency(victim, FAST_MS)
+        change = marks.get("change", run.started + before)
+        results[policy] = run
+        traces[policy] = {"change": change, "trace": trace, "run": run}
+        log(f"  {policy:9s}: p99 after change {fmt_ms(run.p(99, (change, change + window)))}, "
+            f"before {fmt_ms(run.p(99, (run.started, change)))}")
+        if policy == "adaptive":
+            # Recovery: the instance is fast again; how long until it is back at the heaviest weight?
+            rec_start = time.time()
+
+            def probe(start: float, rec: dict[str, float] = marks) -> None:
+                while time.time() < start + 60:
+                    weights = rig.weights()
+                    if weights and weights.get(victim_address, 0) >= max(weights.values()):
+                        rec["recovered"] = time.time()
+                        return
+                    time.sleep(0.25)
+
+            rig.run("adaptive", LOW_RATE, 60, probe)
+            if "recovered" in marks:
+                recovered_in = marks["recovered"] - rec_start
+    d, a = results["default"], results["adaptive"]
+    change_d, change_a = traces["default"]["change"], traces["adaptive"]["change"]
+    p99_d = d.p(99, (change_d, change_d + window))
+    p99_a = a.p(99, (change_a, change_a + window))
+    dropped_at = next((t for t, w, _ in traces["adaptive"]["trace"]
+                       if t >= change_a and w.get(victim_address, 0) <= 0.5 * max(w.values() or [1])), None)
+    drop_s = (dropped_at - change_a) if dropped_at is not None else float("inf")
+    sc.checks.append(Check("seconds until the degraded instance's weight drops (to half or less)", drop_s, 10.0,
+                           drop_s <= 10.0))
+    sc.checks.append(Check(f"adaptive p99 / default p99 over the {window:g} s after the change", p99_a / p99_d, 0.5,
+                           p99_a / p99_d <= 0.5, f"{fmt_ms(p99_a)} vs {fmt_ms(p99_d)}"))
+    sc.extra["recovery_seconds"] = recovered_in
+    sc.notes.append("after the run the instance is made fast again; the adaptive listener brought its weight "
+                    "back to the heaviest in "
+                    + (f"{recovered_in:.1f} s" if recovered_in is not None else "more than 60 s (not seen)")
+                    + " (the starvation guard: it kept getting probe traffic)")
+    sc.policies = {p: {**r.summary(), "p99_after_change_ms": round(
+        r.p(99, (traces[p]["change"], traces[p]["change"] + window)), 2)} for p, r in results.items()}
+    return sc, {"traces": traces, "victim": victim_address, "before": before}
+
+
+def scenario_identical(rig: Rig, seconds: float, reps: int, log: Callable[[str], None]) -> Scenario:
+    sc = Scenario("identical_instances", f"4 identical instances ({FAST_MS:g} ms, concurrency 1), {LOW_RATE:g} rps")
+    for info in rig.instances:
+        rig.set_latency(info.instance_id, FAST_MS)
+    sc.extra["equal_weights_after_seconds"] = settle(rig, LOW_RATE)
+    runs = interleaved(rig, ["default", "adaptive"], LOW_RATE, seconds, reps, log)
+    sc.checks.append(ratio_check("adaptive p99 / default least_request p99", runs["adaptive"], runs["default"], 1.1))
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+
+
+def plot_degrade(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = data["traces"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    for policy, color in (("default", "#c44e52"), ("adaptive", "#4c72b0")):
+        change = traces[policy]["change"]
+        series = traces[policy]["run"].per_second_p99(change)
+        top.plot([t for t, _ in series], [v for _, v in series], color=color,
+                 label=f"{policy} least_request" if policy == "default" else "adaptive (agent weights)")
+    top.set_yscale("log")
+    top.set_ylabel("p99 per second (ms, log)")
+    top.axvline(0, color="gray", linestyle="--")
+    top.legend(loc="upper left")
+    top.set_title(f"one of 4 instances degrades from {FAST_MS:g} ms to {DEGRADED_MS:g} ms at t = 0")
+    change = traces["adaptive"]["change"]
+    trace = traces["adaptive"]["trace"]
+    addresses = sorted({a for _, w, _ in trace for a in w})
+    for address in addresses:
+        label = address + (" (degrades)" if address == data["victim"] else "")
+        bottom.step([t - change for t, _, _ in trace], [w.get(address, float("nan")) for _, w, _ in trace],
+                    where="post", label=label, linewidth=2.2 if address == data["victim"] else 1.2)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("published weight (log)")
+    bottom.set_xlabel("seconds since the change")
+    bottom.axvline(0, color="gray", linestyle="--")
+    bottom.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_p99(scenarios: Sequence[Scenario], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [s for s in scenarios if s.name != "degrade_mid_run"]
+    colors = {"default": "#c44e52", "choice4": "#dd8452", "oracle": "#55a868", "adaptive": "#4c72b0"}
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4))
+    for ax, sc in zip(axes if len(shown) > 1 else [axes], shown, strict=True):
+        names = list(sc.policies)
+        values = [sc.policies[n]["p99_ms"] for n in names]
+        ax.bar(range(len(names)), values, color=[colors.get(n, "gray") for n in names])
+        for x, v in enumerate(values):
+            ax.text(x, v, fmt_ms(v), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylim(5, max(values) * 2)  # a fixed floor: on a log axis autoscaling blows up tiny gaps
+        ax.set_title(sc.title, fontsize=8)
+        ax.set_ylabel("p99 (ms, log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main ------------------------------------------------------------------------------------------------
+
+
+def measure_cost(rig: Rig, log: Callable[[str], None], reads: int = 200) -> dict[str, Any]:
+    """What the feedback loop costs: its own CPU per admin read (over the whole bench), and Envoy's CPU
+    per `/clusters?format=json` read (back-to-back reads with no traffic, the loop stopped)."""
+    import http.client
+
+    loop = rig.runner.loop if rig.runner else None
+    if loop is None or rig.envoy.proc is None or loop.reads_ok == 0:
+        return {}
+    agent_ms = 1000 * loop.cpu_seconds / loop.reads_ok
+    assert rig.runner is not None
+    rig.runner.stop()
+    rig.idle()
+    pid = rig.envoy.proc.pid
+    conn = http.client.HTTPConnection("127.0.0.1", rig.config.envoy.admin_port, timeout=5)
+    before = proc_cpu_seconds(pid)
+    for _ in range(reads):
+        conn.request("GET", "/clusters?format=json")
+        conn.getresponse().read()
+    envoy_ms = 1000 * (proc_cpu_seconds(pid) - before) / reads
+    conn.close()
+    rate = 1 / rig.config.adaptive.sample_interval_seconds
+    cost = {"hosts_in_envoy": sum(len(svc.endpoints) for svc in rig._snapshot().services.values()),
+            "reads_per_second_with_traffic": rate, "reads_per_second_idle": rate / 10,
+            "agent_cpu_ms_per_read": round(agent_ms, 3),
+            "agent_cpu_percent_with_traffic": round(agent_ms * rate / 10, 2),
+            "envoy_cpu_ms_per_read": round(envoy_ms, 3),
+            "envoy_cpu_percent_with_traffic": round(envoy_ms * rate / 10, 2)}
+    log(f"  feedback loop cost: {cost}")
+    return cost
+
+
+def machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "load_generator": "vegeta" if os.access(VEGETA, os.X_OK) else "asyncio/aiohttp",
+            "git_commit": commit, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def quiet(log: Callable[[str], None], limit: float = 180.0) -> None:
+    """On a shared machine, wait (bounded) until the 1-minute load average is below the core count."""
+    deadline = time.monotonic() + limit
+    cores = os.cpu_count() or 1
+    if os.getloadavg()[0] >= cores:
+        log(f"  waiting for a quieter machine (load average {os.getloadavg()[0]:.1f}, {cores} cores)")
+    while os.getloadavg()[0] >= cores and time.monotonic() < deadline:
+        time.sleep(5)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """This process (the feedback loop) next to Envoy; children get their own taskset."""
+    before = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        if (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    # SIGTERM (a harness timeout) unwinds like Ctrl-C, so the finally blocks stop every child.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+    parser = argparse.ArgumentParser(prog="python -m bench.adaptive_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (about 6 minutes)")
+    parser.add_argument("--only", action="append", default=[], help="run only these scenarios (1-4)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--img-dir", type=Path, default=IMG_DIR)
+    args = parser.parse_args(argv)
+    seconds, reps = (7.5, 2) if args.quick else (10.0, 4)  # segment length, rounds
+    before, after = (15.0, 30.0) if args.quick else (20.0, 40.0)
+    wanted = set(args.only) or {"1", "2", "3", "4"}
+
+    def log(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    scenarios: list[Scenario] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="adaptive-bench-") as tmp, pinned({int(PROXY_CPU)}):
+        rig = Rig(Path(tmp))
+        try:
+            log(f"rig up: {len(rig.instances)} instances, load by {rig.load.tool}")
+            steps: list[tuple[str, Callable[[], Scenario]]] = [
+                ("1", lambda: scenario_slow_instance(rig, seconds, reps, log)),
+                ("2", lambda: scenario_near_capacity(rig, seconds, reps, log)),
+            ]
+            for key, step in steps:
+                if key in wanted:
+                    quiet(log)
+                    load0 = os.getloadavg()[0]
+                    log(f"scenario {key}")
+                    sc = step()
+                    sc.load_average = (round(load0, 2), round(os.getloadavg()[0], 2))
+                    scenarios.append(sc)
+            if "3" in wanted:
+                quiet(log)
+                load0 = os.getloadavg()[0]
+                log("scenario 3")
+                sc, data = scenario_degrade(rig, before, after, log)
+                sc.load_average = (round(load0, 2), round(os.getloadavg()[0], 2))
+                args.img_dir.mkdir(parents=True, exist_ok=True)
+                plot_degrade(data, args.img_dir / "adaptive-degrade.png")
+                sc.extra["plot"] = "docs/img/adaptive-degrade.png"
+                scenarios.append(sc)
+            if "4" in wanted:
+                quiet(log)
+                load0 = os.getloadavg()[0]
+                log("scenario 4")
+                sc = scenario_identical(rig, seconds, reps, log)
+                sc.load_average = (round(load0, 2), round(os.getloadavg()[0], 2))
+                scenarios.append(sc)
+            cost = measure_cost(rig, log)
+        finally:
+            rig.close()
+    if any(s.name != "degrade_mid_run" for s in scenarios):
+        args.img_dir.mkdir(parents=True, exist_ok=True)
+        plot_p99(scenarios, args.img_dir / "adaptive-p99.png")
+    result = {"benchmark": "adaptive load balancing", "quick": args.quick, "machine": machine(),
+              "seconds_per_segment": seconds, "rounds": reps, "wall_seconds": round(time.time() - started, 1),
+              "feedback_loop_cost": cost, "scenarios": [s.as_dict() for s in scenarios]}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    for sc in scenarios:
+        for check in sc.checks:
+            log(f"{check.as_dict()['status']:4s} {sc.name}: {check.what} = {check.value:.3g} "
+                f"(target ≤ {check.target:g}) {check.detail}")
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
