@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit testenv bench bench-quick soak clean
+.PHONY: demo test install lint unit testenv bench bench-quick bench-adaptive soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ testenv:
 # stand-in for the peered VPC): the kube tests need instance IPs that Kubernetes accepts. See scripts/vpc-netns.
 test: install lint testenv
 	scripts/vpc-netns $(VENV)/bin/pytest tests -q
+
+# Adaptive load balancing, side by side with Envoy's policies: about 10 minutes on its own, so it is kept
+# out of `make bench` (bounded to 15 minutes); results go to bench/results/adaptive.json and docs/img/.
+bench-adaptive: install
+	scripts/bench/build-tools.sh
+	$(PY) -m bench.adaptive_bench
 
 soak: install
 	$(PY) -m tests.soak.run_soak --seconds 600
