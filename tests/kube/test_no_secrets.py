@@ -31,14 +31,16 @@ def test_no_secret_in_logs_metrics_status_events_or_cr_status(cluster: Cluster, 
         {"name": "ak", "service_id": "svc-ak", "instances": 2, "port": 8080, "bind_addresses": vpc_addresses(63, 2)},
     ])
     controller = agents.controller("secrets", namespace)
+    # A previous test's leader may still hold the Lease for up to its duration.
+    wait_until(controller.is_leader, 60, f"the controller to lead; log: {controller.log()[-1500:]}")
     cluster.apply(password_secret(namespace, "wrong", password="wrong-password-1234"),
                   mas(namespace, "bad", emu, "svc-pw", "wrong"))
     cluster.apply(password_secret(namespace, "pw-creds"), mas(namespace, "pw", emu, "svc-pw", "pw-creds"),
                   aksk_secret(namespace, "ak-creds"), mas(namespace, "ak", emu, "svc-ak", "ak-creds"))
     for name in ("pw", "ak"):
-        wait_until(lambda n=name: cluster.condition(namespace, n, "Synced").get("status") == "True", 30,
+        wait_until(lambda n=name: cluster.condition(namespace, n, "Synced").get("status") == "True", 60,
                    f"{name} synced: {cluster.condition(namespace, name, 'Synced')}")
-    wait_until(lambda: cluster.condition(namespace, "bad", "Synced").get("reason") == "AuthFailed", 30,
+    wait_until(lambda: cluster.condition(namespace, "bad", "Synced").get("reason") == "AuthFailed", 60,
                "bad: AuthFailed")
     emu.admin.revoke_tokens()  # a 401 and a re-authentication on the password path
     time.sleep(3)
