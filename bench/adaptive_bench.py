@@ -701,8 +701,11 @@ def pinned(cpus: set[int]) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
     # SIGTERM (a harness timeout) unwinds like Ctrl-C, so the finally blocks stop every child.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+    signal.signal(signal.SIGTERM, terminate)
     parser = argparse.ArgumentParser(prog="python -m bench.adaptive_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (about 6 minutes)")
     parser.add_argument("--only", action="append", default=[], help="run only these scenarios (1-4)")

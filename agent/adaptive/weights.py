@@ -147,7 +147,8 @@ class ServiceWeights:
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()
-                        if h in self.published and w >= self.published[h] * (1 + self.params.min_change)}
+                        if h in self.published and w > self.published[h]
+                        and (w >= self.published[h] * (1 + self.params.min_change) or w >= self.params.max_weight)}
         may_rise = {h for h, n in self._rising.items() if n >= self.params.rise_confirmations}
         proposed = smooth(self.published, target, self.params, may_rise)
         if not material_change(self.published, proposed, self.params):

@@ -87,7 +87,7 @@ def _weights_table(status: dict[str, Any]) -> Table | None:
     if not rows:
         return None
     table = Table(title="adaptive weights")
-    for column in ("service", "endpoint", "weight", "share", "est. latency", "req/s", "in flight"):
+    for column in ("service", "endpoint", "weight", "weight %", "est. latency", "req/s", "in flight"):
         table.add_column(column)
     totals: dict[str, float] = {}
     for name, row in rows:

@@ -123,6 +123,15 @@ def test_all_equal_while_warming_up() -> None:
     assert service.propose(hosts([0.010, 0.050]), all_equal=True) is None  # nothing changed: no rewrite
 
 
+def test_the_last_small_step_to_the_top_is_taken() -> None:
+    """888 -> 1000 is under the 25% threshold, but reaching the heaviest weight always counts."""
+    service = ServiceWeights()
+    service.published = {"a": 1000, "b": 888}
+    for _ in range(PARAMS.rise_confirmations):
+        service.propose({"a": est(0.012, 40), "b": est(0.012, 40)})
+    assert service.published == {"a": 1000, "b": 1000}
+
+
 def test_a_recovered_instance_is_probed_back_in() -> None:
     """From the floor to the heaviest weight in a bounded number of updates once it measures well."""
     service = ServiceWeights()
