@@ -312,6 +312,9 @@ class Agents:
     def stop_all(self) -> None:
         for proc in self.started:
             proc.stop()
+        # A leader that died without releasing the Lease would make the next test's controller wait a
+        # whole lease duration before it may poll; tests are independent, so start each from no Lease.
+        self.cluster.kubectl("delete", "lease", LEASE, "-n", SYSTEM_NS, "--ignore-not-found", check=False)
 
 
 @pytest.fixture
