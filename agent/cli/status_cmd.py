@@ -87,8 +87,9 @@ def _weights_table(status: dict[str, Any]) -> Table | None:
     if not rows:
         return None
     table = Table(title="adaptive weights")
-    for column in ("service", "endpoint", "weight", "weight %", "est. latency", "req/s", "in flight"):
-        table.add_column(column)
+    for column in ("service", "endpoint", "weight", "weight %", "latency", "req/s", "in flight"):
+        # Addresses in full: a truncated "10.0.0.1…" would hide which instance is which.
+        table.add_column(column, no_wrap=column == "endpoint", min_width=21 if column == "endpoint" else None)
     totals: dict[str, float] = {}
     for name, row in rows:
         totals[name] = totals.get(name, 0.0) + float(row.get("weight") or 0)
