@@ -27,12 +27,14 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,12 +68,18 @@ LOAD_CPU, PROXY_CPU = "0", "1"
 # --- small helpers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open until all are chosen, so none repeats)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def taskset(cpus: str) -> list[str]:
@@ -281,15 +289,19 @@ class Rig:
         self.emulator = EmulatorAdmin(json.loads(ready.read_text())["admin_url"])
         self.instances = sorted(self.emulator.instances(), key=lambda i: i.instance_id)
         self.slow = self.instances[-1]
-        self.ports = {name: free_port() for name in self.POLICIES}
+        *listen, admin_port = free_ports(len(self.POLICIES) + 1)
+        self.ports = dict(zip(self.POLICIES, listen, strict=True))
+        # Listeners on an address of their own: on a shared machine another process may bind the same port
+        # on 127.0.0.1 between our pick and Envoy's bind, and with SO_REUSEPORT both binds succeed silently.
+        self.listen_ip = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
         self.config: AgentConfig = parse_config({
             "modelarts": {"iam_url": "http://127.0.0.1:9", "modelarts_url": "http://127.0.0.1:9", "project_id": "p"},
             "auth": {"mode": "token"},
             "discovery": {"allowed_cidrs": ["127.0.0.0/8"]},
             "services": [{"name": name, "service_id": f"sid-{name}", "listen_port": self.ports[name], "lb": lb,
-                          "access_log": {"enabled": False}}
+                          "listen_address": self.listen_ip, "access_log": {"enabled": False}}
                          for name, lb in self.POLICIES.items()],
-            "envoy": {"output_dir": str(self.workdir / "envoy"), "admin_port": free_port()},
+            "envoy": {"output_dir": str(self.workdir / "envoy"), "admin_port": admin_port},
         }, "adaptive-bench")
         self.sink = EnvoyFileSink(self.config)
         self.sink.publish(self._snapshot())
@@ -304,9 +316,19 @@ class Rig:
         envoy.wait_until(lambda: http_get(admin + "/ready", 0.5).strip() == b"LIVE", 30, "Envoy ready")
         hosts = sum(len(svc.endpoints) for svc in self._snapshot().services.values())
         wait_for(lambda: http_get(admin + "/clusters").count(b"::rq_active::") >= hosts, 30, "Envoy hosts")
+        # Every listener bound on its own port: another process taking a port between our pick and Envoy's
+        # bind would send one policy's load somewhere else, silently.
+        wait_for(lambda: self._listening(admin), 30, "Envoy listening on every policy's port")
         # The agent's feedback loop, exactly as AgentRuntime runs it (in this process, pinned with Envoy).
         self.runner = AdaptiveRunner(lambda: [self.sink])
         self.runner.apply(self.config)
+
+    def _listening(self, admin: str) -> bool:
+        data = json.loads(http_get(admin + "/listeners?format=json"))
+        bound = {entry["name"]: entry.get("local_address", {}).get("socket_address", {}).get("port_value")
+                 for entry in data.get("listener_statuses", [])}
+        return all(bound.get(name) == port for name, port in self.ports.items())
+
 
     def _snapshot(self) -> Snapshot:
         def endpoints(name: str) -> tuple[Endpoint, ...]:
@@ -335,7 +357,7 @@ class Rig:
         loop = self.runner.loop if self.runner else None
         if loop is None:
             return "loop not running"
-        spans = [round(r.get("in_flight", 0.0), 2) for r in loop.table.rows("adaptive")]  # type: ignore[arg-type]
+        spans = [round(r.get("in_flight", 0.0), 2) for r in loop.table.rows("adaptive")]  # type: ignore[arg-type,call-overload]
         return (f"loop reads {loop.reads_ok} ok / {loop.reads_failed} failed, alive {loop.running}, "
                 f"mean in flight {spans}")
 
@@ -355,11 +377,23 @@ class Rig:
             start = time.time()
             worker = threading.Thread(target=during, args=(start,), daemon=True)
             worker.start()
-        result = self.load.run(f"http://127.0.0.1:{self.ports[policy]}/v1/infer", rate, seconds, policy)
+        served = self.cluster_requests(policy)
+        result = self.load.run(f"http://{self.listen_ip}:{self.ports[policy]}/v1/infer", rate, seconds, policy)
         if worker is not None:
             worker.join(timeout=seconds + 60)
         result.envoy_cpu = (proc_cpu_seconds(self.envoy.proc.pid) if self.envoy.proc else 0.0) - cpu
+        reached = self.cluster_requests(policy) - served
+        if reached < 0.95 * (len(result.latency) - result.errors):
+            raise RuntimeError(f"{policy}: only {reached} of {len(result.latency)} requests went through its Envoy "
+                               "cluster; is another listener or process on the same address and port?")
         return result
+
+    def cluster_requests(self, policy: str) -> int:
+        """Requests Envoy sent through this policy's cluster: proof that the load hit the right listener."""
+        admin = f"http://127.0.0.1:{self.config.envoy.admin_port}"
+        pattern = urllib.parse.quote(f"^cluster\\.{policy}\\.upstream_rq_total$")
+        text = http_get(f"{admin}/stats?filter={pattern}").decode()
+        return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
 
     def close(self) -> None:
         if self.runner is not None:
@@ -480,7 +514,7 @@ def scenario_near_capacity(rig: Rig, seconds: float, reps: int, log: Callable[[s
     return sc
 
 
-def scenario_degrade(rig: Rig, before: float, after: float, log: Callable[[str], None]) -> tuple[Scenario, dict]:
+def scenario_degrade(rig: Rig, before: float, after: float, log: Callable[[str], None]) -> tuple[Scenario, dict[str, Any]]:
     sc = Scenario("degrade_mid_run", f"4 x {FAST_MS:g} ms at {LOW_RATE:g} rps; one instance degrades to "
                                      f"{DEGRADED_MS:g} ms after {before:g} s")
     rig.set_latency(rig.slow.instance_id, FAST_MS)

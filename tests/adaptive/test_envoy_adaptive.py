@@ -30,6 +30,8 @@ def envoy_weights(envoy: object, cluster: str) -> dict[str, int]:
 def test_slow_upstream_gets_a_low_weight_and_few_requests(out_dir: Path, admin_port: int, instances: Instances,
                                                           start_envoy: StartEnvoy) -> None:
     port = free_port()
+    while port == admin_port:  # two picks of a free port can coincide; Envoy would then fail this listener
+        port = free_port()
     config = make_config(out_dir, admin_port, [{"name": "llm", "listen_port": port,
                                                 "lb": {"policy": "least_request", "adaptive": True}}])
     fast = [instances.http(f"fast{n}", delay=0.002) for n in range(3)]
