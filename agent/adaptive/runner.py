@@ -1,5 +1,6 @@
 """`AdaptiveRunner`: runs the feedback loop while any service has `lb.adaptive`, and hands the weights to
-every sink that takes them (`update_weights(weights)`: the Envoy file sink; an ADS sink can do the same).
+every sink that takes them (`update_weights(weights)`: the Envoy file sink rewrites EDS files, the xDS sink
+pushes new EDS resources over ADS).
 
 One object for any owner of sinks (the `run` runtime, a sidecar, a controller): `apply(config)` on
 start and on every reload, `stop()` at the end, `rows(service)` for status pages.

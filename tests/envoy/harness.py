@@ -419,8 +419,9 @@ class SteadyLoad:
     """Background GET load until `stop()`, bounded by `max_requests` and `max_seconds`."""
 
     def __init__(self, port: int, concurrency: int = 4, max_requests: int = 20_000, max_seconds: float = 30.0,
-                 method: str = "GET") -> None:
+                 method: str = "GET", host: str = "127.0.0.1") -> None:
         self.result = LoadResult()
+        self._host = host
         self._port = port
         self._method = method
         self._stop = threading.Event()
@@ -444,7 +445,7 @@ class SteadyLoad:
         return self.result
 
     def _worker(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=10)
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
         try:
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 if next(self._budget) >= self._max_requests:
@@ -455,7 +456,7 @@ class SteadyLoad:
                 except (OSError, http.client.HTTPException) as exc:
                     self.result.add(None, None, f"{type(exc).__name__}: {exc}")
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=10)
+                    conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
         finally:
             conn.close()
 

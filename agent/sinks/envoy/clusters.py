@@ -66,17 +66,19 @@ def build_load_assignment(service: ServiceSnapshot,
     Not-ready endpoints are left out rather than sent as UNHEALTHY: Envoy's panic mode (more than half
     the hosts unhealthy) would otherwise route to them, and a not-ready instance must get no traffic.
     `weights` (Endpoint.address -> weight, from the adaptive load balancer) sets `load_balancing_weight`.
-    An endpoint it does not name yet (just discovered) gets the heaviest weight: it is presumed as good
-    as the best until measured, rather than starved at Envoy's default of 1.
+    An endpoint it does not name yet (just discovered) gets the heaviest weight among the endpoints that
+    stay: it is presumed as good as the best until measured, rather than starved at Envoy's default of 1.
     """
     unique = sorted({(e.ip, e.port, e.address) for e in service.endpoints if e.ready})
+    known = [weights[address] for _, _, address in unique if address in weights] if weights else []
+    heaviest = max(known or (weights or {}).values(), default=None)
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=service.name)
     if unique:
         locality = assignment.endpoints.add()
         for ip, port, address in unique:
             lb_endpoint = endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ip, port)))
-            weight = weights.get(address, max(weights.values())) if weights else None
+            weight = weights.get(address, heaviest) if weights else None
             if weight is not None:
                 lb_endpoint.load_balancing_weight.CopyFrom(u32(max(1, weight)))  # Envoy refuses 0
             locality.lb_endpoints.add().CopyFrom(lb_endpoint)

@@ -1,7 +1,8 @@
 """The versioned resource cache the ADS server serves from (the idea of go-control-plane's snapshot cache).
 
-`XdsCache.set_snapshot(snapshot, config)` makes a new immutable `CacheSnapshot` with a higher
-version. Per-node views are built from it on first use (and, for views that streams are using,
+`XdsCache.set_snapshot(snapshot, config, weights)` makes a new immutable `CacheSnapshot` with a higher
+version (adaptive weights are part of it: a new weight is a new version whose only change is EDS).
+Per-node views are built from it on first use (and, for views that streams are using,
 eagerly by the publishing thread, so the server's event loop rarely builds anything); each
 resource inside is serialized once and shared by every stream of that view. Watchers (the server)
 are told after the swap, and each stream then works out what its Envoy is missing.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from agent.config import AgentConfig
 from agent.model import Snapshot
+from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.xds.metrics import CACHE_VERSION
 from agent.sinks.xds.nodes import ALL, NodeView
 from agent.sinks.xds.resource import Resource, ResourcePool
@@ -30,10 +32,11 @@ class CacheSnapshot:
     """One version of everything served. Immutable once made, apart from the memo of built views."""
 
     def __init__(self, version: int, snapshot: Snapshot, config: AgentConfig, builder: ViewBuilder,
-                 reuse: dict[tuple[str, str, str], Resource]) -> None:
+                 reuse: dict[tuple[str, str, str], Resource], weights: EndpointWeights | None = None) -> None:
         self.version = version
         self.snapshot = snapshot
         self.config = config
+        self.weights: EndpointWeights = weights or {}
         self._builder = builder
         self._reuse = reuse
         self._views: dict[NodeView, ViewResources] = {}
@@ -46,7 +49,8 @@ class CacheSnapshot:
         with self._lock:  # one build per view, whichever thread asks first
             built = self._views.get(node_view)
             if built is None:
-                built = self._builder(self.snapshot, self.config, node_view, ResourcePool(self._reuse))
+                built = self._builder(self.snapshot, self.config, node_view, ResourcePool(self._reuse),
+                                      self.weights or None)
                 self._views[node_view] = built
             return built
 
@@ -74,14 +78,17 @@ class XdsCache:
     def current(self) -> CacheSnapshot | None:
         return self._current
 
-    def set_snapshot(self, snapshot: Snapshot, config: AgentConfig) -> CacheSnapshot:
+    def set_snapshot(self, snapshot: Snapshot, config: AgentConfig,
+                     weights: EndpointWeights | None = None) -> CacheSnapshot:
         """Make and publish a new version; raises (keeping the current one) if a view cannot be built."""
+        frozen = {name: dict(per) for name, per in (weights or {}).items()}
         with self._publishing:
             previous = self._current
-            if previous is not None and previous.snapshot == snapshot and previous.config == config:
+            if (previous is not None and previous.snapshot == snapshot and previous.config == config
+                    and previous.weights == frozen):
                 return previous
             candidate = CacheSnapshot(self._version + 1, snapshot, config, self._builder,
-                                      previous.resource_index() if previous is not None else {})
+                                      previous.resource_index() if previous is not None else {}, frozen)
             for node_view in {ALL, *self.views_in_use()}:
                 candidate.view(node_view)  # errors surface here, in the publisher, not in the streams
             with self._lock:

@@ -1,17 +1,20 @@
 """`XdsSink` (name "xds"): publishes snapshots into the xDS cache that the ADS server serves from.
 
 The same object works inside `AgentRuntime` (via `sinks_for`) and in any other owner of snapshots
-(a controller): `publish` builds one new cache version and wakes every stream; `start` / `close`
+(a controller): `publish` builds one new cache version and wakes every stream; `update_weights`
+(adaptive LB) does the same with new endpoint weights, which changes EDS resources only; `start` / `close`
 run the gRPC server. Without `start`, the cache can be served by a server the owner runs itself.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.model import Snapshot
+from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.server import XdsServer
 from agent.sinks.xds.session import AckListener
@@ -30,6 +33,11 @@ class XdsSink:
         self.cache = XdsCache(builder)
         self._on_ack = on_ack
         self.server: XdsServer | None = None
+        # The last snapshot and weights, so either can change alone; the lock keeps a weight update from
+        # re-publishing an older snapshot than a concurrent `publish`.
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._weights: EndpointWeights = {}
 
     def start(self) -> int:
         """Serve on `xds.address:xds.port` (TLS/mTLS per `xds.tls`); returns the bound port."""
@@ -53,5 +61,16 @@ class XdsSink:
         self._config = config
 
     def publish(self, snapshot: Snapshot) -> None:
-        version = self.cache.set_snapshot(snapshot, self._config).version
+        with self._lock:
+            version = self.cache.set_snapshot(snapshot, self._config, self._weights).version
+            self._snapshot = snapshot
         log.debug("xDS cache updated", extra={"snapshot": snapshot.version, "cache_version": version})
+
+    def update_weights(self, weights: EndpointWeights) -> None:
+        """New adaptive weights: a new cache version whose only changed resources are EDS assignments."""
+        with self._lock:
+            self._weights = {name: dict(per) for name, per in weights.items()}
+            if self._snapshot is None:
+                return  # applied with the first snapshot
+            version = self.cache.set_snapshot(self._snapshot, self._config, self._weights).version
+        log.debug("xDS weights updated", extra={"cache_version": version})

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from envoy.config.core.v3 import config_source_pb2
 
 from agent.config import AgentConfig, TrafficSplit
 from agent.model import ServiceSnapshot, Snapshot
+from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.envoy.listeners import Backend
 from agent.sinks.envoy.resources import EnvoyResources, build_resources, effective_protocol
 from agent.sinks.xds.gateway import GatewayTarget, gateway_listener, gateway_routes
@@ -55,15 +57,21 @@ class ViewResources:
 _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
-ViewBuilder = Callable[[Snapshot, AgentConfig, NodeView, ResourcePool], ViewResources]
+class ViewBuilder(Protocol):
+    def __call__(self, snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+                 weights: EndpointWeights | None = None) -> ViewResources: ...
 
 
 def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+               weights: EndpointWeights | None = None,
                transform: Callable[[EnvoyResources], EnvoyResources] | None = None) -> ViewResources:
-    """`transform` edits the typed messages before they are serialized (tests use it to break one)."""
+    """`weights` (adaptive LB: service -> endpoint address -> weight) only changes EDS resources.
+
+    `transform` edits the typed messages before they are serialized (tests use it to break one).
+    """
     services, config = _select(snapshot, config, view)
     built = build_resources(Snapshot(version=snapshot.version, services=MappingProxyType(services)), config,
-                            ads_source, ADS_SOURCE)
+                            ads_source, ADS_SOURCE, weights=weights)
     if view.role == "gateway":
         built = _as_gateway(built, services, config)
     if transform is not None:
