@@ -131,7 +131,8 @@ class LoadBalancing(Strict):
     choice_count: int | None = Field(default=None, ge=2, le=100)
     hash_key: HashKey | None = None
     # Latency-aware endpoint weights from the agent's feedback loop (docs/adaptive-lb.md); least_request only.
-    adaptive: bool = False
+    # "auto" (the default): on for least_request over http, https and grpc; off for tcp and other policies.
+    adaptive: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _hash(self) -> LoadBalancing:
@@ -140,7 +141,7 @@ class LoadBalancing(Strict):
             raise ValueError(f"policy {self.policy.value} needs hash_key (header, cookie or source_ip)")
         if not sticky and self.hash_key is not None:
             raise ValueError("hash_key only applies to ring_hash and maglev")
-        if self.adaptive and self.policy is not LbPolicy.least_request:
+        if self.adaptive is True and self.policy is not LbPolicy.least_request:
             raise ValueError("adaptive needs policy least_request (Envoy weighs it by active requests)")
         return self
 
@@ -250,6 +251,13 @@ class ServiceSpec(Strict):
     access_log: AccessLog = AccessLog()
     # Off by default: the direct path had no auth, and turning it on must be a choice.
     auth: ListenerAuth | None = None
+
+    @property
+    def adaptive_lb(self) -> bool:
+        """Whether the feedback loop weighs this service's endpoints (`lb.adaptive`, "auto" resolved)."""
+        if self.lb.adaptive == "auto":
+            return self.lb.policy is LbPolicy.least_request and self.protocol != "tcp"
+        return self.lb.adaptive
 
     @field_validator("listen_address")
     @classmethod

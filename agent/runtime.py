@@ -127,7 +127,7 @@ class AgentRuntime:
                 entry["effective_poll_interval_seconds"] = round(self.source.effective_interval(spec), 2)
             snap = self.store.snapshot.services.get(st.name)
             entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
-            if spec is not None and spec.lb.adaptive:
+            if spec is not None and spec.adaptive_lb and self.adaptive.loop is not None:
                 entry["weights"] = self.adaptive.rows(st.name)
             services.append(entry)
         budgets = [budget.usage().__dict__ for budget in self.budgets.budgets()]

@@ -38,7 +38,7 @@ IDLE_SLOWDOWN = 10.0
 
 
 def adaptive_services(config: AgentConfig) -> tuple[str, ...]:
-    return tuple(sorted(s.name for s in config.services if s.lb.adaptive))
+    return tuple(sorted(s.name for s in config.services if s.adaptive_lb))
 
 
 def admin_urls(config: AgentConfig) -> tuple[str, ...]:

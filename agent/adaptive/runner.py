@@ -1,6 +1,6 @@
-"""`AdaptiveRunner`: runs the feedback loop while any service has `lb.adaptive`, and hands the weights to
-every sink that takes them (`update_weights(weights)`: the Envoy file sink rewrites EDS files, the xDS sink
-pushes new EDS resources over ADS).
+"""`AdaptiveRunner`: runs the feedback loop while any service is adaptive (`lb.adaptive`, "auto" by
+default), and hands the weights to every sink that takes them (`update_weights(weights)`: the Envoy
+file sink rewrites EDS files, the xDS sink pushes new EDS resources over ADS).
 
 One object for any owner of sinks (the `run` runtime, a sidecar, a controller): `apply(config)` on
 start and on every reload, `stop()` at the end, `rows(service)` for status pages.
@@ -26,7 +26,8 @@ class AdaptiveRunner:
         self._sinks = sinks
 
     def apply(self, config: AgentConfig) -> None:
-        services = adaptive_services(config)
+        # Without a sink that takes weights (no Envoy: Kubernetes or state file only) there is nothing to steer.
+        services = adaptive_services(config) if self._weight_sinks() else ()
         if self.loop is None:
             if services:
                 self.loop = FeedbackLoop(config, self.table, self._publish)
@@ -47,8 +48,9 @@ class AdaptiveRunner:
     def rows(self, service: str) -> list[dict[str, object]]:
         return self.table.rows(service)
 
+    def _weight_sinks(self) -> list[Callable[[Mapping[str, Mapping[str, int]]], None]]:
+        return [update for sink in self._sinks() if (update := getattr(sink, "update_weights", None)) is not None]
+
     def _publish(self, weights: Mapping[str, Mapping[str, int]]) -> None:
-        for sink in self._sinks():
-            update = getattr(sink, "update_weights", None)
-            if update is not None:
-                update(weights)
+        for update in self._weight_sinks():
+            update(weights)

@@ -72,6 +72,7 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.adaptive.runner import AdaptiveRunner
     from agent.kube.client import KubeClient, default_namespace
     from agent.modelarts.client import allowed_networks
     from agent.sinks.factory import sinks_for
@@ -100,12 +101,15 @@ def run(args: argparse.Namespace) -> int:
         raise
     runners = [SinkRunner(sink, store, stop) for sink in sinks]
     xds = next((sink for sink in sinks if sink.name == "xds"), None)
+    # Latency-aware weights from this pod's own Envoy, over the same files or ADS (lb.adaptive).
+    adaptive = AdaptiveRunner(lambda: sinks)
 
     def status() -> dict[str, Any]:
         snapshot = store.snapshot
         body: dict[str, Any] = {
             "namespace": namespace, "snapshot_version": snapshot.version, "ready": store.ready(),
-            "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints]}
+            "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints],
+                          **({"weights": adaptive.rows(st.name)} if adaptive.loop is not None else {})}
                          for st in store.statuses() if st.name in snapshot.services],
             "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
             "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
@@ -140,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
         runner.start()
     for source in sources:
         source.start()
+    adaptive.apply(config)
     while not stop.wait(1.0):
         pass
+    adaptive.stop()
     for runner in runners:
         runner.thread.join(10)
     close_sinks()

@@ -75,7 +75,26 @@ def vpc_netns() -> None:
             f"(`make test` does this for the whole suite).", pytrace=False)
 
 
+# Extra context for a timed-out wait (the running agents' log tails): a flaky wait is only fixable with it.
+DIAGNOSTICS: list[Callable[[], str]] = []
+
+
+def diagnostics() -> str:
+    parts = []
+    for source in DIAGNOSTICS:
+        with contextlib.suppress(Exception):
+            parts.append(source())
+    return "\n".join(parts)
+
+
+# Waits are upper bounds for things that normally take a few seconds; a shared CI machine can stall
+# processes for many seconds, so they are stretched. Timing properties (hand-over within the lease
+# duration, ...) are asserted on measured times after the wait, never by a wait's timeout alone.
+WAIT_SCALE = float(os.environ.get("KUBE_TESTS_WAIT_SCALE", "3"))
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    timeout *= WAIT_SCALE
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -87,7 +106,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
             if last:
                 return last
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})"[:3000], pytrace=False)
+            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})"[:3000]
+                        + "\n" + diagnostics(), pytrace=False)
         time.sleep(interval)
 
 
@@ -320,7 +340,14 @@ class Agents:
 @pytest.fixture
 def agents(cluster: Cluster, tmp_path: Path) -> Iterator[Agents]:
     registry = Agents(cluster, tmp_path)
+
+    def log_tails() -> str:
+        return "\n".join(f"==== {proc.log_path.name} (last 60 lines)\n" + "\n".join(proc.log().splitlines()[-60:])
+                         for proc in registry.started)
+
+    DIAGNOSTICS.append(log_tails)
     yield registry
+    DIAGNOSTICS.remove(log_tails)
     registry.stop_all()
     # A SIGKILLed leader leaves its Lease held until it expires; the next test starts clean.
     cluster.kubectl("delete", "lease", LEASE, "-n", SYSTEM_NS, "--ignore-not-found", check=False)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from agent.emulator import Emulator
+from tests.adaptive.test_envoy_adaptive import envoy_weights
 from tests.envoy.harness import EnvoyProcess, envoy_binary, send_requests
 from tests.kube.conftest import (
     REPO,
@@ -35,12 +36,12 @@ from tests.kubeenv import free_port
 pytestmark = pytest.mark.kube
 
 
-def gateway_config(path: Path, services: list[str], xds_port: int, listen_port: int) -> Path:
+def gateway_config(path: Path, services: list[str], xds_port: int, listen_port: int, envoy_admin_port: int) -> Path:
     """What the chart's gateway ConfigMap holds: the followed services, xDS on loopback, no files."""
     path.write_text(yaml.safe_dump({
         "services": [{"name": name} for name in services],
         "discovery": {"allowed_cidrs": ["192.168.205.0/24"]},
-        "envoy": {"files": False, "output_dir": str(path.parent / "unused-envoy")},
+        "envoy": {"files": False, "output_dir": str(path.parent / "unused-envoy"), "admin_port": envoy_admin_port},
         "xds": {"enabled": True, "address": "127.0.0.1", "port": xds_port},
         "gateway": {"listen_address": "127.0.0.1", "listen_port": listen_port},
         "admin": {"port": 0},
@@ -48,9 +49,8 @@ def gateway_config(path: Path, services: list[str], xds_port: int, listen_port: 
     return path
 
 
-def gateway_envoy(tmp_path: Path, xds_port: int) -> EnvoyProcess:
+def gateway_envoy(tmp_path: Path, xds_port: int, admin_port: int) -> EnvoyProcess:
     """The gateway pod's init container + Envoy: the bootstrap comes from the real CLI."""
-    admin_port = free_port()
     bootstrap = tmp_path / "bootstrap.yaml"
     subprocess.run([sys.executable, "-m", "agent", "render", "bootstrap", f"--ads=127.0.0.1:{xds_port}", "--gateway",
                     "--node-id=modelarts-gateway-0", f"--admin-port={admin_port}", f"--output={bootstrap}"],
@@ -80,8 +80,8 @@ def test_gateway_agent_feeds_envoy_over_ads_from_the_endpointslices(
     cluster.apply(password_secret(namespace, "creds"), mas(namespace, "chat", emu, "svc-chat", "creds"),
                   mas(namespace, "embed", emu, "svc-embed", "creds"))
 
-    xds_port, listen_port, admin_port = free_port(), free_port(), free_port()
-    config = gateway_config(tmp_path / "gateway.yaml", ["chat", "embed"], xds_port, listen_port)
+    xds_port, listen_port, admin_port, envoy_admin_port = free_port(), free_port(), free_port(), free_port()
+    config = gateway_config(tmp_path / "gateway.yaml", ["chat", "embed"], xds_port, listen_port, envoy_admin_port)
     gateway = AgentProcess(["sidecar", "--config", str(config), "--namespace", namespace,
                             "--kubeconfig", str(gateway_kubeconfig), "--admin-port", str(admin_port)],
                            tmp_path / "gateway-agent.log", admin_port)
@@ -97,7 +97,7 @@ def test_gateway_agent_feeds_envoy_over_ads_from_the_endpointslices(
     assert [s["name"] for s in status["sinks"]] == ["xds"], status["sinks"]
     assert not (tmp_path / "unused-envoy").exists()  # envoy.files: false
 
-    envoy = gateway_envoy(tmp_path, xds_port)
+    envoy = gateway_envoy(tmp_path, xds_port, envoy_admin_port)
     try:
         envoy.wait_for_listeners(["modelarts-gateway"], timeout=15)
         wait_until(lambda: gateway.status()["xds"]["streams"] == 1, 10, "Envoy's ADS stream at the gateway agent")
@@ -122,6 +122,17 @@ def test_gateway_agent_feeds_envoy_over_ads_from_the_endpointslices(
         wait_until(lambda: endpoints()["chat"] == 4, 25, "the gateway agent to see 4 chat instances")
         wait_until(lambda: set(send_requests(listen_port, 40, 4, headers={"Host": "chat"}).answered)
                    == answered_by(emu, "svc-chat"), 15, "traffic to reach all 4 chat instances")
+
+        # Adaptive LB (on by default for http): the gateway agent reads its own Envoy's admin and serves
+        # the weights over ADS; /status and Envoy agree on a weight for every chat instance.
+        def weighted() -> bool:
+            send_requests(listen_port, 20, 2, headers={"Host": "chat"})
+            chat = next(s for s in gateway.status()["services"] if s["name"] == "chat")
+            published = {row["address"]: row["weight"] for row in chat.get("weights") or []}
+            return bool(published) and envoy_weights(envoy, "chat") == published \
+                and set(published) == set(envoy.hosts()["chat"])
+
+        wait_until(weighted, 30, "adaptive weights for every chat instance, in /status and in Envoy")
         emu.admin.scale("svc-embed", 1)
         wait_until(lambda: endpoints()["embed"] == 1, 25, "the gateway agent to see 1 embed instance")
         wait_until(lambda: len(envoy.hosts()["embed"]) == 1, 10,
