@@ -403,14 +403,16 @@ class KubeTestEnv:
         self._apiserver.start()
         self.wait_ready()
 
-    def restart_etcd(self, *, graceful: bool = True) -> None:
+    def restart_etcd(self, *, graceful: bool = True, down_for: float = 0.0) -> None:
         """Stop and start etcd only (same data dir and ports), then wait for the apiserver.
 
         A graceful stop takes about 7s: etcd waits that long for the apiserver's
         open watch streams. ``graceful=False`` kills it with SIGKILL (a crash).
+        ``down_for`` keeps it stopped that many seconds (an outage, not just a restart).
         """
         assert self._etcd is not None, "env not started"
         self._etcd.stop(graceful=graceful)
+        time.sleep(down_for)
         self._etcd.start()
         self._wait_etcd()
         self.wait_ready()
