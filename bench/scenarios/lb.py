@@ -1,6 +1,7 @@
 """Scenario 2, load-balancing quality: 4 instances, one 5x slower, under open-loop load.
 
-Compared: Envoy least_request (the agent's default), round_robin and random (what kube-proxy's iptables
+Compared: Envoy least_request (plain: `lb.adaptive` off here; the adaptive default is measured against it
+by `make bench-adaptive`), round_robin and random (what kube-proxy's iptables
 mode does: a random pick per connection), and a naive client-side round robin over the discovered IPs
 (vegeta rotating over the four instance URLs: what users write when left alone). Instances are Go
 upstreams with a fixed service time (3 x 10 ms, 1 x 50 ms) and 4 request slots each (a request waits for
@@ -51,7 +52,8 @@ def run(ctx: Ctx) -> ScenarioResult:
            for i in range(4)]
     slow = ups[3]
     ports = {p: free_port() for p in ("least_request", "round_robin", "random")}
-    services = [{"name": p.replace("_", "-"), "listen_port": port, "lb": {"policy": p}} for p, port in ports.items()]
+    services = [{"name": p.replace("_", "-"), "listen_port": port, "lb": {"policy": p, "adaptive": False}}
+                for p, port in ports.items()]
     endpoints = {p.replace("_", "-"): [(u.ip, u.port) for u in ups] for p in ports}
     sidecar(ctx, services, endpoints)
     targets = {p: [Target(f"http://127.0.0.1:{port}/v1/infer")] for p, port in ports.items()}

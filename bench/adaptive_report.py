@@ -1,0 +1,64 @@
+"""The adaptive load-balancing section of docs/benchmarks.md, rendered from bench/results/adaptive.json.
+
+`make bench-adaptive` rewrites the section after each full run, so the page never drifts from the
+results file; `python -m bench.adaptive_bench --report-only` rebuilds it from the last results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- adaptive:begin (written by bench/adaptive_report.py from bench/results/adaptive.json) -->"
+END = "<!-- adaptive:end -->"
+
+
+def render(result: dict[str, Any]) -> str:
+    machine = result.get("machine", {})
+    cost = result.get("feedback_loop_cost") or {}
+    lines = [
+        "## Adaptive load balancing (`make bench-adaptive`)",
+        "",
+        "Measured side by side in one run with the same instances (emulator instances serving one request at",
+        f"a time, constant service times), open-loop load from {machine.get('load_generator', '?')}, on "
+        f"{machine.get('date', '?')} at commit `{machine.get('git_commit', '?')}` ({result.get('rounds')} "
+        f"interleaved rounds of {result.get('seconds_per_segment'):g} s per policy, "
+        f"{result.get('wall_seconds', 0) / 60:.0f} minutes in all). It is a separate target because",
+        "`make bench` is bounded to 15 minutes. Design and discussion: [adaptive-lb.md](adaptive-lb.md).",
+        "",
+        "| scenario | figure | measured | target | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario in result.get("scenarios", []):
+        for check in scenario["checks"]:
+            target = "= 0" if check["target"] == 0 else f"≤ {check['target']:g}"
+            detail = f" ({check['detail']})" if check.get("detail") else ""
+            lines.append(f"| {scenario['title']} | {check['what']} | {check['value']:g}{detail} | {target} | "
+                         f"**{check['status']}** |")
+    if cost:
+        lines += [
+            "",
+            f"The feedback loop's cost, with {cost.get('hosts_in_envoy')} hosts in Envoy: "
+            f"{cost.get('agent_cpu_ms_per_read')} ms of agent CPU and {cost.get('envoy_cpu_ms_per_read')} ms of "
+            f"Envoy main-thread CPU per read of `/clusters`; at {cost.get('reads_per_second_with_traffic'):g} "
+            f"reads/s under traffic that is {cost.get('agent_cpu_percent_with_traffic')} % and "
+            f"{cost.get('envoy_cpu_percent_with_traffic')} % of a core "
+            f"({cost.get('reads_per_second_idle'):g} reads/s while idle).",
+        ]
+    lines += ["", "Plots: `docs/img/adaptive-p99.png`, and weights and latency over time when one instance "
+              "degrades: `docs/img/adaptive-degrade.png`."]
+    return "\n".join(lines)
+
+
+def update_doc(doc: Path, result: dict[str, Any]) -> None:
+    """Replace the marked section (or, the first time, the hand-written one) with the rendered results."""
+    text = doc.read_text()
+    section = f"{BEGIN}\n{render(result)}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        start = text.index("## Adaptive load balancing")
+        end = text.index("<!-- GENERATED", start)
+        text = text[:start] + section + "\n\n\n" + text[end:]
+    doc.write_text(text)
