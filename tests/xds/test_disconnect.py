@@ -29,6 +29,7 @@ from agent.metrics import REGISTRY
 from agent.model import Endpoint, Snapshot
 from agent.sinks.xds.nodes import ALL, NodeView
 from agent.sinks.xds.server import XdsServer
+from agent.sinks.xds.sink import XdsSink
 from agent.sinks.xds.types import CDS, EDS
 from tests.envoy.harness import make_snapshot, wait_until
 from tests.xds.conftest import StartAdsEnvoy, StartControlPlane, ads_address
@@ -245,4 +246,22 @@ def test_envoy_sigkilled_mid_push_is_replaced_by_one_that_converges(
     second.wait_for_hosts({"s0": {f"{e.ip}:{e.port}" for e in wide(3)}, "s199": {"127.0.2.1:8000"}}, timeout=15)
     assert_settles(server, api, 1, before + 1)
     assert not any(second.rejected_updates().values())
+    assert_no_errors(caplog)
+
+
+@pytest.mark.parametrize("api", list(APIS))
+def test_stopping_the_server_under_open_streams_logs_no_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, api: str) -> None:
+    """Shutdown (SIGTERM of the agent) with Envoys still connected is routine: streams end, nothing is
+    left pending on a closed event loop to be reported as an error later."""
+    config = xds_config(tmp_path, SERVICES[:2])
+    sink = XdsSink(config)
+    sink.start()
+    sink.publish(snapshot(config, 1))
+    assert sink.server is not None
+    clients = [Ads(sink.server.port, api, timeout=30) for _ in range(3)]
+    for client in clients:
+        client.sync()
+    sink.close(grace=0)
+    gc.collect()  # a task destroyed while pending is reported when it is collected
     assert_no_errors(caplog)

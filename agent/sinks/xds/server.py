@@ -75,9 +75,14 @@ class _Stream:
                     return
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.InternalError) as exc:
+            # The peer went away, possibly in the middle of a write (grpc then fails the pending batch with
+            # an InternalError): routine, and the call is dead, so there is nothing to abort.
             log.debug("xDS stream write ended: %s", exc, extra={"node": self.session.node_id})
         except Exception:
+            if self._context.done():
+                log.debug("xDS stream ended during a write", extra={"node": self.session.node_id})
+                return
             # A bug, not the peer: end the stream so that Envoy reconnects and starts over.
             log.exception("xDS stream failed", extra={"node": self.session.node_id})
             await self._context.abort(grpc.StatusCode.INTERNAL, "xDS server error")
@@ -154,6 +159,12 @@ class XdsServer:
             else:
                 log.exception("xDS server failed")
         finally:
+            # The streams' tasks end once grpc has cancelled their calls; let them, or they are destroyed
+            # pending when the loop closes (and grpc logs that as an error). Bounded: a stuck one is left.
+            pending = asyncio.all_tasks(loop)
+            if pending:
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
             loop.close()
 
     async def _serve(self) -> None:
