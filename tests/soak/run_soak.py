@@ -72,7 +72,8 @@ def proc_sample(pid: int, started: float) -> Sample:
                   fds=len(os.listdir(f"/proc/{pid}/fd")), threads=int(fields["Threads"].strip()))
 
 
-def run_soak(seconds: float, workdir: Path, rate: float = 40.0, seed: int = 1) -> SoakResult:
+def run_soak(seconds: float, workdir: Path, rate: float = 40.0, seed: int = 1,
+             adaptive: bool | str = "auto") -> SoakResult:
     rng = random.Random(seed)
     result = SoakResult(seconds=seconds)
     emu_config = EmulatorConfig.model_validate({"services": [{"name": "soak", "service_id": SERVICE_ID,
@@ -88,7 +89,10 @@ def run_soak(seconds: float, workdir: Path, rate: float = 40.0, seed: int = 1) -
             "discovery": {"allowed_cidrs": INSTANCE_CIDRS, "default_poll_interval_seconds": 1,
                           "stale_after_seconds": 30},
             "services": [{"name": "soak", "service_id": SERVICE_ID, "listen_port": listen,
-                          "health_check": {"type": "http", "path": "/health", "interval_seconds": 1}}],
+                          "health_check": {"type": "http", "path": "/health", "interval_seconds": 1},
+                          "lb": {"adaptive": adaptive},
+                          # Every failed request can be explained afterwards (response flags, upstream).
+                          "access_log": {"path": str(workdir / "access.log")}}],
             "envoy": {"output_dir": str(workdir / "envoy"), "admin_port": envoy_admin},
             "admin": {"port": agent_admin},
             # A short window keeps polls frequent: more churn per minute of soak.
@@ -228,9 +232,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--workdir", type=Path, default=Path("run/soak"))
     parser.add_argument("--plot", type=Path, default=Path("docs/img/soak.png"))
+    parser.add_argument("--adaptive", choices=["auto", "false"], default="auto", help="lb.adaptive of the service")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result = run_soak(args.seconds, args.workdir)
+    result = run_soak(args.seconds, args.workdir, adaptive=False if args.adaptive == "false" else "auto")
     plot(result, args.plot)
     rss, fds, threads = result.growth()
     print(f"soak {args.seconds:.0f}s: {result.requests_ok} ok, {result.requests_failed} failed, "
