@@ -33,6 +33,8 @@ NO_EVIDENCE_PRIOR = 0.05
 # Seconds of traffic a service needs before its hosts may get unequal weights (early estimates are noisy).
 WARMUP_SECONDS = 3.0
 WARN_EVERY_SECONDS = 60.0
+# Until the first good read, failures this soon after start are expected (Envoy starting) and not warned about.
+STARTUP_GRACE_SECONDS = 30.0
 # While no adaptive service has traffic, read Envoy this many times less often (an idle sidecar costs ~nothing).
 IDLE_SLOWDOWN = 10.0
 
@@ -77,6 +79,7 @@ class FeedbackLoop:
         self._next_update = 0.0
         self._unpublished = False
         self._last_warning = -WARN_EVERY_SECONDS
+        self._first_step: float | None = None
         self.reads_ok = self.reads_failed = 0
         self.idle = False  # no adaptive service had traffic at the last read
         self.cpu_seconds = 0.0
@@ -151,6 +154,8 @@ class FeedbackLoop:
 
     def step(self, now: float) -> None:
         """One sample; and, when due, one weight update. Public so tests can drive it with a fake clock."""
+        if self._first_step is None:
+            self._first_step = now
         with self._lock:
             if not self._services or self._reader is None:
                 return
@@ -177,6 +182,11 @@ class FeedbackLoop:
         self.reads_failed += 1
         self.last_error = error
         metrics.ADMIN_READS.labels("error").inc()
+        first = now if self._first_step is None else self._first_step
+        if self.reads_ok == 0 and now - first < STARTUP_GRACE_SECONDS:
+            # Envoy usually starts after the agent (it needs the agent's files): not worth a warning yet.
+            log.debug("Envoy admin not readable yet: %s", error)
+            return
         if now - self._last_warning >= WARN_EVERY_SECONDS:
             self._last_warning = now
             log.warning("cannot read Envoy admin for adaptive weights; Envoy keeps the last ones: %s", error)

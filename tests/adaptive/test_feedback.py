@@ -138,3 +138,25 @@ def test_equal_instances_keep_equal_weights() -> None:
 def test_admin_urls_default_to_the_local_envoy() -> None:
     assert admin_urls(config()) == ("http://127.0.0.1:9901",)
     assert admin_urls(config(envoy_admin_urls=["http://10.0.0.5:9901/"])) == ("http://10.0.0.5:9901",)
+
+
+def test_no_warning_while_envoy_is_still_starting(caplog: pytest.LogCaptureFixture) -> None:
+    envoy = FakeEnvoy({"a:1": 0.010})
+    envoy.down = True  # Envoy starts after the agent: its admin refuses connections at first
+    loop = FeedbackLoop(config(), WeightTable(), lambda _w: None, reader=envoy)
+    caplog.set_level("DEBUG", logger="agent.adaptive.feedback")
+    for now in (0.0, 10.0, 29.0):
+        loop.step(now)
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    loop.step(31.0)  # still unreadable after the grace period: worth a warning
+    assert [r.levelname for r in caplog.records].count("WARNING") == 1
+    assert loop.reads_failed == 4
+
+
+def test_a_failure_after_good_reads_warns_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    envoy = FakeEnvoy({"a:1": 0.010})
+    loop = FeedbackLoop(config(), WeightTable(), lambda _w: None, reader=envoy)
+    loop.step(0.0)
+    envoy.down = True
+    loop.step(1.0)
+    assert [r.levelname for r in caplog.records if r.name == "agent.adaptive.feedback"] == ["WARNING"]
