@@ -124,7 +124,7 @@ def run_soak(seconds: float, workdir: Path, rate: float = 40.0, seed: int = 1,
             while time.monotonic() - started < seconds:
                 result.samples.append(proc_sample(agent.pid, started))
                 if time.monotonic() >= next_churn:
-                    _churn(emu, rng, result)
+                    _churn(emu, rng, result, _agent_in_sync(agent_admin, emu))
                     next_churn = time.monotonic() + rng.uniform(3, 6)
                 time.sleep(1.0)
         finally:
@@ -140,12 +140,26 @@ def run_soak(seconds: float, workdir: Path, rate: float = 40.0, seed: int = 1,
     return result
 
 
-def _churn(emu: Emulator, rng: random.Random, result: SoakResult) -> None:
+def _agent_in_sync(agent_admin: int, emu: Emulator) -> bool:
+    """Whether the agent's endpoints are exactly the instances ModelArts lists right now."""
+    try:
+        status = requests.get(f"http://127.0.0.1:{agent_admin}/status", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return False
+    known = {address for svc in status.get("services", []) for address in svc.get("endpoints", [])}
+    return known == {f"{i.ip}:{i.port}" for i in emu.admin.instances(SERVICE_ID) if i.listed}
+
+
+def _churn(emu: Emulator, rng: random.Random, result: SoakResult, in_sync: bool) -> None:
+    """One platform event. Instances only go away while the agent knows the current set: if ModelArts
+    is failing (an injected fault) and the platform kept removing instances, every instance the agent
+    knows could be gone, and no agent could route around that. That case is not what a soak measures."""
     listed = [i for i in emu.admin.instances(SERVICE_ID) if i.listed]
     action = rng.choice(["scale", "scale", "kill", "fault"])
     if action == "scale":
-        emu.admin.scale(SERVICE_ID, rng.randint(3, 6))
-    elif action == "kill" and len(listed) > 2:
+        target = rng.randint(3, 6)
+        emu.admin.scale(SERVICE_ID, target if in_sync else max(target, len(listed)))
+    elif action == "kill" and len(listed) > 2 and in_sync:
         victim = rng.choice(listed)
         emu.admin.kill(victim.instance_id)
         # The platform notices a few seconds later and replaces it.
