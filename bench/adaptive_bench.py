@@ -52,10 +52,13 @@ from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from agent.sinks.envoy.bootstrap import build_bootstrap
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.sinks.envoy.serialize import to_yaml
+from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
+from agent.sinks.xds.sink import XdsSink
 from bench.adaptive_report import update_doc
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "adaptive.json"
+RESULTS_ADS = REPO / "bench" / "results" / "adaptive-ads.json"
 IMG_DIR = REPO / "docs" / "img"
 BENCHMARKS_DOC = REPO / "docs" / "benchmarks.md"
 VEGETA = Path(os.environ.get("MODELARTS_AGENT_CACHE") or REPO / ".cache") / "bench" / "bin" / "vegeta"
@@ -267,8 +270,10 @@ class Rig:
         "choice4": {"policy": "least_request", "choice_count": 4, "adaptive": False},
     }
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, transport: str = "files") -> None:
         self.workdir = workdir
+        self.transport = transport  # "files" (EDS files) or "ads" (the agent's xDS server, SotW)
+        self.xds: XdsSink | None = None
         self.children: list[ChildProcess] = []
         self.load = Load(workdir)
         self.runner: AdaptiveRunner | None = None
@@ -292,7 +297,7 @@ class Rig:
         self.emulator = EmulatorAdmin(json.loads(ready.read_text())["admin_url"])
         self.instances = sorted(self.emulator.instances(), key=lambda i: i.instance_id)
         self.slow = self.instances[-1]
-        *listen, admin_port = free_ports(len(self.POLICIES) + 1)
+        *listen, admin_port, xds_port = free_ports(len(self.POLICIES) + 2)
         self.ports = dict(zip(self.POLICIES, listen, strict=True))
         # Listeners on an address of their own: on a shared machine another process may bind the same port
         # on 127.0.0.1 between our pick and Envoy's bind, and with SO_REUSEPORT both binds succeed silently.
@@ -305,11 +310,19 @@ class Rig:
                           "listen_address": self.listen_ip, "access_log": {"enabled": False}}
                          for name, lb in self.POLICIES.items()],
             "envoy": {"output_dir": str(self.workdir / "envoy"), "admin_port": admin_port},
+            "xds": {"enabled": self.transport == "ads", "address": "127.0.0.1", "port": xds_port},
         }, "adaptive-bench")
-        self.sink = EnvoyFileSink(self.config)
-        self.sink.publish(self._snapshot())
         bootstrap = self.workdir / "bootstrap.yaml"
-        bootstrap.write_text(to_yaml(build_bootstrap(self.config.envoy)))
+        self.sink: EnvoyFileSink | XdsSink
+        if self.transport == "ads":
+            self.sink = self.xds = XdsSink(self.config)
+            self.xds.start()
+            bootstrap.write_text(to_yaml(build_ads_bootstrap(AdsBootstrap(
+                address=f"127.0.0.1:{xds_port}", node_id="adaptive-bench", admin_port=admin_port))))
+        else:
+            self.sink = EnvoyFileSink(self.config)
+            bootstrap.write_text(to_yaml(build_bootstrap(self.config.envoy)))
+        self.sink.publish(self._snapshot())
         envoy = ChildProcess("envoy", [*taskset(PROXY_CPU), str(ENVOY), "-c", str(bootstrap),
                                        "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn",
                                        "--drain-time-s", "1"], self.workdir)
@@ -404,6 +417,8 @@ class Rig:
         for child in reversed(self.children):
             with contextlib.suppress(Exception):
                 child.stop()
+        if self.xds is not None:
+            self.xds.close(grace=0)
         with contextlib.suppress(Exception):
             self.emulator.close()
 
@@ -736,6 +751,10 @@ def pinned(cpus: set[int]) -> Iterator[None]:
             os.sched_setaffinity(0, before)
 
 
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
@@ -749,11 +768,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="run only these scenarios (1-4)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--img-dir", type=Path, default=IMG_DIR)
+    parser.add_argument("--ads", action="store_true",
+                        help="feed Envoy over ADS from the agent's xDS server instead of EDS files "
+                             "(results to bench/results/adaptive-ads.json unless --output is given)")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the section of docs/benchmarks.md from the last results")
     args = parser.parse_args(argv)
+    if args.ads and args.output == RESULTS:
+        args.output = RESULTS_ADS
+    suffix = "-ads" if args.ads else ""
     if args.report_only:
-        update_doc(BENCHMARKS_DOC, json.loads(args.output.read_text()))
+        update_doc(BENCHMARKS_DOC, json.loads(RESULTS.read_text()), _load(RESULTS_ADS))
         return 0
     seconds, reps = (7.5, 2) if args.quick else (10.0, 4)  # segment length, rounds
     before, after = (15.0, 30.0) if args.quick else (20.0, 40.0)
@@ -765,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: list[Scenario] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="adaptive-bench-") as tmp, pinned({int(PROXY_CPU)}):
-        rig = Rig(Path(tmp))
+        rig = Rig(Path(tmp), "ads" if args.ads else "files")
         try:
             log(f"rig up: {len(rig.instances)} instances, load by {rig.load.tool}")
             steps: list[tuple[str, Callable[[], Scenario]]] = [
@@ -787,8 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sc, data = scenario_degrade(rig, before, after, log)
                 sc.load_average = (round(load0, 2), round(os.getloadavg()[0], 2))
                 args.img_dir.mkdir(parents=True, exist_ok=True)
-                plot_degrade(data, args.img_dir / "adaptive-degrade.png")
-                sc.extra["plot"] = "docs/img/adaptive-degrade.png"
+                plot_degrade(data, args.img_dir / f"adaptive-degrade{suffix}.png")
+                sc.extra["plot"] = f"docs/img/adaptive-degrade{suffix}.png"
                 scenarios.append(sc)
             if "4" in wanted:
                 quiet(log)
@@ -802,8 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rig.close()
     if any(s.name != "degrade_mid_run" for s in scenarios):
         args.img_dir.mkdir(parents=True, exist_ok=True)
-        plot_p99(scenarios, args.img_dir / "adaptive-p99.png")
-    result = {"benchmark": "adaptive load balancing", "quick": args.quick, "machine": machine(),
+        plot_p99(scenarios, args.img_dir / f"adaptive-p99{suffix}.png")
+    result = {"benchmark": "adaptive load balancing", "transport": rig.transport, "quick": args.quick,
+              "machine": machine(),
               "seconds_per_segment": seconds, "rounds": reps, "wall_seconds": round(time.time() - started, 1),
               "feedback_loop_cost": cost, "scenarios": [s.as_dict() for s in scenarios]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -813,8 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{check.as_dict()['status']:4s} {sc.name}: {check.what} = {check.value:.3g} "
                 f"(target ≤ {check.target:g}) {check.detail}")
     log(f"wrote {args.output}")
-    if not args.quick and args.output == RESULTS and wanted == {"1", "2", "3", "4"}:
-        update_doc(BENCHMARKS_DOC, result)
+    if not args.quick and args.output in (RESULTS, RESULTS_ADS) and RESULTS.exists():
+        update_doc(BENCHMARKS_DOC, json.loads(RESULTS.read_text()), _load(RESULTS_ADS))
         log(f"updated {BENCHMARKS_DOC}")
     return 0
 

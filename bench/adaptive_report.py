@@ -13,7 +13,18 @@ BEGIN = "<!-- adaptive:begin (written by bench/adaptive_report.py from bench/res
 END = "<!-- adaptive:end -->"
 
 
-def render(result: dict[str, Any]) -> str:
+def _rows(result: dict[str, Any]) -> list[str]:
+    lines = ["| scenario | figure | measured | target | verdict |", "|---|---|---|---|---|"]
+    for scenario in result.get("scenarios", []):
+        for check in scenario["checks"]:
+            target = "= 0" if check["target"] == 0 else f"≤ {check['target']:g}"
+            detail = f" ({check['detail']})" if check.get("detail") else ""
+            lines.append(f"| {scenario['title']} | {check['what']} | {check['value']:g}{detail} | {target} | "
+                         f"**{check['status']}** |")
+    return lines
+
+
+def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
     machine = result.get("machine", {})
     cost = result.get("feedback_loop_cost") or {}
     lines = [
@@ -26,15 +37,8 @@ def render(result: dict[str, Any]) -> str:
         f"{result.get('wall_seconds', 0) / 60:.0f} minutes in all). It is a separate target because",
         "`make bench` is bounded to 15 minutes. Design and discussion: [adaptive-lb.md](adaptive-lb.md).",
         "",
-        "| scenario | figure | measured | target | verdict |",
-        "|---|---|---|---|---|",
+        *_rows(result),
     ]
-    for scenario in result.get("scenarios", []):
-        for check in scenario["checks"]:
-            target = "= 0" if check["target"] == 0 else f"≤ {check['target']:g}"
-            detail = f" ({check['detail']})" if check.get("detail") else ""
-            lines.append(f"| {scenario['title']} | {check['what']} | {check['value']:g}{detail} | {target} | "
-                         f"**{check['status']}** |")
     if cost:
         lines += [
             "",
@@ -47,13 +51,21 @@ def render(result: dict[str, Any]) -> str:
         ]
     lines += ["", "Plots: `docs/img/adaptive-p99.png`, and weights and latency over time when one instance "
               "degrades: `docs/img/adaptive-degrade.png`."]
+    if ads is not None:
+        machine = ads.get("machine", {})
+        lines += [
+            "", "### The same over ADS (`python -m bench.adaptive_bench --ads`)", "",
+            "Envoy fed by the agent's xDS server (state of the world) instead of EDS files, the weights going "
+            f"out as EDS-only cache versions; {ads.get('rounds')} rounds of {ads.get('seconds_per_segment'):g} s, "
+            f"on {machine.get('date', '?')} at commit `{machine.get('git_commit', '?')}` "
+            "(bench/results/adaptive-ads.json):", "", *_rows(ads)]
     return "\n".join(lines)
 
 
-def update_doc(doc: Path, result: dict[str, Any]) -> None:
+def update_doc(doc: Path, result: dict[str, Any], ads: dict[str, Any] | None = None) -> None:
     """Replace the marked section (or, the first time, the hand-written one) with the rendered results."""
     text = doc.read_text()
-    section = f"{BEGIN}\n{render(result)}\n{END}"
+    section = f"{BEGIN}\n{render(result, ads)}\n{END}"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
