@@ -68,20 +68,22 @@ class Controller:
     # -- callbacks -----------------------------------------------------------------------------------
 
     def _on_crs(self, objects: Mapping[str, dict[str, Any]]) -> None:
+        # Under the lock, so that submits reach the pipeline in the order the watch saw the objects.
         with self._lock:
             self._objects = dict(objects)
-            pipeline = self._pipeline
-        if pipeline is not None:
-            pipeline.submit(objects)
+            if self._pipeline is not None:
+                self._pipeline.submit(objects)
 
     def _started_leading(self) -> None:
         # Quick on purpose: the renew loop only starts when this returns.
         pipeline = Pipeline(self._kube, self.settings.pipeline, self.elector.is_leader, self._events)
+        # The current CRs go in under the lock, before any later watch event can: submitting them after
+        # releasing it could overwrite a newer set with this older one (e.g. still empty, if leadership
+        # came before the first list), and the pipeline would stop polling until the next CR change.
         with self._lock:
             self._pipeline = pipeline
-            objects = dict(self._objects)
+            pipeline.submit(dict(self._objects))
         pipeline.start()
-        pipeline.submit(objects)
 
     def _stopped_leading(self) -> None:
         pipeline = self._pipeline
