@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from agent.sinks.envoy.serialize import to_yaml
 from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
 from agent.sinks.xds.sink import XdsSink
 from bench.adaptive_report import update_doc
+from bench.env import machine_facts_date, taskset_prefix
+from bench.scenarios import http_json, http_text, proc_cpu_seconds, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "adaptive.json"
@@ -87,31 +88,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def taskset(cpus: str) -> list[str]:
-    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(interval)
-    raise RuntimeError(f"{what} did not happen within {timeout:.0f}s")
 
 
-def http_get(url: str, timeout: float = 2.0) -> bytes:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-    with opener.open(url, timeout=timeout) as resp:
-        return bytes(resp.read())
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -197,7 +179,7 @@ class Load:
         targets.write_text(f"GET {url}\n")
         out = self.workdir / f"{policy}.bin"
         started = time.time()
-        proc = subprocess.run([*taskset(LOAD_CPU), str(VEGETA), "attack", f"-targets={targets}",
+        proc = subprocess.run([*taskset_prefix(LOAD_CPU), str(VEGETA), "attack", f"-targets={targets}",
                                f"-rate={rate:g}/1s", f"-duration={seconds:g}s", "-timeout=60s",
                                f"-output={out}"], capture_output=True, timeout=seconds + 120, check=False)
         if proc.returncode != 0:
@@ -289,7 +271,7 @@ class Rig:
             "latency": {"base_ms": FAST_MS, "jitter_ms": 0, "distribution": "constant"}}]}
         (self.workdir / "emulator.yaml").write_text(yaml.safe_dump(scenario))
         ready = self.workdir / "emulator.json"
-        emulator = ChildProcess("emulator", [*taskset(LOAD_CPU), sys.executable, "-m", "agent", "--log-format",
+        emulator = ChildProcess("emulator", [*taskset_prefix(LOAD_CPU), sys.executable, "-m", "agent", "--log-format",
                                              "text", "emulator", "--config", str(self.workdir / "emulator.yaml"),
                                              "--ready-file", str(ready)], self.workdir)
         self.children.append(emulator.start())
@@ -323,15 +305,15 @@ class Rig:
             self.sink = EnvoyFileSink(self.config)
             bootstrap.write_text(to_yaml(build_bootstrap(self.config.envoy)))
         self.sink.publish(self._snapshot())
-        envoy = ChildProcess("envoy", [*taskset(PROXY_CPU), str(ENVOY), "-c", str(bootstrap),
+        envoy = ChildProcess("envoy", [*taskset_prefix(PROXY_CPU), str(ENVOY), "-c", str(bootstrap),
                                        "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn",
                                        "--drain-time-s", "1"], self.workdir)
         self.children.append(envoy.start())
         self.envoy = envoy
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}"
-        envoy.wait_until(lambda: http_get(admin + "/ready", 0.5).strip() == b"LIVE", 30, "Envoy ready")
+        envoy.wait_until(lambda: http_text(admin + "/ready", 0.5).strip() == "LIVE", 30, "Envoy ready")
         hosts = sum(len(svc.endpoints) for svc in self._snapshot().services.values())
-        wait_for(lambda: http_get(admin + "/clusters").count(b"::rq_active::") >= hosts, 30, "Envoy hosts")
+        wait_for(lambda: http_text(admin + "/clusters").count("::rq_active::") >= hosts, 30, "Envoy hosts")
         # Every listener bound on its own port: another process taking a port between our pick and Envoy's
         # bind would send one policy's load somewhere else, silently.
         wait_for(lambda: self._listening(admin), 30, "Envoy listening on every policy's port")
@@ -340,7 +322,7 @@ class Rig:
         self.runner.apply(self.config)
 
     def _listening(self, admin: str) -> bool:
-        data = json.loads(http_get(admin + "/listeners?format=json"))
+        data = http_json(admin + "/listeners?format=json")
         bound = {entry["name"]: entry.get("local_address", {}).get("socket_address", {}).get("port_value")
                  for entry in data.get("listener_statuses", [])}
         return all(bound.get(name) == port for name, port in self.ports.items())
@@ -408,7 +390,7 @@ class Rig:
         """Requests Envoy sent through this policy's cluster: proof that the load hit the right listener."""
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}"
         pattern = urllib.parse.quote(f"^cluster\\.{policy}\\.upstream_rq_total$")
-        text = http_get(f"{admin}/stats?filter={pattern}").decode()
+        text = http_text(f"{admin}/stats?filter={pattern}")
         return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
 
     def close(self) -> None:
@@ -724,7 +706,7 @@ def machine() -> dict[str, Any]:
                             text=True, check=False).stdout.strip()
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "load_generator": "vegeta" if os.access(VEGETA, os.X_OK) else "asyncio/aiohttp",
-            "git_commit": commit, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+            "git_commit": commit, "date": machine_facts_date()}
 
 
 def quiet(log: Callable[[str], None], limit: float = 180.0) -> None:
