@@ -127,8 +127,9 @@ class AgentRuntime:
                 entry["effective_poll_interval_seconds"] = round(self.source.effective_interval(spec), 2)
             snap = self.store.snapshot.services.get(st.name)
             entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
-            if spec is not None and spec.adaptive_lb and self.adaptive.loop is not None:
-                entry["weights"] = self.adaptive.rows(st.name)
+            weights = self.adaptive.status_rows(spec) if spec is not None else None
+            if weights is not None:
+                entry["weights"] = weights
             services.append(entry)
         budgets = [budget.usage().__dict__ for budget in self.budgets.budgets()]
         return {

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.adaptive.feedback import FeedbackLoop, adaptive_services
 from agent.adaptive.table import WeightTable
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class AdaptiveRunner:
 
     def rows(self, service: str) -> list[dict[str, object]]:
         return self.table.rows(service)
+
+    def status_rows(self, spec: ServiceSpec) -> list[dict[str, object]] | None:
+        """What status pages show for a service: its weights while the loop steers it, else None."""
+        return self.table.rows(spec.name) if self.loop is not None and spec.adaptive_lb else None
 
     def _weight_sinks(self) -> list[Callable[[Mapping[str, Mapping[str, int]]], None]]:
         return [update for sink in self._sinks() if (update := getattr(sink, "update_weights", None)) is not None]

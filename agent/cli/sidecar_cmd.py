@@ -23,6 +23,7 @@ import yaml
 from agent.admin_server import AdminServer
 from agent.config import AgentConfig, apply_env_overrides, parse_config
 from agent.errors import ConfigError
+from agent.model import ServiceSnapshot
 
 # Filled in when absent so the shared config model validates; nothing ever connects to them.
 _UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http://unused.invalid",
@@ -104,12 +105,16 @@ def run(args: argparse.Namespace) -> int:
     # Latency-aware weights from this pod's own Envoy, over the same files or ADS (lb.adaptive).
     adaptive = AdaptiveRunner(lambda: sinks)
 
+    def service_status(svc: ServiceSnapshot) -> dict[str, Any]:
+        weights = adaptive.status_rows(svc.spec)
+        extra = {"weights": weights} if weights is not None else {}
+        return {"endpoints": [e.address for e in svc.endpoints], **extra}
+
     def status() -> dict[str, Any]:
         snapshot = store.snapshot
         body: dict[str, Any] = {
             "namespace": namespace, "snapshot_version": snapshot.version, "ready": store.ready(),
-            "services": [{**st.__dict__, "endpoints": [e.address for e in snapshot.services[st.name].endpoints],
-                          **({"weights": adaptive.rows(st.name)} if adaptive.loop is not None else {})}
+            "services": [{**st.__dict__, **service_status(snapshot.services[st.name])}
                          for st in store.statuses() if st.name in snapshot.services],
             "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
             "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}

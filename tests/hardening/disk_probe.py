@@ -68,7 +68,7 @@ def main(mount_point: Path) -> dict[str, Any]:
     subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
     report["read_only"] = publish(sink, config, 4, 5)
     report["unchanged_when_read_only"] = files(root) == recovered
-    report["all_parse"] = all(len(parse_discovery_response(data.decode()).resources) >= 0
+    report["all_parse"] = all(len(parse_discovery_response(data.decode()).resources) > 0
                               for data in files(root).values())
     return report
 

@@ -348,9 +348,7 @@ def agents(cluster: Cluster, tmp_path: Path) -> Iterator[Agents]:
     DIAGNOSTICS.append(log_tails)
     yield registry
     DIAGNOSTICS.remove(log_tails)
-    registry.stop_all()
-    # A SIGKILLed leader leaves its Lease held until it expires; the next test starts clean.
-    cluster.kubectl("delete", "lease", LEASE, "-n", SYSTEM_NS, "--ignore-not-found", check=False)
+    registry.stop_all()  # also deletes the Lease: the next test starts from none
     if os.environ.get("KUBE_TESTS_SHOW_LOGS"):
         for proc in registry.started:
             print(f"==== {proc.log_path.name}\n{proc.log()[-5000:]}")

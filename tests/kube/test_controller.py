@@ -19,6 +19,7 @@ import pytest
 from agent.emulator.config import DEFAULT_USER
 from tests.kube.conftest import (
     RBAC,
+    AgentProcess,
     Agents,
     Cluster,
     manifests,
@@ -177,33 +178,40 @@ def test_secret_rotation_applies_without_restart(cluster: Cluster, namespace: st
     assert "rotated-password" not in controller.log() and "wrong-password" not in controller.log()
 
 
+def synced_controller(cluster: Cluster, namespace: str, agents: Agents, emulators: Any, name: str,
+                      first_address: int) -> tuple[Any, AgentProcess]:
+    """A namespaced controller syncing one CR over 2 instances (room for 5 on the VPC range)."""
+    emu = emulators([{"name": name, "service_id": f"svc-{name}", "instances": 2, "port": 8080,
+                      "bind_addresses": vpc_addresses(first_address, 5)}])
+    controller = agents.controller("c1", namespace)
+    cluster.apply(password_secret(namespace, "creds"), mas(namespace, name, emu, f"svc-{name}", "creds"))
+    wait_until(lambda: cluster.slice_endpoints(namespace, name) == listed(emu, f"svc-{name}"), 20, "slices with 2")
+    return emu, controller
+
+
+def follows_a_spec_change(cluster: Cluster, namespace: str, name: str) -> None:
+    """A spec change made now reaches the Service: the controller's CR watch works."""
+    cluster.kubectl("patch", "mas", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"port":9000}}')
+    wait_until(lambda: cluster.get_json("service", name, "-n", namespace)["spec"]["ports"][0]["port"] == 9000, 15,
+               "the Service port to follow the new spec")
+
+
 def test_survives_an_apiserver_restart(cluster: Cluster, namespace: str, agents: Agents,
                                        emulators) -> None:  # type: ignore[no-untyped-def]
-    emu = emulators([{"name": "rs", "service_id": "svc-rs", "instances": 2, "port": 8080,
-                      "bind_addresses": vpc_addresses(41, 5)}])
-    controller = agents.controller("c1", namespace)
-    cluster.apply(password_secret(namespace, "creds"), mas(namespace, "rs", emu, "svc-rs", "creds"))
-    wait_until(lambda: cluster.slice_endpoints(namespace, "rs") == listed(emu, "svc-rs"), 20, "slices with 2")
+    emu, controller = synced_controller(cluster, namespace, agents, emulators, "rs", 41)
 
     cluster.env.restart_apiserver(graceful=False)  # a crash: every watch and connection breaks
     emu.admin.scale("svc-rs", 4)
     wait_until(lambda: cluster.slice_endpoints(namespace, "rs") == listed(emu, "svc-rs"), 30,
                "slices with 4 after the restart")
     wait_until(lambda: cluster.mas(namespace, "rs")["status"]["endpointCount"] == 4, 15, "status after the restart")
-    # The CR watch reconnected too: a spec change made after the restart is applied.
-    cluster.kubectl("patch", "mas", "rs", "-n", namespace, "--type=merge", "-p", '{"spec":{"port":9000}}')
-    wait_until(lambda: cluster.get_json("service", "rs", "-n", namespace)["spec"]["ports"][0]["port"] == 9000, 15,
-               "the Service port to follow the new spec")
+    follows_a_spec_change(cluster, namespace, "rs")  # the CR watch reconnected too
     assert controller.alive() and controller.is_leader()
 
 
 def test_survives_an_etcd_outage_without_losing_endpoints(cluster: Cluster, namespace: str, agents: Agents,
                                                           emulators) -> None:  # type: ignore[no-untyped-def]
-    emu = emulators([{"name": "er", "service_id": "svc-er", "instances": 2, "port": 8080,
-                      "bind_addresses": vpc_addresses(131, 5)}])
-    controller = agents.controller("c1", namespace)
-    cluster.apply(password_secret(namespace, "creds"), mas(namespace, "er", emu, "svc-er", "creds"))
-    wait_until(lambda: cluster.slice_endpoints(namespace, "er") == listed(emu, "svc-er"), 20, "slices with 2")
+    emu, controller = synced_controller(cluster, namespace, agents, emulators, "er", 131)
     good = listed(emu, "svc-er")
 
     # Read the slices all through the outage: any answer the apiserver gives must still hold every
@@ -231,10 +239,7 @@ def test_survives_an_etcd_outage_without_losing_endpoints(cluster: Cluster, name
         reader.join(5)
     assert reads and all(good <= seen for seen in reads), [sorted(r) for r in reads if not good <= r]
     wait_until(controller.is_leader, 20, "the controller to lead again")
-    # Its CR watch reconnected: a spec change made after the outage is applied.
-    cluster.kubectl("patch", "mas", "er", "-n", namespace, "--type=merge", "-p", '{"spec":{"port":9000}}')
-    wait_until(lambda: cluster.get_json("service", "er", "-n", namespace)["spec"]["ports"][0]["port"] == 9000, 15,
-               "the Service port to follow the new spec")
+    follows_a_spec_change(cluster, namespace, "er")  # its CR watch reconnected
     assert controller.alive() and "Traceback" not in controller.log(), controller.log()[-3000:]
 
 

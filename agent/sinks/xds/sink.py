@@ -69,7 +69,7 @@ class XdsSink:
     def update_weights(self, weights: EndpointWeights) -> None:
         """New adaptive weights: a new cache version whose only changed resources are EDS assignments."""
         with self._lock:
-            self._weights = {name: dict(per) for name, per in weights.items()}
+            self._weights = weights  # the cache keeps its own copy of what it serves
             if self._snapshot is None:
                 return  # applied with the first snapshot
             version = self.cache.set_snapshot(self._snapshot, self._config, self._weights).version
