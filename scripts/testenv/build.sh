@@ -4,12 +4,13 @@
 #
 #   ${MODELARTS_AGENT_CACHE:-<repo>/.cache}/testenv/bin/
 #     kube-apiserver kube-controller-manager kubectl   (k8s.io/kubernetes)
+#     kubelet kube-scheduler kube-proxy               (k8s.io/kubernetes; the e2e node)
 #     etcd                                             (go.etcd.io/etcd/server/v3)
 #     coredns                                          (github.com/coredns/coredns, reduced plugin set)
 #     helm                                             (helm.sh/helm/v3)
 #
 # The versions are pinned by the wrapper module scripts/testenv/k8s (go.mod +
-# go.sum are committed, so builds are reproducible). All six binaries are built
+# go.sum are committed, so builds are reproducible). All the binaries are built
 # by ONE `go build -o DIR pkg...` call from that one module, so shared packages
 # are compiled once.
 #
@@ -37,11 +38,14 @@ out_dir="$cache_root/testenv"
 bin_dir="$out_dir/bin"
 stamp_file="$bin_dir/.stamp"
 
-binaries=(kube-apiserver kube-controller-manager kubectl etcd coredns helm)
+binaries=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy etcd coredns helm)
 packages=(
   k8s.io/kubernetes/cmd/kube-apiserver
   k8s.io/kubernetes/cmd/kube-controller-manager
   k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubelet
+  k8s.io/kubernetes/cmd/kube-scheduler
+  k8s.io/kubernetes/cmd/kube-proxy
   ./cmd/etcd
   ./cmd/coredns
   helm.sh/helm/v3/cmd/helm
@@ -126,7 +130,7 @@ export CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 nice_cmd=(nice -n "${TESTENV_NICE:-10}")
 
-log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kubectl), etcd $etcd_version, coredns $coredns_version, helm $helm_version"
+log "building kubernetes $k8s_version (kube-apiserver, kube-controller-manager, kubectl, kubelet, kube-scheduler, kube-proxy), etcd $etcd_version, coredns $coredns_version, helm $helm_version"
 log "into $bin_dir"
 t_all=$SECONDS
 
