@@ -127,7 +127,7 @@ class Emulator:
         limiter = RateLimiter(cfg.limits)
         faults = FaultBoard()
         fleet = Fleet(cfg, ca)
-        iam = IamApi(directory, tokens, clock, calls)
+        iam = IamApi(directory, tokens, clock, calls, faults)
         parts = EmulatorParts(cfg, clock, calls, directory, tokens, limiter, faults, fleet, iam, str(ca.ca_pem_path))
         self._parts = parts
         modelarts = ModelArtsApi(directory, tokens, clock, calls, limiter, faults, fleet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.emulator.config import UserConfig
+from agent.emulator.faults import ArmedFault, FaultBoard, apply_header_edits, respond
 from agent.emulator.throttle import CallLog, EmulatorClock
 
 TOKEN_HEADER = "X-Subject-Token"
@@ -132,15 +134,21 @@ def parse_password_auth(body: Any) -> tuple[str, str, str, dict[str, Any]]:
 
 
 class IamApi:
-    def __init__(self, directory: Directory, tokens: TokenStore, clock: EmulatorClock, calls: CallLog) -> None:
+    def __init__(self, directory: Directory, tokens: TokenStore, clock: EmulatorClock, calls: CallLog,
+                 faults: FaultBoard | None = None) -> None:
         self.directory = directory
         self.tokens = tokens
         self.clock = clock
         self.calls = calls
+        self.faults = faults if faults is not None else FaultBoard()
         self.down = False
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v3/auth/tokens", self.issue_token)
+        app.on_response_prepare.append(self._fault_headers)
+
+    async def _fault_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        apply_header_edits(request, response)
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -152,38 +160,62 @@ class IamApi:
         self._log(request, 404)
         return iam_error(404, "Not Found", "The requested resource could not be found.")
 
-    def _log(self, request: web.Request, status: int, user: UserConfig | None = None) -> None:
+    def _log(self, request: web.Request, status: int, user: UserConfig | None = None,
+             fault: ArmedFault | None = None) -> None:
         self.calls.add(
             time=self.clock.now(), api="iam", method=request.method, path=request.path,
             query=request.query_string, user=user.name if user else None,
             domain=user.domain if user else None, auth="password", status=status,
+            fault=fault.spec.kind if fault else None,
         )
 
-    async def issue_token(self, request: web.Request) -> web.Response:
+    async def issue_token(self, request: web.Request) -> web.StreamResponse:
         if self.down:
             self._log(request, 503)
             return iam_error(503, "Service Unavailable", "The service is currently unavailable.")
+        fault = self.faults.take("", "iam", self.clock.now(), throttle=None)
+        if fault is not None and not (fault.spec.kind == "custom" and fault.spec.body == "normal"):
+            # Answered before the password is even looked at, like an overloaded or broken front.
+            status = 0
+            try:
+                response, status = await respond(fault, request, {}, shape="iam", normal_status=201)
+                return response
+            finally:
+                self._log(request, status, fault=fault)
+        response, user = await self._issue(request)
+        if fault is None:
+            self._log(request, response.status, user)
+            return response
+        # A custom fault around the real answer: a real token, but its status, headers or body altered.
+        status = 0
+        normal = json.loads(response.body) if isinstance(response.body, bytes) and response.body else {}
+        headers = {k: v for k, v in response.headers.items() if k.lower() == TOKEN_HEADER.lower()}
+        try:
+            altered, status = await respond(fault, request, normal, shape="iam", normal_status=response.status,
+                                            normal_headers=headers)
+            return altered
+        finally:
+            self._log(request, status, user, fault)
+
+    async def _issue(self, request: web.Request) -> tuple[web.Response, UserConfig | None]:
+        """The real answer to a token request, and the user it authenticated (if any)."""
         try:
             body = await request.json()
             name, password, domain, project = parse_password_auth(body)
         except (ValueError, _BadRequest) as exc:
-            self._log(request, 400)
-            return iam_error(400, "Bad Request", f"The request body is malformed: {exc}")
+            return iam_error(400, "Bad Request", f"The request body is malformed: {exc}"), None
         user = self.directory.find_user(domain, name)
         # Same answer (and a constant-time compare) for unknown user, domain or password.
         expected = user.password.get_secret_value() if user else secrets.token_hex(16)
         if user is None or not hmac.compare_digest(expected.encode(), password.encode()):
-            self._log(request, 401)
-            return iam_error(401, "Unauthorized", WRONG_PASSWORD)
+            return iam_error(401, "Unauthorized", WRONG_PASSWORD), None
         projects = self.directory.domain_projects(user.domain)
         pid = project.get("id")
         if pid is None:
             pid = next((i for i, n in projects.items() if n == project.get("name")), None)
         if pid not in projects:
-            self._log(request, 401, user)
-            return iam_error(401, "Unauthorized", "The project does not exist or the user has no access to it.")
+            return iam_error(401, "Unauthorized", "The project does not exist or the user has no access to it."), user
         token, issued = self.tokens.issue(user, pid, projects[pid])
-        self._log(request, 201, user)
         domain_ref = {"id": user.domain_id, "name": user.domain}
         payload = {
             "token": {
@@ -196,4 +228,4 @@ class IamApi:
                 "catalog": [],
             }
         }
-        return web.json_response(payload, status=201, headers={TOKEN_HEADER: token})
+        return web.json_response(payload, status=201, headers={TOKEN_HEADER: token}), user

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from agent.emulator.config import LimitsConfig, UserConfig
-from agent.emulator.faults import FaultBoard, respond
+from agent.emulator.faults import FaultBoard, apply_header_edits, respond
 from agent.emulator.iam import Directory, TokenError, TokenStore
 from agent.emulator.instances import Fleet, ServiceRuntime
 from agent.emulator.signature import IncomingRequest, SignatureError, verify
@@ -87,6 +87,7 @@ class ModelArtsApi:
     async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
         # A real gateway stamps its own clock; clients use it to detect and correct AK/SK date skew.
         response.headers["Date"] = email.utils.formatdate(self.clock.now(), usegmt=True)
+        apply_header_edits(request, response)  # a custom fault's headers (or their absence) win
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -121,7 +122,7 @@ class ModelArtsApi:
         assert owner is not None  # verify() found its secret
         return Identity(owner, "aksk", None)
 
-    def _throttle_refusal(self, throttled: Throttled, forced_retry_after: int | None = None) -> _Refused:
+    def _throttle_refusal(self, throttled: Throttled, forced_retry_after: int | str | None = None) -> _Refused:
         headers = {}
         if forced_retry_after is not None:
             headers["Retry-After"] = str(forced_retry_after)
@@ -199,10 +200,11 @@ class ModelArtsApi:
         svc = self._find_service(project_id, service_id)
         body = self._endpoints_body(svc) if target == "endpoints" else self._details_body(svc)
         fault = self.faults.take(service_id, target, now, throttle=False)
+        headers = {"X-Request-Id": secrets.token_hex(16)}
         if fault is not None:
             fields["fault"] = fault.spec.kind
-            return await respond(fault, request, body)
-        return web.json_response(body, headers={"X-Request-Id": secrets.token_hex(16)}), 200
+            return await respond(fault, request, body, normal_headers=headers)
+        return web.json_response(body, headers=headers), 200
 
     # --- routes ---------------------------------------------------------------------------
 
