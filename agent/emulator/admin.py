@@ -23,6 +23,8 @@ were given plus `fault_id`, `kind`, `armed_at`, `remaining`, `hits`.
            (remove takes an optional {"wait": bool} like scale)
     POST   /admin/instances/{instance_id}/latency     {"base_ms", "jitter_ms", "distribution"} -> instance
     POST   /admin/instances/{instance_id}/error_rate  {"error_rate": x} -> instance
+    POST   /admin/instances/{instance_id}/stream      {"tokens", "first_token_ms", "interval_ms",
+                                                       "reset_after"} -> instance (StreamConfig)
     POST   /admin/faults                  {FaultSpec} -> 201 fault
            (kinds and parameters: faults.py; `applies_to: "iam"` arms it on the token request,
             `kind: "custom"` programs status, headers and body shape of any answer)
@@ -54,6 +56,7 @@ from agent.emulator.config import (
     LatencyConfig,
     LimitsConfig,
     ServiceConfig,
+    StreamConfig,
     ServiceStatus,
     describe_validation_error,
 )
@@ -172,6 +175,7 @@ class AdminApi:
         r.add_get("/admin/instances/stats", self.instance_stats)
         r.add_post("/admin/instances/{instance_id}/latency", self.set_latency)
         r.add_post("/admin/instances/{instance_id}/error_rate", self.set_error_rate)
+        r.add_post("/admin/instances/{instance_id}/stream", self.set_stream)
         r.add_post("/admin/instances/{instance_id}/{action}", self.instance_action)
         r.add_post("/admin/faults", self.add_fault)
         r.add_get("/admin/faults", self.list_faults)
@@ -279,6 +283,11 @@ class AdminApi:
     async def set_error_rate(self, request: web.Request) -> web.Response:
         inst = self.p.fleet.instance(request.match_info["instance_id"])
         inst.error_rate = (await parse_body(request, ErrorRateBody)).error_rate
+        return web.json_response(inst.info().wire())
+
+    async def set_stream(self, request: web.Request) -> web.Response:
+        inst = self.p.fleet.instance(request.match_info["instance_id"])
+        inst.stream = await parse_body(request, StreamConfig)
         return web.json_response(inst.info().wire())
 
     # --- faults -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from agent.emulator.config import LatencyConfig, ServiceConfig
+from agent.emulator.config import LatencyConfig, ServiceConfig, StreamConfig
 from agent.emulator.instances import InstanceInfo
 from agent.emulator.throttle import CallRecord
 
@@ -115,6 +115,10 @@ class EmulatorAdmin:
 
     def set_error_rate(self, instance_id: str, error_rate: float) -> InstanceInfo:
         return self._action(instance_id, "error_rate", {"error_rate": error_rate})
+
+    def set_stream(self, instance_id: str, **fields: Any) -> InstanceInfo:
+        """Token stream settings (StreamConfig fields: tokens, first_token_ms, interval_ms, reset_after)."""
+        return self._action(instance_id, "stream", StreamConfig.model_validate(fields).model_dump())
 
     # --- faults ---------------------------------------------------------------------------
 

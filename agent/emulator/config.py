@@ -28,7 +28,7 @@ ServiceStatus = Literal["running", "deploying", "concerning", "failed", "stopped
 SERVICE_STATUSES: tuple[str, ...] = (
     "running", "deploying", "concerning", "failed", "stopped", "stopping", "pending", "waiting",
 )
-# grpc instances are served as plain HTTP/1.1 for now (no HTTP/2); the schema is only a label.
+# Each schema is served for real: http/https by aiohttp (JSON, SSE, WebSocket), grpc by grpcio over HTTP/2.
 Schema = Literal["http", "https", "tcp", "grpc"]
 
 
@@ -90,6 +90,17 @@ class LatencyConfig(_Model):
     distribution: Distribution = "exponential"
 
 
+class StreamConfig(_Model):
+    """Token streams (SSE, gRPC Generate, WebSocket generate): how many tokens, how fast, and when to fail."""
+
+    tokens: int = Field(default=5, ge=0, le=1_000_000)
+    first_token_ms: float = Field(default=0.0, ge=0)  # after the response has started (headers sent)
+    interval_ms: float = Field(default=50.0, ge=0)  # between tokens
+    # Mid-stream failure: after this many tokens the stream is reset (SSE, WebSocket: the connection
+    # is aborted; gRPC: the call ends with UNAVAILABLE). None: streams end normally.
+    reset_after: int | None = Field(default=None, ge=0)
+
+
 class ServiceConfig(_Model):
     # ModelArts service names: letters, digits, '-' and '_', 1-64 characters.
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -100,15 +111,22 @@ class ServiceConfig(_Model):
     schema_: Schema = Field(default="http", alias="schema")
     port: int = Field(default=0, ge=0, le=65535)  # 0: an ephemeral port per instance
     bind_addresses: list[str] | None = None
+    # Every instance on this one address, each on its own port (port must be 0): an emulator in a pod,
+    # which has a single IP.
+    shared_address: str | None = None
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     concurrency: int | None = Field(default=None, ge=1)
-    stream_chunk_interval_ms: float = Field(default=50.0, ge=0)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _check_addresses(self) -> ServiceConfig:
+        if self.shared_address is not None:
+            ipaddress.ip_address(self.shared_address)
+            if self.port != 0:
+                raise ValueError("shared_address needs port 0 (each instance gets its own port)")
         if self.bind_addresses is not None:
             for addr in self.bind_addresses:
                 ipaddress.ip_address(addr)  # raises ValueError -> validation error

@@ -1,4 +1,4 @@
-"""Fake inference instances (real HTTP, HTTPS and TCP servers) and the fleet of services holding them.
+"""Fake inference instances (real HTTP, HTTPS, gRPC and TCP servers) and the fleet of services holding them.
 
 Each instance listens on its own IP (127.0.0.x by default), as instances on a peered VPC would.
 Life cycle, as the agent sees it through the endpoints API:
@@ -9,7 +9,16 @@ Life cycle, as the agent sees it through the endpoints API:
 - draining (scale-in / remove): unlisted at once; the listener closes, in-flight requests finish
   (up to `drain_timeout_seconds`), then the instance is stopped for good.
 
-gRPC services are served as plain HTTP/1.1 for now (no HTTP/2); "grpc" is only the schema label.
+What an instance speaks follows its schema, as ModelArts reports it:
+
+- http / https: aiohttp; JSON on any path, `/health`, SSE token streams on `/stream` (sse.py) and a
+  WebSocket on `/ws` (websocket.py).
+- grpc: grpcio over cleartext HTTP/2: unary Predict, server-streaming Generate, grpc.health.v1
+  (grpc_instance.py).
+- tcp: an echo server.
+
+Fault knobs (latency, error rate, health, concurrency, kill, drain) apply to every protocol; token
+streams also take `stream` settings (first token, interval, reset after N tokens; streaming.py).
 """
 
 from __future__ import annotations
@@ -17,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import random
 import ssl
@@ -27,8 +35,12 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.emulator.config import EmulatorConfig, LatencyConfig, ServiceConfig
+from agent.emulator.config import EmulatorConfig, LatencyConfig, ServiceConfig, StreamConfig
+from agent.emulator.grpc_instance import GrpcListener
+from agent.emulator.sse import serve_sse
+from agent.emulator.streaming import StreamCounters
 from agent.emulator.tls import CertificateAuthority
+from agent.emulator.websocket import serve_websocket
 
 log = logging.getLogger("agent.emulator.instances")
 
@@ -54,10 +66,19 @@ class InstanceInfo(BaseModel):
     queued: int  # waiting for a concurrency slot
     max_in_flight: int
     health_checks: int
-    connections: int  # open client connections
+    connections: int  # open client connections (gRPC: distinct peers with a call in flight)
     latency: LatencyConfig
     error_rate: float
     concurrency: int | None
+    stream: StreamConfig
+    streams_started: int  # token streams (SSE, gRPC Generate, WebSocket generate)
+    streams_active: int
+    streams_completed: int
+    streams_cancelled: int  # the client or the proxy went away mid-stream (the upstream saw the cancel)
+    streams_reset: int  # ended by the injected mid-stream failure
+    streams_failed: int
+    tokens_sent: int
+    websockets: int  # open WebSocket connections
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -206,6 +227,9 @@ class Instance:
         self.latency = cfg.latency.model_copy()
         self.error_rate = cfg.error_rate
         self.concurrency = cfg.concurrency
+        self.stream = cfg.stream.model_copy()
+        self.streams = StreamCounters()
+        self.websockets = 0
         self._slots = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency else None
         self._ca = ca
         self._rng = rng
@@ -224,6 +248,8 @@ class Instance:
     def _make_listener(self) -> Listener:
         if self.schema == "tcp":
             return TcpEchoListener(self.instance_id, self.ip, self.port, self._count_connection)
+        if self.schema == "grpc":
+            return GrpcListener(self, self.ip, self.port)
         if self.schema == "https" and self._ssl is None:
             self._ssl = self._ca.server_context(self.instance_id, [self.ip])
         app = web.Application(client_max_size=1024**3)
@@ -271,6 +297,10 @@ class Instance:
             max_in_flight=self.max_in_flight, health_checks=self.health_checks,
             connections=self._listener.connections() if self._listener else 0,
             latency=self.latency, error_rate=self.error_rate, concurrency=self.concurrency,
+            stream=self.stream, streams_started=self.streams.started, streams_active=self.streams.active,
+            streams_completed=self.streams.completed, streams_cancelled=self.streams.cancelled,
+            streams_reset=self.streams.reset, streams_failed=self.streams.failed, tokens_sent=self.streams.tokens,
+            websockets=self.websockets,
         )
 
     # --- HTTP serving -------------------------------------------------------------------
@@ -286,7 +316,7 @@ class Instance:
         }
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[None]:
         """Hold one concurrency slot; extra requests queue here instead of being refused."""
         self.queued += 1
         try:
@@ -303,6 +333,19 @@ class Instance:
             if self._slots is not None:
                 self._slots.release()
 
+    async def begin(self, extra_delay_ms: str | None) -> bool:
+        """Start serving one request or stream: wait the drawn latency, count it; True = answer an injected error."""
+        delay = draw_latency(self.latency, self._rng)
+        if extra_delay_ms:
+            with contextlib.suppress(ValueError):
+                delay += max(0.0, float(extra_delay_ms)) / 1000.0
+        await asyncio.sleep(delay)
+        self.served += 1
+        if self.error_rate and self._rng.random() < self.error_rate:
+            self.errors += 1
+            return True
+        return False
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         headers = {"X-Instance-Id": self.instance_id}
         if request.path == "/health" and request.method == "GET":
@@ -310,41 +353,18 @@ class Instance:
             status = 200 if self.healthy else 503
             body = {"status": "ok" if self.healthy else "unhealthy", "instance_id": self.instance_id}
             return web.json_response(body, status=status, headers=headers)
+        if request.path == "/ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await serve_websocket(request, self, headers)
         body_bytes = 0
         async for chunk in request.content.iter_any():  # count, don't buffer: bodies may be huge
             body_bytes += len(chunk)
-        async with self._slot():
-            delay = draw_latency(self.latency, self._rng)
-            with contextlib.suppress(ValueError):
-                delay += float(request.headers.get("X-Emulator-Delay-Ms", "0")) / 1000.0
-            await asyncio.sleep(delay)
-            self.served += 1
-            if self.error_rate and self._rng.random() < self.error_rate:
-                self.errors += 1
+        async with self.slot():
+            if await self.begin(request.headers.get("X-Emulator-Delay-Ms")):
                 body = {"error": "injected error", **self._identity(request)}
                 return web.json_response(body, status=500, headers=headers)
             if request.path == "/stream":
-                return await self._stream(request, headers)
+                return await serve_sse(request, self, headers)
             return web.json_response({**self._identity(request), "body_bytes": body_bytes}, headers=headers)
-
-    async def _stream(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
-        """SSE-like chunks, `interval_ms` apart, like streamed tokens."""
-        try:
-            chunks = int(request.query.get("chunks", "5"))
-            interval = float(request.query.get("interval_ms", self.service.config.stream_chunk_interval_ms))
-        except ValueError:
-            return web.json_response({"error": "chunks and interval_ms must be numbers"}, status=400)
-        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        for index in range(chunks):
-            if index:
-                await asyncio.sleep(interval / 1000.0)
-            event = {"index": index, "token": f"tok{index}", "instance_id": self.instance_id}
-            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
 
 
 class AddressAllocator:
@@ -445,6 +465,8 @@ class Fleet:
 
     def _next_address(self, svc: ServiceRuntime) -> str:
         in_use = self._in_use()
+        if svc.config.shared_address is not None:
+            return svc.config.shared_address
         explicit = svc.config.bind_addresses
         if explicit is None:
             return self._alloc.allocate(in_use)
