@@ -56,8 +56,8 @@ from agent.emulator.config import (
     LatencyConfig,
     LimitsConfig,
     ServiceConfig,
-    StreamConfig,
     ServiceStatus,
+    StreamConfig,
     describe_validation_error,
 )
 from agent.emulator.faults import FaultBoard, FaultSpec
