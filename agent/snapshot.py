@@ -81,10 +81,18 @@ class SnapshotStore:
         with self._cond:
             self._listeners.append(listener)
 
-    def wait_for_change(self, after_version: int, timeout: float) -> Snapshot:
+    def wait_for_change(self, after_version: int, timeout: float,
+                        until: Callable[[], bool] | None = None) -> Snapshot:
+        """The snapshot once its version passes `after_version` (or `until()` holds after a `nudge()`)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._snapshot.version > after_version, timeout=timeout)
+            self._cond.wait_for(lambda: self._snapshot.version > after_version or bool(until and until()),
+                                timeout=timeout)
             return self._snapshot
+
+    def nudge(self) -> None:
+        """Wake every `wait_for_change` so it re-checks its `until` condition."""
+        with self._cond:
+            self._cond.notify_all()
 
     # -- configuration -----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from agent.errors import ConfigError
 from agent.kube import GROUP, KIND, VERSION
 from agent.kube.client import EventRecorder, KubeApiError, KubeClient, NotLeader, now_rfc3339
 from agent.kube.crd import ModelArtsServiceResource, parse_resource
+from agent.loops import FailureLog, run_forever
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import ModelArtsClient, build_authenticator
 from agent.sinks.kubernetes import KubernetesSink
@@ -101,8 +102,12 @@ class _Group:
             session=session, timeout=config.modelarts.timeout_seconds,
             max_body_bytes=config.modelarts.max_body_bytes, stop=self.stop)
         self.source = ModelArtsSource(config, store, self.client, stop=self.stop)
-        self.thread = threading.Thread(target=self.source.run, name=f"source-{key.namespace}-{key.secret}",
-                                       daemon=True)
+        self._failures = FailureLog(log, f"ModelArts poller for Secret {key.namespace}/{key.secret}")
+        self.thread = threading.Thread(target=self.run, name=f"source-{key.namespace}-{key.secret}", daemon=True)
+
+    def run(self) -> None:
+        # Whatever the poller raises, this Secret's services keep being polled (after a bounded backoff).
+        run_forever(self.source.run, self.stop, self._failures)
 
     def update(self, config: AgentConfig) -> None:
         self.config = config
@@ -148,6 +153,8 @@ class Pipeline:
         self._membership: dict[str, GroupKey] = {}  # snapshot key -> group
         self._written: dict[str, dict[str, Any]] = {}  # CR uid -> status we last applied
         self._dirty = threading.Event()
+        self._reconcile_failures = FailureLog(log, "reconcile")
+        self._status_failures = FailureLog(log, "status writer")
         self._threads = [threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True),
                          threading.Thread(target=self._status_loop, name="status-writer", daemon=True)]
 
@@ -211,9 +218,11 @@ class Pipeline:
                     self.reconcile()
                 if ticks % resync_every == 0:
                     self.runner.republish()  # repairs drift, e.g. a slice someone deleted by hand
-            except Exception:
-                log.exception("reconcile failed; retrying")
+            except Exception as exc:
+                self._reconcile_failures.failed(exc)
                 self.stop.wait(1.0)
+            else:
+                self._reconcile_failures.recovered()
 
     @staticmethod
     def _secret_ref(obj: dict[str, Any]) -> SecretRef | None:
@@ -299,8 +308,10 @@ class Pipeline:
                 self.write_statuses()
             except NotLeader:
                 return
-            except Exception:
-                log.exception("status writer failed; retrying")
+            except Exception as exc:
+                self._status_failures.failed(exc)
+            else:
+                self._status_failures.recovered()
 
     def effective_interval(self, resource: ModelArtsServiceResource) -> float | None:
         """The poll interval the shared budget can honour: all services of the same identity take turns."""

@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 from agent.kube.client import KubeApiError, KubeClient, collection_path, now_rfc3339, object_path
 from agent.kube.metrics import LEADER, LEADER_TRANSITIONS
 from agent.kube.watch import Objects, Reflector
+from agent.loops import FailureLog, run_forever
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class LeaderElector:
         self._lease: dict[str, Any] | None = None  # our last written Lease, for the next renew
         self._leading = False
         self._deadline = 0.0
+        self._failures = FailureLog(log, "leader election")
         self.thread = threading.Thread(target=self.run, name="leader-election", daemon=True)
         self._watch = Reflector(kube, collection_path("Lease", config.namespace), "lease", self._on_watch, stop,
                                 field_selector=f"metadata.name={config.name}")
@@ -113,6 +115,11 @@ class LeaderElector:
 
     def run(self) -> None:
         LEADER.set(0)
+        run_forever(self._elect, self._stop, self._failures, base=self.config.retry_period,
+                    cap=max(self.config.retry_period, self.config.lease_duration))
+
+    def _elect(self) -> None:
+        # _lead steps down in its `finally`, so an exception anywhere here leaves this replica a follower.
         while not self._stop.is_set():
             if self._campaign():
                 self._lead()

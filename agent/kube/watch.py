@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.kube.client import KubeApiError, KubeClient
 from agent.kube.metrics import K8S_WATCH_RESTARTS
+from agent.loops import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Reflector:
         self._rng = random.Random()
         self.synced = threading.Event()
         self.last_error: str | None = None
+        self._crashes = FailureLog(log, f"watch {name}")
+        self._handler_failures = FailureLog(log, f"watch handler {name}")
         self.thread = threading.Thread(target=self.run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> Reflector:
@@ -74,13 +77,15 @@ class Reflector:
                 self._backoff(exc.reason, str(exc), delay)
                 delay = min(delay * 2, self._max_backoff)
             except Exception as exc:  # a bug or a malformed answer: never let the thread die
-                log.exception("watch failed unexpectedly", extra={"watch": self.name})
-                self._backoff("error", type(exc).__name__, delay)
+                # Relist afterwards: the local copy may be half-updated by whatever broke.
+                resource_version = None
+                self._crashes.failed(exc, watch=self.name)
+                self._backoff("error", f"{type(exc).__name__}: {exc}", delay, logged=True)
                 delay = min(delay * 2, self._max_backoff)
 
-    def _backoff(self, reason: str, message: str, delay: float) -> None:
+    def _backoff(self, reason: str, message: str, delay: float, logged: bool = False) -> None:
         K8S_WATCH_RESTARTS.labels(self.name, reason).inc()
-        if self.last_error != message:
+        if self.last_error != message and not logged:
             log.warning("watch interrupted, retrying: %s", message, extra={"watch": self.name})
         self.last_error = message
         self._stop.wait(delay / 2 + self._rng.uniform(0, delay / 2))
@@ -122,5 +127,7 @@ class Reflector:
     def _notify(self) -> None:
         try:
             self._on_change(self.items())
-        except Exception:
-            log.exception("watch handler failed", extra={"watch": self.name})
+        except Exception as exc:  # the handler's bug: the watch goes on, the next change calls it again
+            self._handler_failures.failed(exc, watch=self.name)
+        else:
+            self._handler_failures.recovered()
