@@ -6,7 +6,8 @@ snapshot with a higher version, and every sink renders from whichever snapshot i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +33,24 @@ class Endpoint:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
+def effective_protocol(spec_protocol: str, endpoints: Iterable[Endpoint]) -> Schema:
+    """The one rule for `protocol: auto`, used by every sink (Envoy files, xDS, Kubernetes objects).
+
+    A configured protocol is used as is. `auto` follows the schema ModelArts reports for the
+    instances: when they disagree (e.g. halfway through a redeployment), the most common one, ties
+    broken by the fixed order http, https, grpc, tcp so the result never depends on endpoint order;
+    before any instance is known, http (what ModelArts real-time services serve unless told
+    otherwise). The controller writes the result on the Service and slice ports, and a sidecar reads
+    it back from there, so `run`, the controller and its sidecars always agree.
+    """
+    if spec_protocol != "auto":
+        return spec_protocol  # type: ignore[return-value]
+    counts = Counter(e.schema for e in endpoints)
+    if not counts:
+        return "http"
+    return max(SCHEMAS, key=lambda schema: (counts[schema], -SCHEMAS.index(schema)))
+
+
 @dataclass(frozen=True)
 class ServiceSnapshot:
     """What sinks need for one configured service: its spec and its current endpoint set."""
@@ -44,6 +63,11 @@ class ServiceSnapshot:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def protocol(self) -> Schema:
+        """The protocol Envoy and Kubernetes speak to this service (`effective_protocol`)."""
+        return effective_protocol(self.spec.protocol, self.endpoints)
 
 
 def _frozen(services: Mapping[str, ServiceSnapshot]) -> Mapping[str, ServiceSnapshot]:

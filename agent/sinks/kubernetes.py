@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
 
 Targets = Callable[[], Mapping[str, ModelArtsServiceResource]]
-
-
-def effective_protocol(spec_protocol: str, endpoints: Sequence[Endpoint]) -> str:
-    """`auto` takes the instances' schema when they agree, else plain TCP."""
-    if spec_protocol != "auto":
-        return spec_protocol
-    schemas = Counter(e.schema for e in endpoints)
-    return next(iter(schemas)) if len(schemas) == 1 else "tcp"
 
 
 def endpoints_manifest(resource: ModelArtsServiceResource, endpoints: Sequence[Endpoint], protocol: str,
@@ -137,7 +129,7 @@ class KubernetesSink:
 
     def _publish_one(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot) -> None:
         owner = Owner(resource.name, resource.uid)
-        protocol = effective_protocol(resource.spec.protocol, svc.endpoints)
+        protocol = svc.protocol  # agent.model.effective_protocol: the same rule as Envoy's
         self._check_service_owner(resource)
         self._apply(service_manifest(resource.name, resource.namespace, resource.spec.service_id, resource.spec.port,
                                      protocol, resource.spec.service_type == "Headless", owner))

@@ -15,7 +15,7 @@ from agent.model import Endpoint
 from agent.sinks.envoy import clusters as clusters_module
 from agent.sinks.envoy.bootstrap import build_bootstrap, ensure_loopback
 from agent.sinks.envoy.layout import FileLayout
-from agent.sinks.envoy.resources import EnvoyResources, build_resources, effective_protocol
+from agent.sinks.envoy.resources import EnvoyResources, build_resources
 from agent.sinks.envoy.serialize import to_dict
 from tests.envoy.harness import make_config, make_snapshot
 
@@ -174,11 +174,11 @@ def test_auto_protocol_follows_endpoint_schema() -> None:
     config = make_config(Path("/tmp/x"), 9901, [{"name": "svc"}])
     snap = make_snapshot(config, {"svc": [Endpoint("10.0.0.1", 1, "https"), Endpoint("10.0.0.2", 1, "https"),
                                           Endpoint("10.0.0.3", 1, "http")]})
-    assert effective_protocol(snap.services["svc"]) == "https"
+    assert snap.services["svc"].protocol == "https"
     empty = make_snapshot(config, {})
-    assert effective_protocol(empty.services["svc"]) == "http"
+    assert empty.services["svc"].protocol == "http"
     tie = make_snapshot(config, {"svc": [Endpoint("10.0.0.1", 1, "tcp"), Endpoint("10.0.0.2", 1, "grpc")]})
-    assert effective_protocol(tie.services["svc"]) == "grpc"  # ties follow the fixed schema order
+    assert tie.services["svc"].protocol == "grpc"  # ties follow the fixed schema order
 
 
 def test_upstream_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,20 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.core.v3 import config_source_pb2
 from kubernetes import client as k8s
 
 from agent.cli.sidecar_cmd import load_sidecar_config
-from agent.config import AuthMode, DiscoveryConfig, ServiceSpec
+from agent.config import AuthMode, DiscoveryConfig, ServiceSpec, parse_config
 from agent.controller.credentials import CredentialsProblem, parse_secret
 from agent.controller.status import Problem, StatusInput, build_status, events_for
 from agent.errors import ConfigError
 from agent.kube.client import KubeApiError, KubeClient
 from agent.kube.crd import parse_resource
 from agent.kube.leader import LeaderElector, LeaseConfig
-from agent.kube.objects import Owner
+from agent.kube.objects import Owner, endpoints_from_slices, port_name
 from agent.logs import redact
-from agent.model import Endpoint, ServiceSnapshot
-from agent.sinks.kubernetes import effective_protocol, endpoints_manifest
+from agent.model import Endpoint, ServiceSnapshot, Snapshot, effective_protocol
+from agent.sinks.envoy.resources import build_resources
+from agent.sinks.kubernetes import KubernetesSink, endpoints_manifest
 from agent.snapshot import SnapshotStore, SyncStatus
 from agent.sources.kubernetes import KubernetesSource, slice_schema
 from agent.validation import parse_networks
@@ -251,9 +253,73 @@ def test_lease_timings_must_be_ordered() -> None:
 # --- sink manifests, sidecar source, sidecar config ---------------------------------------------------
 
 
-def test_protocol_and_legacy_endpoints_manifest() -> None:
-    assert effective_protocol("auto", [Endpoint("10.0.0.1", 1, "grpc")]) == "grpc"
-    assert effective_protocol("auto", [Endpoint("10.0.0.1", 1, "grpc"), Endpoint("10.0.0.2", 1, "http")]) == "tcp"
+class ApplyRecorder(KubeClient):
+    """Records server-side applies; no Service exists yet, no slice to delete."""
+
+    def __init__(self) -> None:
+        super().__init__(k8s.ApiClient(k8s.Configuration()))
+        self.applied: list[dict[str, Any]] = []
+
+    def get(self, path: str, timeout: float | None = None) -> dict[str, Any] | None:
+        return None
+
+    def apply(self, obj: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        self.applied.append(obj)
+        return obj
+
+    def list(self, path: str, label_selector: str | None = None,
+             field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+
+def ADS(_cluster: str) -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource())
+
+
+MIXES = [
+    [],
+    [Endpoint("10.0.0.1", 1, "grpc")],
+    [Endpoint("10.0.0.1", 1, "grpc"), Endpoint("10.0.0.2", 1, "http")],
+    [Endpoint("10.0.0.1", 1, "https"), Endpoint("10.0.0.2", 1, "https"), Endpoint("10.0.0.3", 1, "http")],
+    [Endpoint("10.0.0.1", 1, "tcp"), Endpoint("10.0.0.2", 1, "tcp"), Endpoint("10.0.0.3", 1, "http")],
+]
+
+
+@pytest.mark.parametrize("endpoints", MIXES, ids=lambda eps: "+".join(e.schema for e in eps) or "none")
+def test_protocol_auto_is_one_rule_for_run_controller_and_sidecar(endpoints: list[Endpoint]) -> None:
+    """`run` (Envoy resources from ModelArts) and controller + sidecar (Service and slices, read back by the
+    sidecar) speak the same protocol to an `auto` service, whatever mix of schemas ModelArts reports."""
+    cr = parse_resource({"metadata": {"name": "llm", "namespace": "ns", "uid": "u1"},
+                         "spec": {"projectId": "p", "serviceId": "s", "modelartsUrl": "https://m.example.com",
+                                  "credentialsSecretRef": {"name": "c"}}})
+    spec = cr.service_spec(15).model_copy(update={"listen_port": 10080})
+    svc = ServiceSnapshot(spec=spec, endpoints=tuple(sorted(endpoints)), synced=True)
+    run_protocol = effective_protocol("auto", endpoints)
+    assert svc.protocol == run_protocol
+    # What `run` builds: an HTTP connection manager, or a TCP proxy for tcp.
+    config = parse_config({"modelarts": {"iam_url": "http://127.0.0.1:9", "modelarts_url": "http://127.0.0.1:9",
+                                         "project_id": "p"}, "auth": {"mode": "token"},
+                           "services": [spec.model_dump()]}, "test")
+    listener = build_resources(Snapshot(1, {spec.name: svc}), config, ADS).listeners[0]
+    run_filter = listener.filter_chains[0].filters[0].name
+    # What the controller writes.
+    kube = ApplyRecorder()
+    KubernetesSink(kube, lambda: {cr.key: cr}, lambda: True, threading.Event())._publish_one(cr, svc)
+    service = next(o for o in kube.applied if o["kind"] == "Service")
+    assert service["spec"]["ports"][0]["name"] == port_name(run_protocol)
+    slices = [o for o in kube.applied if o["kind"] == "EndpointSlice"]
+    if endpoints:
+        # What a sidecar following those slices renders: the same protocol and the same Envoy filter.
+        sidecar_schema = slice_schema("auto", slices)
+        assert sidecar_schema == run_protocol
+        read_back = endpoints_from_slices(slices, sidecar_schema)
+        sidecar_svc = ServiceSnapshot(spec=spec, endpoints=read_back, synced=True)
+        assert sidecar_svc.protocol == run_protocol
+        sidecar_listener = build_resources(Snapshot(1, {spec.name: sidecar_svc}), config, ADS).listeners[0]
+        assert sidecar_listener.filter_chains[0].filters[0].name == run_filter
+
+
+def test_legacy_endpoints_manifest() -> None:
     cr = parse_resource({"metadata": {"name": "llm", "namespace": "ns", "uid": "u1"},
                          "spec": {"projectId": "p", "serviceId": "s", "modelartsUrl": "https://m.example.com",
                                   "credentialsSecretRef": {"name": "c"}}})

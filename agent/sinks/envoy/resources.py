@@ -8,7 +8,6 @@ config source that moves each HTTP listener's routes into a separate `RouteConfi
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -18,7 +17,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
 from agent.config import AgentConfig, TrafficSplit
-from agent.model import SCHEMAS, Schema, ServiceSnapshot, Snapshot
+from agent.model import ServiceSnapshot, Snapshot
 from agent.sinks.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
 from agent.sinks.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 
@@ -44,30 +43,18 @@ class EnvoyResources:
         return tuple(lst.name for lst in self.listeners)
 
 
-def effective_protocol(service: ServiceSnapshot) -> Schema:
-    """The configured protocol, or for "auto" the endpoints' schema (the most common one; http if none)."""
-    protocol = service.spec.protocol
-    if protocol != "auto":
-        return protocol
-    counts = Counter(e.schema for e in service.endpoints)
-    if not counts:
-        return "http"
-    # Ties break by the fixed SCHEMAS order, so the result never depends on endpoint order.
-    return max(SCHEMAS, key=lambda schema: (counts[schema], -SCHEMAS.index(schema)))
-
-
 def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSource,
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     weights: EndpointWeights | None = None) -> EnvoyResources:
     """`weights` (service -> endpoint address -> weight, from agent.adaptive) only touches EDS."""
     services = sorted(snapshot.services.values(), key=lambda s: s.name)
-    clusters = [build_cluster(svc, effective_protocol(svc), eds_source) for svc in services]
+    clusters = [build_cluster(svc, svc.protocol, eds_source) for svc in services]
     assignments = [build_load_assignment(svc, (weights or {}).get(svc.name)) for svc in services]
     listeners: list[listener_pb2.Listener] = []
     routes: list[route_pb2.RouteConfiguration] = []
     for svc in services:
         if svc.spec.listen_port is not None:
-            protocol = effective_protocol(svc)
+            protocol = svc.protocol
             listeners.append(service_listener(svc.spec, protocol, rds_source))
             if rds_source is not None and protocol != "tcp":
                 routes.append(route_configuration(svc.name, svc.name, svc.spec))
@@ -102,7 +89,7 @@ def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot],
     if not backends:
         return None
     primary = services[backends[0].cluster]
-    protocol = effective_protocol(primary)
+    protocol = primary.protocol
     listener = build_listener(split.name, split.listen_address, split.listen_port, backends, primary.spec,
                               protocol, rds_source)
     target: Target = backends

@@ -22,7 +22,7 @@ from agent.config import AgentConfig, TrafficSplit
 from agent.model import ServiceSnapshot, Snapshot
 from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.envoy.listeners import Backend
-from agent.sinks.envoy.resources import EnvoyResources, build_resources, effective_protocol
+from agent.sinks.envoy.resources import EnvoyResources, build_resources
 from agent.sinks.xds.gateway import GatewayTarget, gateway_listener, gateway_routes
 from agent.sinks.xds.nodes import NodeView
 from agent.sinks.xds.refs import listener_refs, route_clusters
@@ -117,7 +117,7 @@ def _select(snapshot: Snapshot, config: AgentConfig,
 def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
                 config: AgentConfig) -> EnvoyResources:
     targets = [GatewayTarget(name, name, svc.spec) for name, svc in services.items()
-               if effective_protocol(svc) != "tcp"]
+               if svc.protocol != "tcp"]
     targets.extend(t for t in (_split_target(s, services) for s in config.splits) if t is not None)
     targets.sort(key=lambda t: t.name)
     return EnvoyResources(clusters=built.clusters, load_assignments=built.load_assignments,
@@ -127,6 +127,6 @@ def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
 
 def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot]) -> GatewayTarget | None:
     backends = [Backend(b.service, b.weight) for b in split.backends if b.weight > 0 and b.service in services]
-    if not backends or effective_protocol(services[backends[0].cluster]) == "tcp":
+    if not backends or services[backends[0].cluster].protocol == "tcp":
         return None
     return GatewayTarget(split.name, backends, services[backends[0].cluster].spec)
