@@ -273,6 +273,13 @@ class KubeTestEnv:
         self.disable_admission_plugins = tuple(disable_admission_plugins)
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.start_timeout = start_timeout
+        # Where the apiserver listens and what it advertises: loopback here; a cluster with a node
+        # (tests/e2e/nodecluster.py) uses the node's address, which pods reach through the
+        # `kubernetes` Service, and keeps the endpoint reconciler so that Service has endpoints.
+        self.bind_address = "127.0.0.1"
+        self.advertise_address = "127.0.0.1"
+        self.endpoint_reconciler = "none"
+        self.extra_sans: list[str] = []
 
         self.pki_dir = self.workdir / "pki"
         self.log_dir = self.workdir / "logs"
@@ -299,7 +306,7 @@ class KubeTestEnv:
 
     @property
     def server_url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.advertise_address}:{self.apiserver_port}"
 
     @property
     def etcd_url(self) -> str:
@@ -325,7 +332,7 @@ class KubeTestEnv:
             self._write_pki()
             self.etcd_client_port = free_port()
             self.etcd_peer_port = free_port()
-            self.apiserver_port = free_port()
+            self.apiserver_port = self.apiserver_port or free_port()
             self.controller_manager_port = free_port()
             self._write_admin_kubeconfig()
 
@@ -590,6 +597,7 @@ class KubeTestEnv:
             "DNS:kubernetes.default",
             "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local",
+            *self.extra_sans,
         ]
         (self.pki_dir / "apiserver.ext").write_text(
             f"subjectAltName={','.join(sans)}\n"
@@ -642,8 +650,8 @@ class KubeTestEnv:
         args = [
             str(self.binary("kube-apiserver")),
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.bind_address}",
+            f"--advertise-address={self.advertise_address}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -655,9 +663,9 @@ class KubeTestEnv:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            # No kubelet can use the "kubernetes" Service, and its Endpoints would
-            # hold the loopback address, which validation refuses.
-            "--endpoint-reconciler-type=none",
+            # Without a node no pod can use the "kubernetes" Service, and its Endpoints
+            # would hold the loopback address, which validation refuses.
+            f"--endpoint-reconciler-type={self.endpoint_reconciler}",
             "--allow-privileged=true",
             "--profiling=false",
             # On SIGTERM, close open watches (controller-manager, CoreDNS, tests'

@@ -12,6 +12,7 @@ demo services (demo-svc-1..N, with stable ids).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.emulator.app import Emulator, EmulatorError
-from agent.emulator.config import EmulatorConfig, ScenarioError, demo_config
+from agent.emulator.config import EmulatorConfig, ScenarioError, ServiceConfig, demo_config
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--services", type=int, help="generate N demo services instead of the scenario's")
     parser.add_argument("--instances", type=int, help="instances per generated service (default 2)")
     parser.add_argument("--ready-file", type=Path, help="write the ready JSON here once listening")
+    parser.add_argument("--instance-address", help="every instance on this one address, each on its own port "
+                        "(an emulator in a pod, which has one IP)")
 
 
 def build_config(args: argparse.Namespace) -> EmulatorConfig:
@@ -65,6 +68,14 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         data["modelarts_port"] = data["iam_port"] = args.port
     if args.iam_port is not None:
         data["iam_port"] = args.iam_port
+    if args.instance_address:
+        try:
+            ipaddress.ip_address(args.instance_address)
+        except ValueError:
+            raise ScenarioError(f"--instance-address {args.instance_address!r} is not an IP address") from None
+        shared = {"port": 0, "bind_addresses": None, "shared_address": args.instance_address}
+        data["services"] = [ServiceConfig.model_validate({**svc.model_dump(by_alias=True), **shared})
+                            for svc in data["services"]]
     return EmulatorConfig.parse(data, source="emulator options")
 
 
