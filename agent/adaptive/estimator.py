@@ -44,6 +44,15 @@ class EstimatorParams:
     cap_factor: float = 20.0
     prior_requests: float = 3.0  # pseudo-requests at the prior latency
     confident_requests: float = 20.0  # evidence needed for a host's latency to serve as the prior
+    # ... and this much sampled in-flight time behind it, about 20 reads' worth (the loop sets it from
+    # sample_interval_seconds): short requests are seen in flight by few reads, and a latency from a
+    # handful of sightings can be far too low (issue 17: 20 answers no read saw in flight measured 0 s,
+    # the prior became 0 and latched the loop). A host without such evidence is never reported faster
+    # than the best host that has it.
+    confident_busy_seconds: float = 1.0
+    # A read this long after the previous one is a new baseline, not evidence: the in-flight integral
+    # over the gap is unknown (the loop reads rarely while idle; a stalled process reads late).
+    max_gap_seconds: float = 0.2  # the loop sets it from sample_interval_seconds
 
 
 class _Decayed:
@@ -109,6 +118,11 @@ def service_time(latency: float, throughput: float) -> float:
     return (b - math.sqrt(b * b - 2.0 * lam * latency)) / lam
 
 
+def _positive(value: float | None) -> float | None:
+    """A latency is a finite positive number; anything else is no latency (never a prior of 0 or NaN)."""
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
 class EndpointEstimator:
     def __init__(self, params: EstimatorParams | None = None) -> None:
         self.params = params or EstimatorParams()
@@ -122,14 +136,16 @@ class EndpointEstimator:
 
         `prior` (the best latency in the service) bounds what one interval adds to the slow horizon.
         """
-        if self._last_time is None:
+        p = self.params
+        if self._last_time is None or now - self._last_time > p.max_gap_seconds:
+            # The first read, or one after a gap whose in-flight history was not sampled: a baseline only.
             self._last_time, self._last_active = now, sample.active
-            return  # the first read only sets the baseline
+            return
         dt = now - self._last_time
         if dt <= 0:
             return
         busy = dt * (self._last_active + sample.active) / 2.0
-        p = self.params
+        prior = _positive(prior)
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
         self._slow.add(dt, sample, capped)
         self._fast.add(dt, sample, busy)
@@ -145,8 +161,10 @@ class EndpointEstimator:
 
         Estimates age with the service's traffic, not with the clock: after a quiet night the service
         starts from what it knew, while a host starved *during* traffic still drifts back (probing).
+        The next read is a baseline: what was in flight between an idle read and a busy one is unknown
+        (taking it as 0 made the first busy interval's latency 0, issue 17).
         """
-        self._last_time, self._last_active = now, 0
+        self._last_time = None
 
     @property
     def evidence(self) -> float:
@@ -159,16 +177,22 @@ class EndpointEstimator:
 
     def measured_latency(self) -> float | None:
         """Slow-horizon latency when there is enough evidence for it to be a prior for others."""
-        if self._slow.succeeded < self.params.confident_requests:
+        slow, p = self._slow, self.params
+        if slow.succeeded < p.confident_requests or slow.busy < p.confident_busy_seconds:
             return None
-        return self._slow.latency()
+        return _positive(slow.latency())
 
     def estimate(self, prior: float) -> Estimate:
+        """`prior`: the best confidently measured latency in the service, or an assumed one if none."""
+        if _positive(prior) is None:
+            raise ValueError(f"the prior must be a positive latency, not {prior!r}")
         p = self.params
         slow = self._slow
         # Pseudo-requests at the prior: little evidence -> close to the prior; lots -> the measurement.
         fast = self._fast
         latency = (slow.busy + p.prior_requests * prior) / (slow.succeeded + p.prior_requests)
+        if self.measured_latency() is None:
+            latency = max(latency, prior)  # thin evidence cannot beat the best confident measurement
         throughput = slow.throughput()
         if fast.succeeded < p.fast_min_requests and fast.busy >= p.stuck_busy_seconds:
             # Requests in flight but few answered lately: a stuck or very slow host; count the time so far.

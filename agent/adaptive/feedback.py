@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from agent.adaptive import metrics
 from agent.adaptive.envoy_admin import AdminReader, AdminReadError, CounterReader
@@ -68,6 +69,7 @@ class FeedbackLoop:
         self.table = table
         self._publish = publish
         self._clock = clock
+        self._given_params = estimator_params
         self._estimator_params = estimator_params or EstimatorParams()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -94,6 +96,13 @@ class FeedbackLoop:
             self._config = config
             adaptive = self._config.adaptive
             self._weight_params = WeightParams(max_ratio=adaptive.max_weight_ratio)
+            if self._given_params is None:
+                # Reads more than ~4 intervals apart (jitter is at most 1.5x) are baselines, not evidence.
+                # A measured latency needs ~20 reads' worth of in-flight time (see EstimatorParams).
+                interval = adaptive.sample_interval_seconds
+                self._estimator_params = replace(
+                    EstimatorParams(), max_gap_seconds=max(EstimatorParams.max_gap_seconds, 4 * interval),
+                    confident_busy_seconds=20 * interval)
             wanted = set(adaptive_services(config))
             dropped = [name for name in self._services if name not in wanted]
             for name in dropped:
@@ -218,8 +227,9 @@ class FeedbackLoop:
             if not service.estimators:
                 continue
             measured = [m for e in service.estimators.values() if (m := e.measured_latency()) is not None]
-            service.prior = min(measured) if measured else None
-            estimates = {address: e.estimate(service.prior or NO_EVIDENCE_PRIOR)
+            service.prior = min(measured) if measured else None  # measured latencies are > 0 (estimator)
+            prior = NO_EVIDENCE_PRIOR if service.prior is None else service.prior
+            estimates = {address: e.estimate(prior)
                          for address, e in service.estimators.items()}
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
             proposed = service.weights.propose(estimates, all_equal=warming)
