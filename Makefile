@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit testenv bench bench-quick bench-adaptive soak clean
+.PHONY: demo test install lint unit testenv image e2e bench bench-quick bench-adaptive soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,24 @@ unit: install
 testenv:
 	scripts/testenv/build.sh
 
+# The project's image (buildah on a stand-in base made from Debian packages) and the kubelet's pause
+# image, as archives for containerd; cached by a hash of their inputs. Installs the apt packages it needs.
+image:
+	scripts/image/all.sh
+
+# End-to-end tests on a real single-node cluster (kubelet, containerd, kube-proxy, CNI, CoreDNS) with
+# the built image: they need real root and make their own private network namespace, so they run
+# outside scripts/vpc-netns. E2E_KUBECONFIG=<file> runs them against another cluster instead.
+E2E := $(VENV)/bin/pytest tests/e2e tests/packaging -q -m e2e
+
+e2e: install testenv image
+	$(E2E)
+
 # The suite runs inside a private network namespace whose loopback also carries 192.168.205.0/24 (the
 # stand-in for the peered VPC): the kube tests need instance IPs that Kubernetes accepts. See scripts/vpc-netns.
-test: install lint testenv
-	scripts/vpc-netns $(VENV)/bin/pytest tests -q
+test: install lint testenv image
+	scripts/vpc-netns $(VENV)/bin/pytest tests -q -m "not e2e"
+	$(E2E)
 
 # Adaptive load balancing, side by side with Envoy's policies: about 10 minutes on its own, so it is kept
 # out of `make bench` (bounded to 15 minutes); results go to bench/results/adaptive.json and docs/img/.
