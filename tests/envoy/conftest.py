@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from tests.envoy.harness import EnvoyProcess, HttpInstance, TcpEchoInstance, envoy_binary, free_port, write_bootstrap
+from tests.envoy.harness import EnvoyProcess, HttpInstance, TcpEchoInstance, free_port, require_envoy, write_bootstrap
 
 
 @pytest.fixture
@@ -59,8 +59,7 @@ StartEnvoy = Callable[[AgentConfig], EnvoyProcess]
 @pytest.fixture
 def start_envoy(tmp_path: Path) -> Iterator[StartEnvoy]:
     """Start a real Envoy with the file-mode bootstrap of a config; every one is stopped at teardown."""
-    if envoy_binary() is None:
-        pytest.skip("envoy binary not available")
+    require_envoy()
     started: list[EnvoyProcess] = []
 
     def start(config: AgentConfig) -> EnvoyProcess:

