@@ -53,6 +53,13 @@ class EstimatorParams:
     # A read this long after the previous one is a new baseline, not evidence: the in-flight integral
     # over the gap is unknown (the loop reads rarely while idle; a stalled process reads late).
     max_gap_seconds: float = 0.2  # the loop sets it from sample_interval_seconds
+    # The recent view: the last few answered requests, whenever they came (decay per request, not per
+    # second). A host on the probe floor gets a request every few seconds; its last `recent_requests`
+    # say whether it recovered without waiting for the slow horizon to forget, and no traffic at all
+    # is no evidence of recovery (a time-decayed view would drift to "recovered" by itself).
+    recent_requests: float = 4.0
+    recent_tau: float = 30.0  # ... and what is older than this hardly counts
+    recent_min_requests: float = 3.0
 
 
 class _Decayed:
@@ -84,6 +91,24 @@ class _Decayed:
         return self.busy / self.succeeded if self.succeeded > 0 else None
 
 
+class _Recent:
+    """In-flight time and answers over the last ~`size` answered requests (decayed per request)."""
+
+    __slots__ = ("busy", "size", "succeeded", "tau")
+
+    def __init__(self, size: float, tau: float) -> None:
+        self.size, self.tau = size, tau
+        self.busy = self.succeeded = 0.0
+
+    def add(self, dt: float, succeeded: int, busy: float) -> None:
+        keep = math.exp(-succeeded / self.size - dt / self.tau)
+        self.succeeded = self.succeeded * keep + succeeded
+        self.busy = self.busy * keep + busy
+
+    def latency(self) -> float | None:
+        return self.busy / self.succeeded if self.succeeded > 0 else None
+
+
 @dataclass(frozen=True)
 class Estimate:
     latency: float  # seconds per successful request, prior and peak applied
@@ -92,6 +117,12 @@ class Estimate:
     in_flight: float  # mean requests in flight
     evidence: float  # decayed count of successful requests behind `latency`
     measured: float | None  # latency from the slow horizon alone (no prior), if any
+    recent: float | None = None  # latency over the last few answered requests (prior applied), if enough
+
+    @property
+    def recent_capacity(self) -> float | None:
+        """Capacity from the recent view: what a host on the probe floor is judged by."""
+        return None if self.recent is None else 1.0 / self.recent
 
     @property
     def capacity(self) -> float:
@@ -128,6 +159,7 @@ class EndpointEstimator:
         self.params = params or EstimatorParams()
         self._slow = _Decayed(self.params.slow_tau)
         self._fast = _Decayed(self.params.fast_tau)
+        self._recent = _Recent(self.params.recent_requests, self.params.recent_tau)
         self._last_time: float | None = None
         self._last_active = 0
 
@@ -149,6 +181,7 @@ class EndpointEstimator:
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
         self._slow.add(dt, sample, capped)
         self._fast.add(dt, sample, busy)
+        self._recent.add(dt, sample.succeeded, busy)
         fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
         if self._fast.succeeded >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \
                 and fast_latency > p.peak_factor * slow_latency:
@@ -200,5 +233,20 @@ class EndpointEstimator:
             if stuck > latency:
                 latency, throughput = stuck, fast.throughput()
         span = max(slow.span, 1e-9)
+        recent = None
+        if self._recent.succeeded >= p.recent_min_requests:
+            recent = max(prior, self._recent.busy / self._recent.succeeded)  # no prior: it would flatter
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
-                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency())
+                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency(), recent=recent)
+
+    def trust_recent(self) -> None:
+        """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only
+        what the last few requests showed, with their small weight, so the requests the climb brings decide
+        at once whether it stays up (still slow: it falls again at the next update)."""
+        recent, slow = self._recent, self._slow
+        if recent.succeeded <= 0 or slow.succeeded <= 0:
+            return
+        scale = min(1.0, recent.succeeded / slow.succeeded)
+        slow.sent, slow.done, slow.span = slow.sent * scale, slow.done * scale, slow.span * scale
+        slow.succeeded, slow.busy = recent.succeeded, recent.busy
+        self._fast.adopt(slow, None)

@@ -233,6 +233,8 @@ class FeedbackLoop:
                          for address, e in service.estimators.items()}
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
             proposed = service.weights.propose(estimates, all_equal=warming)
+            for address in service.weights.lifted:
+                service.estimators[address].trust_recent()
             if proposed is not None:
                 self.table.set_weights(name, proposed)
                 metrics.WEIGHT_UPDATES.labels(name).inc()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.adaptive.estimator import Estimate
 
@@ -36,6 +36,18 @@ class WeightParams:
     max_rise: float = 2.0  # a weight may at most double per update: probe back in gently
     rise_confirmations: int = 3  # consecutive updates that must call for a rise before it happens
     probe_band: float = 3.0  # weights under this many floors are set to the floor
+    # The probe budget: hosts on the floor share at most this part of the requests, however many they
+    # are, so probes cannot set a p99 (issue 17: two floored hosts at 1/100 took 1.1 % and set it). Envoy's
+    # pick divides weights by (in flight + 1) and floored hosts are idle, so they get more than their
+    # weight share (up to ~2x in the simulator at 150 rps): the floor weights are set for half the budget.
+    probe_share: float = 0.005
+    # A host on the floor whose last few requests (Estimate.recent) show it recovered climbs at once to
+    # this part of the heaviest weight, then `climb_rise`x per update: back at a fair weight in ~2 s.
+    climb_start: float = 0.25
+    climb_rise: float = 4.0
+    # A host the split would give less than this share of the requests goes to the floor: it adds little
+    # capacity, and a slow host's few percent of the requests are exactly what sets the p99.
+    min_share: float = 0.02
 
     @property
     def floor(self) -> int:
@@ -81,7 +93,19 @@ def shares_to_weights(shares: Mapping[str, float], params: WeightParams) -> dict
         return dict.fromkeys(shares, params.max_weight)
     weights = {h: min(params.max_weight, round(params.max_weight * s / top)) for h, s in shares.items()}
     band = min(params.probe_band * params.floor, params.max_weight)
-    return {h: w if w >= band else params.floor for h, w in weights.items()}
+    total = sum(shares.values()) or 1.0
+    floored = {h for h, w in weights.items() if w < band or shares[h] / total < params.min_share}
+    probe = probe_weight(sum(w for h, w in weights.items() if h not in floored), len(floored), params)
+    return {h: probe if h in floored else w for h, w in weights.items()}
+
+
+def probe_weight(others: float, floored: int, params: WeightParams) -> int:
+    """Weight of each of `floored` hosts so that together they get half of `probe_share` next to
+    hosts whose weights sum to `others` (never above the floor, never below 1)."""
+    if floored == 0 or others <= 0:
+        return params.floor
+    nominal = params.probe_share / 2
+    return max(1, min(params.floor, math.floor(nominal * others / (floored * (1 - nominal)))))
 
 
 def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
@@ -95,9 +119,10 @@ def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
 
 
 def smooth(current: Mapping[str, int], target: Mapping[str, int], params: WeightParams,
-           may_rise: Collection[str] | None = None) -> dict[str, int]:
+           may_rise: Collection[str] | None = None, climbing: Collection[str] = ()) -> dict[str, int]:
     """Fall at once (protect latency), rise at most `max_rise`x per update (probe back in gently), and
-    only hosts in `may_rise` (None: all) rise at all.
+    only hosts in `may_rise` (None: all) rise at all. Hosts `climbing` back from the floor on recent
+    evidence go to `climb_start` of the heaviest weight at once, then rise `climb_rise`x per update.
 
     A host new to `current` starts at the target. Hosts gone from `target` are dropped.
     """
@@ -106,6 +131,9 @@ def smooth(current: Mapping[str, int], target: Mapping[str, int], params: Weight
         have = current.get(host)
         if have is None or want <= have:
             out[host] = want
+        elif host in climbing:
+            out[host] = min(want, max(math.ceil(have * params.climb_rise),
+                                      math.ceil(params.climb_start * params.max_weight)))
         elif may_rise is not None and host not in may_rise:
             out[host] = have
         else:
@@ -135,23 +163,41 @@ class ServiceWeights:
         self.params = params or WeightParams()
         self.published: dict[str, int] = {}
         self._rising: dict[str, int] = {}  # host -> consecutive updates whose target was above its weight
+        self.climbing: set[str] = set()  # hosts back from the floor on recent evidence, not yet at the target
+        self.lifted: set[str] = set()  # hosts that climbed at the last update (the loop trusts their recent view)
 
     def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False) -> dict[str, int] | None:
         """New weights worth publishing, or None to keep the current ones. Call once per update interval.
 
         `all_equal`: too little evidence yet to tell hosts apart (every host at the heaviest weight).
         """
-        top = {h for h, w in self.published.items() if w >= self.params.max_weight}
-        target = dict.fromkeys(estimates, self.params.max_weight) if all_equal \
-            else target_weights(estimates, self.params, top)
+        params = self.params
+        top = {h for h, w in self.published.items() if w >= params.max_weight}
+        # Hosts on the floor, or climbing back from it, are judged by their last few requests when those
+        # look better than the slow horizon: waiting for it to forget a bad spell took ~30 s (issue 17).
+        band = params.probe_band * params.floor
+        # Only when they look as good as the best (the recent view leans on the prior, so it is optimistic).
+        low = {h for h, w in self.published.items()
+               if w < params.climb_start * params.max_weight and h not in self.climbing}
+        best = min((e.latency for e in estimates.values()), default=0.0)
+        judged = {h: replace(e, latency=e.recent) if h in low and e.recent is not None and e.recent < e.latency
+                  and e.recent <= (1 + params.equal_tolerance) * best else e for h, e in estimates.items()}
+        target = dict.fromkeys(estimates, params.max_weight) if all_equal \
+            else target_weights(judged, params, top)
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()
                         if h in self.published and w > self.published[h]
                         and (w >= self.published[h] * (1 + self.params.min_change) or w >= self.params.max_weight)}
-        may_rise = {h for h, n in self._rising.items() if n >= self.params.rise_confirmations}
-        proposed = smooth(self.published, target, self.params, may_rise)
-        if not material_change(self.published, proposed, self.params):
+        may_rise = {h for h, n in self._rising.items() if n >= params.rise_confirmations}
+        climbing = self.climbing | {h for h in low if judged[h] is not estimates[h]
+                                    and target.get(h, 0) > self.published.get(h, 0)}
+        proposed = smooth(self.published, target, params, may_rise, climbing)
+        self.lifted = {h for h in climbing - self.climbing if proposed[h] > self.published[h]}
+        self.climbing = {h for h in (self.climbing | self.lifted)
+                         if h in proposed and band <= proposed[h] < min(target[h], params.max_weight)}
+        if not material_change(self.published, proposed, params):
+            self.lifted = set()
             return None
         self.published = proposed
         return dict(proposed)

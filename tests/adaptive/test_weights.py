@@ -14,6 +14,7 @@ from agent.adaptive.weights import (
     ServiceWeights,
     WeightParams,
     material_change,
+    probe_weight,
     smooth,
     square_root_split,
     target_weights,
@@ -39,8 +40,12 @@ def test_weights_are_bounded_integers(specs: list[tuple[float, float]], ratio: f
     params = WeightParams(max_ratio=ratio)
     weights = target_weights({f"h{i}": est(lat, thr) for i, (lat, thr) in enumerate(specs)}, params)
     assert all(isinstance(w, int) for w in weights.values())
-    assert all(params.floor <= w <= params.max_weight for w in weights.values())
-    assert max(weights.values()) / min(weights.values()) <= ratio + 1e-9
+    assert all(1 <= w <= params.max_weight for w in weights.values())
+    # The lightest is within the ratio, or lighter because the probe budget says so: floored hosts
+    # together hold at most half the probe share of the weight (Envoy's pick may give them up to ~2x).
+    light = [w for w in weights.values() if w < params.floor]
+    assert not light or sum(light) / sum(weights.values()) <= max(params.probe_share / 2, len(light) / 1000)
+    assert not light or max(weights.values()) / min(weights.values()) > ratio
     assert max(weights.values()) == params.max_weight
 
 
@@ -53,7 +58,7 @@ def test_alike_instances_get_equal_weights(noise: list[float], latency: float, t
 
 def test_a_slow_instance_gets_the_floor_at_low_load() -> None:
     weights = target_weights(hosts([0.012, 0.012, 0.012, 0.050], throughput=40), PARAMS)
-    assert weights["10.0.0.3:80"] == PARAMS.floor
+    assert weights["10.0.0.3:80"] == probe_weight(3000, 1, PARAMS) < PARAMS.floor
     assert {weights[f"10.0.0.{i}:80"] for i in range(3)} == {PARAMS.max_weight}
 
 
@@ -136,7 +141,7 @@ def test_a_recovered_instance_is_probed_back_in() -> None:
     """From the floor to the heaviest weight in a bounded number of updates once it measures well."""
     service = ServiceWeights()
     service.propose(hosts([0.012, 0.012, 0.012, 0.050], throughput=40))
-    assert service.published["10.0.0.3:80"] == PARAMS.floor
+    assert service.published["10.0.0.3:80"] == probe_weight(3000, 1, PARAMS)
     for _ in range(15):
         service.propose(hosts([0.012, 0.012, 0.012, 0.012], throughput=40))
     assert service.published["10.0.0.3:80"] == PARAMS.max_weight
