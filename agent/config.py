@@ -147,8 +147,10 @@ class LoadBalancing(Strict):
 
 
 class HealthCheck(Strict):
-    type: Literal["http", "tcp"] = "http"
+    # auto: grpc.health.v1 Check for gRPC services, an HTTP GET of `path` for the others.
+    type: Literal["auto", "http", "tcp"] = "auto"
     path: str = "/health"
+    grpc_service_name: str = ""  # the service asked about in grpc.health.v1 ("" = the whole server)
     interval_seconds: float = Field(default=5.0, gt=0)
     timeout_seconds: float = Field(default=2.0, gt=0)
     unhealthy_threshold: int = Field(default=2, ge=1)
@@ -168,14 +170,28 @@ class OutlierDetection(Strict):
 class Retries(Strict):
     enabled: bool = True
     num_retries: int = Field(default=2, ge=0, le=10)
-    retry_on: str = "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"
+    # "unavailable" and "cancelled" are gRPC statuses (14 and 1) in a trailers-only answer, i.e. before any
+    # message; a gRPC server that stops or sheds load answers them. Neither ever matches plain HTTP.
+    retry_on: str = ("connect-failure,refused-stream,reset,gateway-error,retriable-status-codes,"
+                     "unavailable,cancelled")
     retriable_status_codes: tuple[int, ...] = (503,)
     # Only requests that are safe to repeat are retried unless the user opts in.
     idempotent_only: bool = True
     idempotency_header: str = "idempotency-key"
+    # Paths safe to repeat whatever their method: exact, or a prefix when ending in "/". gRPC calls are all
+    # POST, so this is how idempotent gRPC methods are named: "/pkg.Service/Method" or "/pkg.Service/".
+    idempotent_paths: tuple[str, ...] = ()
     per_try_timeout_seconds: float | None = Field(default=None, gt=0)
     budget_percent: float = Field(default=20.0, gt=0, le=100)
     min_retry_concurrency: int = Field(default=3, ge=1)
+
+    @field_validator("idempotent_paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/") or any(c.isspace() for c in path):
+                raise ValueError(f"{path!r} is not a request path (it must start with '/', no spaces)")
+        return value
 
 
 class Timeouts(Strict):

@@ -25,9 +25,10 @@ CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 class GrpcClient:
     """One channel (one HTTP/2 connection, as a real client keeps) with the emulator's two methods."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, authority: str | None = None) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        options = [*CHANNEL_OPTIONS, *([("grpc.default_authority", authority)] if authority else [])]
+        self.channel = grpc.insecure_channel(address, options=options)
         self._predict = self.channel.unary_unary(PREDICT, request_serializer=struct_pb2.Struct.SerializeToString,
                                                  response_deserializer=struct_pb2.Struct.FromString)
         self._generate = self.channel.unary_stream(GENERATE, request_serializer=struct_pb2.Struct.SerializeToString,
@@ -117,8 +118,9 @@ def sse_events(host: str, port: int, path: str = "/stream", headers: dict[str, s
     """
     start = time.monotonic()
     deadline = start + timeout
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-    request += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n"
+    extra = dict(headers or {})
+    request = f"GET {path} HTTP/1.1\r\nHost: {extra.pop('Host', host)}\r\nAccept: text/event-stream\r\n"
+    request += "".join(f"{k}: {v}\r\n" for k, v in extra.items()) + "\r\n"
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(request.encode())
         buffer = bytearray()

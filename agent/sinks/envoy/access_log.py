@@ -1,16 +1,31 @@
-"""Envoy's access log as JSON lines: which instance served a request, with what status, how fast."""
+"""Envoy's access log as JSON lines: which instance served a request, with what status, how fast.
+
+Beside it, a stats access logger turns each finished request into metrics Envoy has no built-in stat
+for: time to the first body byte (for a token stream: the first token), the whole duration (for a
+stream: how long it lasted), and a counter per gRPC status.
+"""
 
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stats.v3 import stats_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
 from agent.config import AccessLog
 from agent.sinks.envoy.serialize import pack
 
 FILE_LOGGER = "envoy.access_loggers.file"
+STATS_LOGGER = "envoy.access_loggers.stats"
+# Prometheus: envoy_modelarts_first_byte_ms_bucket{service=...}, envoy_modelarts_duration_ms_bucket,
+# envoy_modelarts_grpc_responses{service=..., grpc_status="14"}.
+STATS_PREFIX = "modelarts"
+# From the start of the request to the first byte of the upstream response body: with headers sent
+# first (SSE, gRPC), this is the time to first token, which %RESPONSE_DURATION% (headers) is not.
+FIRST_BODY_BYTE = "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:ms)%"
 
 HTTP_FIELDS = {
     "time": "%START_TIME%",
@@ -20,6 +35,8 @@ HTTP_FIELDS = {
     "flags": "%RESPONSE_FLAGS%",
     "duration_ms": "%DURATION%",
     "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "first_byte_ms": FIRST_BODY_BYTE,
+    "grpc_status": "%GRPC_STATUS_NUMBER%",
     "instance": "%UPSTREAM_HOST%",
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "bytes_in": "%BYTES_RECEIVED%",
@@ -46,3 +63,26 @@ def access_logs(service: str, config: AccessLog, tcp: bool = False) -> list[acce
         log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields),
     )
     return [accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=pack(logger))]
+
+
+def stream_stats_logs(service: str) -> list[accesslog_pb2.AccessLog]:
+    """Histograms of first-body-byte time and duration per service, and gRPC statuses (gRPC requests only).
+
+    `service` may be a format string: the gateway passes %ROUTE_NAME% (its routes are named after services).
+    """
+    tags = [stats_pb2.Config.Tag(name="service", value_format=service)]
+    ms = stats_pb2.Config.Histogram.Unit.Milliseconds
+    timings = stats_pb2.Config(stat_prefix=STATS_PREFIX, histograms=[
+        stats_pb2.Config.Histogram(stat=stats_pb2.Config.Stat(name="first_byte_ms", tags=tags), unit=ms,
+                                   value_format=FIRST_BODY_BYTE),
+        stats_pb2.Config.Histogram(stat=stats_pb2.Config.Stat(name="duration_ms", tags=tags), unit=ms,
+                                   value_format="%DURATION%"),
+    ])
+    status_tags = [*tags, stats_pb2.Config.Tag(name="grpc_status", value_format="%GRPC_STATUS_NUMBER%")]
+    statuses = stats_pb2.Config(stat_prefix=STATS_PREFIX, counters=[stats_pb2.Config.Counter(
+        stat=stats_pb2.Config.Stat(name="grpc_responses", tags=status_tags), value_fixed={"value": 1})])
+    is_grpc = accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(
+        header=route_components_pb2.HeaderMatcher(name="content-type", string_match=string_pb2.StringMatcher(
+            prefix="application/grpc"))))
+    return [accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(timings)),
+            accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(statuses), filter=is_grpc)]

@@ -184,6 +184,10 @@ def _health_check(hc: HealthCheck, protocol: Schema) -> health_check_pb2.HealthC
     )
     if hc.type == "tcp":
         check.tcp_health_check.SetInParent()  # connect-only check
+    elif hc.type == "auto" and protocol == "grpc":
+        # grpc.health.v1 Check over the cluster's HTTP/2: SERVING passes, NOT_SERVING or an error fails.
+        check.grpc_health_check.CopyFrom(health_check_pb2.HealthCheck.GrpcHealthCheck(
+            service_name=hc.grpc_service_name))
     else:
         codec = http_pb2.HTTP2 if protocol == "grpc" else http_pb2.HTTP1
         check.http_health_check.CopyFrom(health_check_pb2.HealthCheck.HttpHealthCheck(

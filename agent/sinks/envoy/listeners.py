@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from agent.config import LbPolicy, Retries, ServiceSpec
 from agent.model import Schema
-from agent.sinks.envoy.access_log import access_logs
+from agent.sinks.envoy.access_log import access_logs, stream_stats_logs
 from agent.sinks.envoy.auth import auth_filter
 from agent.sinks.envoy.clusters import socket_address, u32
 from agent.sinks.envoy.serialize import duration, pack
@@ -110,6 +110,7 @@ def _http_manager(name: str, target: Target, policy: ServiceSpec,
     filters.append(http_filter(ROUTER_FILTER, router_pb2.Router()))
     manager = http_connection_manager(name, filters, policy.timeouts.idle_seconds)
     manager.access_log.extend(access_logs(name, policy.access_log))
+    manager.access_log.extend(stream_stats_logs(name))
     if rds is None:
         manager.route_config.CopyFrom(route_configuration(name, target, policy))
     else:
@@ -160,7 +161,8 @@ def retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
     least ONE of these matchers matches its headers (OR semantics; no match clears retry_on, even one
     a client set with x-envoy-retry-on). So one exact `:method` matcher per idempotent method plus a
     `present_match` on the idempotency header means "an idempotent method, or any method carrying an
-    idempotency key".
+    idempotency key". `idempotent_paths` add `:path` matchers: gRPC methods are all POST, so an idempotent
+    gRPC method is named by its path.
     """
     policy = route_components_pb2.RetryPolicy(
         retry_on=retries.retry_on,
@@ -178,6 +180,10 @@ def retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
             for method in IDEMPOTENT_METHODS)
         policy.retriable_request_headers.append(
             route_components_pb2.HeaderMatcher(name=retries.idempotency_header.lower(), present_match=True))
+        policy.retriable_request_headers.extend(
+            route_components_pb2.HeaderMatcher(name=":path", string_match=string_pb2.StringMatcher(
+                **({"prefix": path} if path.endswith("/") else {"exact": path})))
+            for path in retries.idempotent_paths)
     return policy
 
 

@@ -21,6 +21,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from agent.config import GatewayConfig, ServiceSpec, Timeouts
+from agent.sinks.envoy.access_log import stream_stats_logs
 from agent.sinks.envoy.clusters import socket_address, u32
 from agent.sinks.envoy.listeners import (
     BUFFER_FILTER,
@@ -55,6 +56,8 @@ def gateway_listener(gateway: GatewayConfig, targets: Sequence[GatewayTarget],
     filters.append(http_filter(ROUTER_FILTER, router_pb2.Router()))
     manager = http_connection_manager(GATEWAY_NAME, filters, Timeouts().idle_seconds)
     manager.rds.CopyFrom(hcm_pb2.Rds(config_source=rds, route_config_name=GATEWAY_NAME))
+    # First-byte and duration histograms, gRPC statuses; routes are named after their service.
+    manager.access_log.extend(stream_stats_logs("%ROUTE_NAME%"))
     # Clients send "llm:8080"; domains name services without ports.
     manager.strip_any_host_port = True
     return listener_pb2.Listener(
