@@ -20,8 +20,11 @@ ReadyProvider = Callable[[], bool]
 
 
 class AdminServer:
-    def __init__(self, address: str, port: int, status: StatusProvider, ready: ReadyProvider) -> None:
+    def __init__(self, address: str, port: int, status: StatusProvider, ready: ReadyProvider,
+                 not_ready_reason: Callable[[], str] | None = None,
+                 before_scrape: Callable[[], None] | None = None) -> None:
         status_fn, ready_fn = status, ready
+        reason_fn = not_ready_reason or (lambda: "no sync yet")
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -30,8 +33,11 @@ class AdminServer:
                     self._send(200, "text/plain", b"ok\n")
                 elif path == "/readyz":
                     ok = ready_fn()
-                    self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready: no sync yet\n")
+                    body = b"ready\n" if ok else f"not ready: {reason_fn()}\n".encode()
+                    self._send(200 if ok else 503, "text/plain", body)
                 elif path == "/metrics":
+                    if before_scrape is not None:
+                        before_scrape()  # values computed from the clock (staleness) are current
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
                 elif path == "/status":
                     body = json.dumps(status_fn(), indent=2, default=str).encode()

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from agent.modelarts.budget import BudgetRegistry
+    from agent.runtime import AgentRuntime
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -85,3 +86,22 @@ class _BudgetCollector(Collector):
 
 BUDGETS = _BudgetCollector()
 REGISTRY.register(BUDGETS)
+
+
+class _PollerCollector(Collector):
+    """modelarts_agent_poller_alive, read from the pollers' threads at scrape time."""
+
+    def __init__(self) -> None:
+        self.runtimes: weakref.WeakSet[AgentRuntime] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        alive = GaugeMetricFamily("modelarts_agent_poller_alive",
+                                  "1 while the ModelArts poller thread runs, 0 once it has died.", labels=["poller"])
+        for runtime in list(self.runtimes):
+            for name, is_alive in runtime.poller_states():
+                alive.add_metric([name], 1 if is_alive else 0)
+        yield alive
+
+
+POLLERS = _PollerCollector()
+REGISTRY.register(POLLERS)

@@ -15,6 +15,7 @@ from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
 from agent.config_watch import ConfigWatcher
 from agent.file_watch import FileWatcher
+from agent.metrics import POLLERS
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client
 from agent.sinks import Sink
@@ -52,12 +53,15 @@ class AgentRuntime:
         self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
         # Latency-aware weights (lb.adaptive): EDS-only updates to the sinks that take them.
         self.adaptive = AdaptiveRunner(lambda: [runner.sink for runner in self.sinks])
-        self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.store.ready)
+        self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.ready,
+                                 self.not_ready_reason, self.store.refresh_staleness)
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
         # Files rendered into Envoy config (API keys, JWKS): a change re-renders, no restart.
         self._rendered_files = FileWatcher(lambda _changed: self._republish())
         self._threads: list[threading.Thread] = []
+        self._source_thread: threading.Thread | None = None
         self.started_at = time.time()
+        POLLERS.runtimes.add(self)
 
     def _load_state(self, config: AgentConfig) -> None:
         assert config.discovery.state_file is not None
@@ -75,6 +79,7 @@ class AgentRuntime:
         self.adaptive.apply(self.config)
         source_thread = threading.Thread(target=self.source.run, name="source-modelarts", daemon=True)
         source_thread.start()
+        self._source_thread = source_thread
         self._threads.append(source_thread)
         if self._watcher:
             self._watcher.start()
@@ -118,6 +123,24 @@ class AgentRuntime:
         for runner in self.sinks:
             runner.republish()
 
+    def poller_alive(self) -> bool:
+        return self._source_thread is not None and self._source_thread.is_alive()
+
+    def poller_states(self) -> list[tuple[str, bool]]:
+        # A stopped agent has no poller to report (tests run several runtimes in one process).
+        if self._source_thread is None or self.stop_event.is_set():
+            return []
+        return [("modelarts", self.poller_alive())]
+
+    def ready(self) -> bool:
+        """Synced data, and a poller that still runs (a dead one would serve it stale forever)."""
+        return self.store.ready() and self.poller_alive()
+
+    def not_ready_reason(self) -> str:
+        if self._source_thread is not None and not self.poller_alive():
+            return "the ModelArts poller has died (see the log)"
+        return "no sync yet"
+
     def status(self) -> dict[str, Any]:
         services = []
         for st in self.store.statuses():
@@ -134,10 +157,13 @@ class AgentRuntime:
         budgets = [budget.usage().__dict__ for budget in self.budgets.budgets()]
         return {
             "snapshot_version": self.store.snapshot.version,
-            "ready": self.store.ready(),
+            "ready": self.ready(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "services": services,
             "budgets": budgets,
+            "poller": {"alive": self.poller_alive(),
+                       "last_turn_age_seconds": None if self.source.last_turn is None else
+                       round(time.monotonic() - self.source.last_turn, 1)},
             "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
                       for r in self.sinks],
             "clock": SYSTEM_CLOCK.wall(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import threading
 from datetime import UTC, datetime
@@ -18,11 +19,17 @@ from agent.clock import SYSTEM_CLOCK, Clock
 from agent.errors import AuthError, DiscoveryError
 from agent.logs import register_secret
 from agent.modelarts.credentials import Credentials, SecretSource
+from agent.modelarts.responses import read_capped, read_error_body
 
 log = logging.getLogger(__name__)
 
 # Clock differences smaller than this are left alone (the gateway allows 15 minutes).
 SKEW_TOLERANCE_SECONDS = 60.0
+# Token lifetimes IAM claims are believed within these bounds: an `expires_at` in the past must not
+# turn every look-up into a token request, and one years away must not pin a token forever.
+MIN_TOKEN_LIFETIME_SECONDS = 60.0
+MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600.0
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class Authenticator(Protocol):
@@ -105,7 +112,8 @@ class IamTokenAuth:
     """An IAM token from the password method, refreshed before `expires_at` and after a 401."""
 
     def __init__(self, iam_url: str, credentials: Credentials, project_id: str, session: requests.Session,
-                 timeout: float, refresh_margin: float, clock: Clock = SYSTEM_CLOCK) -> None:
+                 timeout: float, refresh_margin: float, clock: Clock = SYSTEM_CLOCK,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         if credentials.password is None or not credentials.domain or not credentials.user:
             raise AuthError("password auth needs a domain, a user and a password")
         self._iam_url = iam_url
@@ -116,6 +124,7 @@ class IamTokenAuth:
         self._timeout = timeout
         self._margin = refresh_margin
         self._clock = clock
+        self._max_body = max_body_bytes
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
@@ -152,25 +161,37 @@ class IamTokenAuth:
             }
         }
         url = f"{self._iam_url}/v3/auth/tokens"
+        # The same total deadline and size cap as every ModelArts answer, whatever the status.
+        deadline = self._clock.monotonic() + self._timeout
         try:
-            resp = self._session.post(url, json=body, timeout=self._timeout)
+            resp = self._session.post(url, json=body, timeout=self._timeout, stream=True)
         except requests.Timeout:
             raise DiscoveryError("IAM token request timed out", kind="iam_timeout") from None
         except requests.RequestException as exc:
             raise DiscoveryError(f"IAM unreachable: {type(exc).__name__}", kind="iam_unreachable") from None
-        if resp.status_code in (401, 403):
-            raise AuthError(f"IAM refused the credentials of user {self._creds.user!r} (HTTP {resp.status_code})",
-                            status=resp.status_code)
         if resp.status_code != 201:
+            read_error_body(resp, deadline, self._clock)  # drained (capped) so the connection can be reused
+            if resp.status_code in (401, 403):
+                raise AuthError(f"IAM refused the credentials of user {self._creds.user!r} "
+                                f"(HTTP {resp.status_code})", status=resp.status_code)
             raise DiscoveryError(f"IAM answered HTTP {resp.status_code} to the token request", kind="iam_error",
                                  status=resp.status_code)
         token = resp.headers.get("X-Subject-Token", "")
+        try:
+            raw = read_capped(resp, self._max_body, deadline, self._clock)
+        except DiscoveryError as exc:
+            raise DiscoveryError(f"IAM token answer unusable: {exc}", kind="iam_error") from None
         if not token:
             raise DiscoveryError("IAM answered 201 without an X-Subject-Token header", kind="iam_error")
         register_secret(token)
         now = self._clock.wall()
-        expires = _parse_expiry(resp)
+        expires = _parse_expiry(raw)
         lifetime = (expires - now) if expires is not None else 3600.0
+        if lifetime <= 0:
+            log.warning("IAM says the new token has already expired (check this host's clock); using it for "
+                        "%.0f s or until refused", MIN_TOKEN_LIFETIME_SECONDS)
+            lifetime = MIN_TOKEN_LIFETIME_SECONDS
+        lifetime = min(lifetime, MAX_TOKEN_LIFETIME_SECONDS)
         # Refresh early, but never so early that a short-lived token is refreshed on every call.
         margin = min(self._margin, max(lifetime, 0.0) / 10)
         self.issued_total += 1
@@ -178,10 +199,13 @@ class IamTokenAuth:
         return token, now + lifetime - margin
 
 
-def _parse_expiry(resp: requests.Response) -> float | None:
+def _parse_expiry(raw: bytes) -> float | None:
     try:
-        raw = resp.json()["token"]["expires_at"]
-        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
-    except (ValueError, KeyError, TypeError):
+        value = json.loads(raw)["token"]["expires_at"]
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if parsed.tzinfo is None:  # IAM writes UTC; a zone-less time is read as UTC too
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, KeyError, TypeError, OverflowError, OSError, RecursionError):
         log.warning("IAM token response has no usable token.expires_at; assuming one hour")
         return None

@@ -6,16 +6,13 @@ that becomes a metric label, and a message that never contains a credential.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-import urllib3
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import AgentConfig, AuthMode
@@ -24,6 +21,7 @@ from agent.modelarts.auth import AkSkAuth, Authenticator, IamTokenAuth, StaticTo
 from agent.modelarts.budget import BudgetRegistry, RateBudget
 from agent.modelarts.credentials import Credentials, credentials_from_config
 from agent.modelarts.parse import ParsedEndpoints, parse_endpoints
+from agent.modelarts.responses import parse_retry_after, read_capped, read_error_body
 from agent.validation import IPNetwork, parse_networks
 
 log = logging.getLogger(__name__)
@@ -43,31 +41,27 @@ class Stopped(DiscoveryError):
         super().__init__("agent is stopping", kind="stopped")
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    raw = resp.headers.get("Retry-After")
-    if not raw:
-        return None
-    if raw.strip().isdigit():
-        return float(raw.strip())
-    parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _error_text(resp: requests.Response) -> str:
+def _error_text(status: int, raw: bytes) -> str:
     """The gateway's error_code/error_msg (or IAM's error.code/message), cut short: bodies are untrusted."""
     try:
-        body = resp.json()
-    except ValueError:
-        return f"HTTP {resp.status_code}"
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return f"HTTP {status}"
     if not isinstance(body, dict):
-        return f"HTTP {resp.status_code}"
+        return f"HTTP {status}"
     error = body.get("error")
     nested: dict[str, Any] = error if isinstance(error, dict) else {}
     code = body.get("error_code") or nested.get("code")
     msg = body.get("error_msg") or nested.get("message")
     if code or msg:
-        return f"HTTP {resp.status_code} {str(code)[:40]}: {str(msg)[:200]}"
-    return f"HTTP {resp.status_code}"
+        return f"HTTP {status} {_printable(code, 40)}: {_printable(msg, 200)}"
+    return f"HTTP {status}"
+
+
+def _printable(value: object, limit: int) -> str:
+    """At most `limit` characters, control characters replaced: the text ends up in logs and status."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class ModelArtsClient:
@@ -110,15 +104,16 @@ class ModelArtsClient:
         if params:
             url += "?" + "&".join(f"{k}={v}" for k, v in params.items())
         for attempt in (1, 2):
-            resp = self._send(url)
+            resp, deadline = self._send(url)
             if resp.status_code == 401 and attempt == 1 and self.auth.on_unauthorized(resp):
                 log.info("ModelArts answered 401; retrying once with fresh credentials", extra={"path": path})
                 resp.close()
                 continue
-            return self._decode(resp)
+            return self._decode(resp, deadline)
         raise AssertionError("unreachable")
 
-    def _send(self, url: str) -> requests.Response:
+    def _send(self, url: str) -> tuple[requests.Response, float]:
+        """The response (headers read, body not) and the deadline by which its body must be in."""
         if not self.budget.acquire(self._stop):
             raise Stopped()
         self.calls_total += 1
@@ -130,8 +125,10 @@ class ModelArtsClient:
             raise AuthError(str(exc)) from None
         except Exception as exc:  # the SDK signer raises plain ValueErrors
             raise AuthError(f"cannot sign the request: {type(exc).__name__}") from None
+        # One total deadline for headers and body, whatever the status (a slow 503 included).
+        deadline = self._clock.monotonic() + self._timeout
         try:
-            return self._session.get(url, headers=headers, timeout=self._timeout, stream=True)
+            return self._session.get(url, headers=headers, timeout=self._timeout, stream=True), deadline
         except requests.Timeout:
             raise DiscoveryError("ModelArts did not answer in time", kind="timeout") from None
         except requests.ConnectionError as exc:
@@ -139,60 +136,25 @@ class ModelArtsClient:
         except requests.RequestException as exc:
             raise DiscoveryError(f"request failed: {type(exc).__name__}", kind="connection") from None
 
-    def _read_capped(self, resp: requests.Response) -> bytes:
-        declared = resp.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_body:
-            resp.close()
-            raise DiscoveryError(f"response body of {declared} bytes exceeds the {self._max_body}-byte cap",
-                                 kind="oversized")
-        chunks: list[bytes] = []
-        size = 0
-        deadline = self._clock.monotonic() + self._timeout
-        try:
-            while True:
-                # read1 returns as soon as any bytes arrive, so a server dribbling a byte at a time
-                # (slowloris) hits the total deadline instead of holding the poller forever.
-                chunk = resp.raw.read1(64 * 1024, decode_content=True)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self._max_body:
-                    raise DiscoveryError(f"response body exceeds the {self._max_body}-byte cap", kind="oversized")
-                if self._clock.monotonic() > deadline:
-                    raise DiscoveryError("response body took too long to arrive", kind="timeout")
-                chunks.append(chunk)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise DiscoveryError(f"connection broke while reading: {type(exc).__name__}", kind="connection") from None
-        finally:
-            resp.close()
-        return b"".join(chunks)
-
-    def _decode(self, resp: requests.Response) -> Any:
+    def _decode(self, resp: requests.Response, deadline: float) -> Any:
         status = resp.status_code
-        if status == 429:
-            text = _error_text(resp)
-            resp.close()
-            raise ThrottledError(f"throttled by the API gateway ({text})", retry_after=_retry_after(resp))
-        if status in (401, 403):
-            text = _error_text(resp)
-            resp.close()
-            raise AuthError(f"ModelArts refused the credentials ({text})", status=status)
-        if status == 404:
-            text = _error_text(resp)
-            resp.close()
-            raise DiscoveryError(f"service not found ({text})", kind="not_found", status=404)
-        if status >= 500:
-            text = _error_text(resp)
-            resp.close()
-            raise DiscoveryError(f"ModelArts server error ({text})", kind="server_error", status=status)
         if status != 200:
-            text = _error_text(resp)
-            resp.close()
+            # Read (capped, under the deadline) only for the message; the status decides the error.
+            text = _error_text(status, read_error_body(resp, deadline, self._clock))
+            if status == 429:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.wall())
+                raise ThrottledError(f"throttled by the API gateway ({text})", retry_after=retry_after)
+            if status in (401, 403):
+                raise AuthError(f"ModelArts refused the credentials ({text})", status=status)
+            if status == 404:
+                raise DiscoveryError(f"service not found ({text})", kind="not_found", status=404)
+            if status >= 500:
+                raise DiscoveryError(f"ModelArts server error ({text})", kind="server_error", status=status)
             raise DiscoveryError(f"unexpected answer ({text})", kind="http_error", status=status)
-        raw = self._read_capped(resp)
+        raw = read_capped(resp, self._max_body, deadline, self._clock)
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise DiscoveryError("response body is not valid JSON", kind="malformed") from None
 
 
@@ -201,7 +163,7 @@ def build_authenticator(config: AgentConfig, creds: Credentials, session: reques
     project_id = config.modelarts.project_id
     if creds.mode is AuthMode.password:
         return IamTokenAuth(config.modelarts.iam_url, creds, project_id, session, config.modelarts.timeout_seconds,
-                            config.auth.token_refresh_margin_seconds, clock)
+                            config.auth.token_refresh_margin_seconds, clock, config.modelarts.max_body_bytes)
     if creds.mode is AuthMode.aksk:
         assert creds.ak is not None and creds.sk is not None
         return AkSkAuth(creds.ak, creds.sk, project_id, clock)
