@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from prometheus_client import Gauge
+
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import DiscoveryConfig, ServiceSpec
 from agent.errors import DiscoveryError
@@ -55,6 +57,7 @@ class SnapshotStore:
         self._snapshot = EMPTY_SNAPSHOT
         self._status: dict[str, SyncStatus] = {}
         self._listeners: list[Listener] = []
+        self._metrics_live = True
         self.set_specs(specs)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -121,9 +124,7 @@ class SnapshotStore:
                     self._status[spec.name] = SyncStatus(name=spec.name, service_id=spec.service_id)
             for gone in set(self._status) - set(services):
                 del self._status[gone]
-                for state in ("ready", "total"):
-                    with contextlib.suppress(KeyError):
-                        ENDPOINTS.remove(gone, state)
+                self._remove_gauges(gone)
             self._publish(services)
 
     def load_last_known_good(self, endpoints: Mapping[str, tuple[Endpoint, ...]]) -> None:
@@ -151,9 +152,9 @@ class SnapshotStore:
                                 last_error=None, last_error_kind=None, consecutive_failures=0, empty_confirmations=0,
                                 stale=False, rate_limited=False, rejected_last_poll=rejected,
                                 service_status=self._status[name].service_status)
-            LAST_SUCCESS.labels(name).set(now)
-            STALE.labels(name).set(0)
-            RATE_LIMITED.labels(name).set(0)
+            self._gauge(LAST_SUCCESS, (name,), now)
+            self._gauge(STALE, (name,), 0)
+            self._gauge(RATE_LIMITED, (name,), 0)
             if svc.endpoints != endpoints or not svc.synced:
                 services = dict(self._snapshot.services)
                 services[name] = replace(svc, endpoints=endpoints, synced=True)
@@ -181,8 +182,8 @@ class SnapshotStore:
                                     last_error=None, last_error_kind=None, consecutive_failures=0,
                                     empty_confirmations=confirmations, service_status=service_status, stale=False,
                                     rate_limited=False, rejected_last_poll=0)
-                LAST_SUCCESS.labels(name).set(now)
-                STALE.labels(name).set(0)
+                self._gauge(LAST_SUCCESS, (name,), now)
+                self._gauge(STALE, (name,), 0)
                 if svc.endpoints or not svc.synced:
                     log.warning("service has no endpoints; draining", extra={
                         "service": name, "service_status": service_status, "confirmations": confirmations})
@@ -213,7 +214,7 @@ class SnapshotStore:
             self._update_status(name, last_attempt=now, last_error=str(error), last_error_kind=error.kind,
                                 consecutive_failures=status.consecutive_failures + 1,
                                 rate_limited=error.kind == "throttled")
-            RATE_LIMITED.labels(name).set(1 if error.kind == "throttled" else 0)
+            self._gauge(RATE_LIMITED, (name,), 1 if error.kind == "throttled" else 0)
             self._refresh_stale_locked(name)
 
     def refresh_staleness(self) -> None:
@@ -232,7 +233,30 @@ class SnapshotStore:
             if stale:
                 log.warning("service is stale: serving last-known-good endpoints", extra={"service": name})
             self._update_status(name, stale=stale)
-            STALE.labels(name).set(1 if stale else 0)
+            self._gauge(STALE, (name,), 1 if stale else 0)
+
+    def retire_metrics(self) -> None:
+        """Remove this store's per-service gauges and stop writing them (a controller's term ended).
+
+        A former leader must not go on exporting its last endpoint counts, staleness or sync times:
+        they would mask the "no ready endpoints" alert (max by service) while the new leader, or
+        nobody, is in charge. Any write after this (a poller still finishing) is dropped.
+        """
+        with self._cond:
+            self._metrics_live = False
+            for name in set(self._status) | set(self._snapshot.services):
+                self._remove_gauges(name)
+
+    def _gauge(self, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        if self._metrics_live:
+            gauge.labels(*labels).set(value)
+
+    @staticmethod
+    def _remove_gauges(name: str) -> None:
+        for gauge, labels in ((ENDPOINTS, (name, "ready")), (ENDPOINTS, (name, "total")), (LAST_SUCCESS, (name,)),
+                              (STALE, (name,)), (RATE_LIMITED, (name,))):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def _update_status(self, name: str, **changes: object) -> None:
         self._status[name] = replace(self._status[name], **changes)  # type: ignore[arg-type]
@@ -241,10 +265,11 @@ class SnapshotStore:
         if self._snapshot.content_equal(services) and self._snapshot.version > 0:
             return
         self._snapshot = self._snapshot.with_services(services)
-        SNAPSHOT_VERSION.set(self._snapshot.version)
+        if self._metrics_live:
+            SNAPSHOT_VERSION.set(self._snapshot.version)
         for name, svc in services.items():
-            ENDPOINTS.labels(name, "total").set(len(svc.endpoints))
-            ENDPOINTS.labels(name, "ready").set(sum(1 for e in svc.endpoints if e.ready))
+            self._gauge(ENDPOINTS, (name, "total"), len(svc.endpoints))
+            self._gauge(ENDPOINTS, (name, "ready"), sum(1 for e in svc.endpoints if e.ready))
         snapshot = self._snapshot
         self._cond.notify_all()
         for listener in list(self._listeners):

@@ -174,6 +174,8 @@ class Pipeline:
 
     def close(self, timeout: float = 5.0) -> None:
         self.halt()
+        # This term's gauges go with it; the next leader (maybe this replica again) writes its own.
+        self.store.retire_metrics()
         with self._lock:
             groups = list(self._groups.values())
             self._groups.clear()
