@@ -18,6 +18,7 @@ from agent.file_watch import FileWatcher
 from agent.metrics import POLLERS
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client
+from agent.modelarts.credentials import check_sources, credentials_from_config
 from agent.sinks import Sink
 from agent.sinks.envoy.auth import watched_files
 from agent.sinks.runner import SinkRunner
@@ -43,6 +44,7 @@ class AgentRuntime:
         self.store = SnapshotStore(config.services, config.discovery)
         self.budgets = BudgetRegistry(config.budget.per_user_per_minute, config.budget.per_tenant_per_minute,
                                       config.budget.safety_margin_seconds)
+        check_sources(credentials_from_config(config.auth))  # a missing password is a config error: exit 2
         self.client = build_client(config, self.budgets, stop=self.stop_event)
         self.source = ModelArtsSource(config, self.store, self.client, stop=self.stop_event)
         self._sink_factory = sink_factory

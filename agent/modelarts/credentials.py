@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AuthConfig, AuthMode
-from agent.errors import CredentialsError
+from agent.errors import ConfigError, CredentialsError
 from agent.logs import register_secret
 
 
@@ -102,3 +102,22 @@ def credentials_from_config(auth: AuthConfig) -> Credentials:
     else:
         creds.token = SecretSource("static token", auth.token_file, auth.token_env)
     return creds
+
+
+class CredentialSourceError(ConfigError):
+    """A credential source the config names cannot be read at start-up: a configuration error (exit 2).
+
+    At run time (after a rotation) the same problem is a sync error instead: the agent keeps its
+    last-known-good endpoints and retries.
+    """
+
+
+def check_sources(creds: Credentials) -> None:
+    """Read every configured secret once; raise CredentialSourceError naming the source, never a value."""
+    for source in (creds.password, creds.ak, creds.sk, creds.token):
+        if source is None:
+            continue
+        try:
+            source.get()
+        except CredentialsError as exc:
+            raise CredentialSourceError(f"cannot start: {exc}") from None
