@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -286,13 +287,18 @@ class EventRecorder:
     Messages are redacted and cut short: an Event must never carry a secret.
     """
 
+    # Distinct events remembered for de-duplication; the oldest are forgotten first (the next repeat of
+    # one creates a new Event, as after `dedupe_seconds`).
+    MAX_SEEN = 1024
+
     def __init__(self, kube: KubeClient, component: str, instance: str, dedupe_seconds: float = 600.0) -> None:
         self._kube = kube
         self._component = component
         self._instance = instance
         self._dedupe = dedupe_seconds
         self._lock = threading.Lock()
-        self._seen: dict[str, tuple[str, int, float]] = {}  # key -> (event name, count, monotonic time)
+        # key -> (event name, count, monotonic time), oldest first: bounded by age and by MAX_SEEN.
+        self._seen: OrderedDict[str, tuple[str, int, float]] = OrderedDict()
 
     def emit(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         meta = involved["metadata"]
@@ -332,6 +338,10 @@ class EventRecorder:
             K8S_WRITES.labels("Event", "success").inc()
             with self._lock:
                 self._seen[key] = (name, count, mono)
+                self._seen.move_to_end(key)
+                while self._seen and (len(self._seen) > self.MAX_SEEN
+                                      or mono - next(iter(self._seen.values()))[2] >= self._dedupe):
+                    self._seen.popitem(last=False)
         except KubeApiError as exc:
             # Events are best effort: losing one must never block syncing.
             K8S_WRITES.labels("Event", "error").inc()

@@ -36,7 +36,7 @@ class SecretSource:
         value = os.environ.get(self._env or "", "")
         if not value:
             raise CredentialsError(f"{self.label} is not set: expected it in env var {self._env}")
-        register_secret(value)
+        register_secret(value, slot=f"{self.label}:env:{self._env}")
         return value
 
     def _from_file(self, path: Path) -> str:
@@ -54,7 +54,7 @@ class SecretSource:
                 raise CredentialsError(f"cannot read {self.label} from {path}: {reason}") from None
             if not value:
                 raise CredentialsError(f"{self.label} file {path} is empty")
-            register_secret(value)
+            register_secret(value, slot=f"{self.label}:file:{path}")  # a rotation replaces the old value
             self._cached = (mtime, value)
             return value
 
