@@ -1,14 +1,27 @@
-"""Watch a set of files (watchdog) and call back when any one's content changes.
+"""Watch files by the path they were given and call back when any one's content changes.
 
-Used for files whose content is rendered into Envoy config (API keys, JWKS): a change means a
-re-render, with no restart. Kubernetes rotates mounted Secrets by swapping a symlink, so we
-watch directories and compare contents rather than trusting event types.
+Used for the agent's config and for files rendered into Envoy config (API keys, JWKS).
+
+Kubernetes mounts a ConfigMap or Secret like this (the kubelet's AtomicWriter):
+
+    dir/..2026_12_01_10_00_00.123/file    the data
+    dir/..data -> ..2026_12_01_10_00_00.123
+    dir/file -> ..data/file
+
+and updates it by writing a new timestamped directory, renaming a `..data_tmp` symlink over
+`..data` and deleting the old directory. No event ever names `dir/file`, and a resolved path
+points into a directory that the next update deletes. So the path is never resolved once: we
+watch the directory that holds it as given (plus the directory its target is in now, when that
+is elsewhere), take only the events that name a watched file or one of the kubelet's `..` entries
+(so a log file in the same folder costs nothing), and after each burst re-read every file through
+its path, which follows the symlinks anew, and compare contents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,8 +29,28 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.utils import BaseThread
 
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class _StoppedEmitterFilter(logging.Filter):
+    """Drops watchdog's ERROR "queue_events() called when the thread is inactive".
+
+    Its emitter thread checks "keep running?" and then reads its inotify handle, which `stop()`
+    (on our thread) clears in between when events are flowing: about 1 stop in 15. The thread then
+    ends as asked; nothing failed. Dropped only when logged from an emitter that was told to stop.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        thread = threading.current_thread()  # filters run on the logging thread: the emitter's
+        stopped = isinstance(thread, BaseThread) and not thread.should_keep_running()
+        return not (stopped and "called when the thread is inactive" in str(record.msg))
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StoppedEmitterFilter())
 
 
 def _digest(path: Path) -> str | None:
@@ -27,62 +60,178 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+def _absolute(path: Path) -> Path:
+    # Absolute but NOT resolved: the symlinks are followed on every read, never cached.
+    return Path(os.path.abspath(path))
+
+
+def _target(path: Path) -> Path | None:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+
+
 class FileWatcher(FileSystemEventHandler):
-    def __init__(self, on_change: Callable[[list[Path]], None], debounce_seconds: float = 0.2) -> None:
+    """Calls `on_change(changed paths)` after the content of watched files changes (debounced).
+
+    The callback runs on a timer thread. If it raises, the error is logged once with its traceback
+    and the change is retried with a growing pause until it succeeds or the files change again.
+    After `stop()` returns, no callback runs.
+    """
+
+    def __init__(self, on_change: Callable[[list[Path]], None], debounce_seconds: float = 0.2,
+                 name: str = "files") -> None:
         self._on_change = on_change
         self._debounce = debounce_seconds
-        self._lock = threading.Lock()
+        self._name = name
+        self._state = threading.Lock()  # digests, timer, relevant names: held briefly, never around watchdog
+        self._control = threading.Lock()  # the observer's lifecycle
+        self._callback = threading.Lock()  # one callback at a time; stop() waits for the running one
+        self._stopped = False
+        self._paths: tuple[Path, ...] = ()
         self._digests: dict[Path, str | None] = {}
+        self._relevant: dict[str, set[str]] = {}  # watched directory -> names in it that matter
+        self._kubelet_dirs: set[str] = set()  # directories whose `..` entries matter
+        self._scheduled: frozenset[str] = frozenset()
         self._observer: BaseObserver | None = None
         self._timer: threading.Timer | None = None
+        self._failures = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
 
     def watch(self, paths: Iterable[Path]) -> None:
         """(Re)start watching exactly these files."""
-        wanted = {p.resolve() for p in paths}
-        with self._lock:
-            if wanted == set(self._digests):
+        wanted = tuple(sorted({_absolute(p) for p in paths}))
+        with self._state:
+            if self._stopped or wanted == self._paths:
                 return
-            self._stop_observer()
+            self._paths = wanted
             self._digests = {p: _digest(p) for p in wanted}
-            if not wanted:
+        self._reschedule()
+
+    def stop(self) -> None:
+        with self._state:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        with self._control:
+            observer, self._observer = self._observer, None
+            self._scheduled = frozenset()
+        if observer is not None:
+            # Handlers return at once now (stopped), so nothing holds the observer's lock for long.
+            observer.stop()
+            observer.join(timeout=5)
+        with self._callback:
+            pass  # a callback that was already running has finished
+
+    def _layout(self) -> tuple[dict[str, set[str]], set[str]]:
+        """The directories to watch and, in each, the names whose events matter."""
+        relevant: dict[str, set[str]] = {}
+        kubelet: set[str] = set()
+        for path in self._paths:
+            relevant.setdefault(str(path.parent), set()).add(path.name)
+            kubelet.add(str(path.parent))
+            target = _target(path)
+            # A symlink into another directory (not the kubelet's own `..` entries beside it).
+            if target is not None and target != path and not target.is_relative_to(path.parent):
+                relevant.setdefault(str(target.parent), set()).add(target.name)
+        return relevant, kubelet
+
+    def _reschedule(self) -> None:
+        """Watch the directories the current layout needs; called at start and after each change."""
+        with self._control:
+            with self._state:
+                if self._stopped:
+                    return
+                relevant, kubelet = self._layout()
+                self._relevant, self._kubelet_dirs = relevant, kubelet
+            dirs = frozenset(d for d in relevant if os.path.isdir(d))
+            if dirs == self._scheduled and (self._observer is not None or not dirs):
+                return
+            old, self._observer = self._observer, None
+            if old is not None:
+                old.stop()
+                old.join(timeout=5)
+            self._scheduled = dirs
+            if not dirs:
                 return
             observer = Observer()
-            for directory in sorted({p.parent for p in wanted}):
-                if directory.is_dir():
-                    observer.schedule(self, str(directory), recursive=False)
+            for directory in sorted(dirs):
+                observer.schedule(self, directory, recursive=False)
             observer.daemon = True
             observer.start()
             self._observer = observer
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stop_observer()
-            if self._timer:
-                self._timer.cancel()
+    # --- events ----------------------------------------------------------------------------------
 
-    def _stop_observer(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+    def _matters(self, raw: str | bytes) -> bool:
+        path = os.fsdecode(raw)
+        directory, name = os.path.split(path)
+        if name in self._relevant.get(directory, ()):
+            return True
+        return name.startswith("..") and directory in self._kubelet_dirs
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        with self._lock:
-            if self._timer:
-                self._timer.cancel()
-            self._timer = threading.Timer(self._debounce, self.check)
-            self._timer.daemon = True
-            self._timer.start()
+        # Runs on watchdog's thread: an exception here would end it, and with it the watching.
+        try:
+            with self._state:
+                if self._stopped:
+                    return
+                if not (self._matters(event.src_path) or (event.dest_path and self._matters(event.dest_path))):
+                    return
+                self._arm(self._debounce)
+        except Exception:
+            log.exception("file watcher (%s): could not handle a file event", self._name)
+
+    def _arm(self, delay: float) -> None:
+        """Run `_fire` after `delay`, replacing a pending run (caller holds `_state`)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        timer = threading.Timer(delay, self._fire)
+        timer.name = f"file-watch-{self._name}"
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+
+    def _fire(self) -> None:
+        try:
+            self.check()
+        except Exception:
+            with self._state:
+                self._failures += 1
+                failures = self._failures
+                delay = min(MAX_BACKOFF_SECONDS, self._debounce * 2 ** min(failures, 16))
+                if not self._stopped:
+                    self._arm(delay)
+            if failures == 1:
+                log.exception("file watcher (%s): handling a change failed; retrying in %.1f s", self._name, delay)
+            else:
+                log.debug("file watcher (%s): retry %d failed; next in %.1f s", self._name, failures, delay)
+            return
+        with self._state:
+            if self._failures:
+                log.info("file watcher (%s): change handled after %d failed attempts", self._name, self._failures)
+            self._failures = 0
 
     def check(self) -> list[Path]:
-        with self._lock:
-            changed = []
-            for path, old in self._digests.items():
-                new = _digest(path)
-                if new != old:
-                    self._digests[path] = new
-                    changed.append(path)
-        if changed:
-            log.info("watched files changed; re-rendering", extra={"files": [str(p) for p in changed]})
+        """Re-read every watched file through its path; call back with those whose content changed."""
+        with self._callback:
+            with self._state:
+                if self._stopped:
+                    return []
+                current = {path: _digest(path) for path in self._digests}
+                changed = [path for path, digest in current.items() if digest != self._digests[path]]
+            # A ..data swap, or a symlink that now points elsewhere: follow the new layout.
+            self._reschedule()
+            if not changed:
+                return []
+            log.info("watched files changed", extra={"watcher": self._name, "files": [str(p) for p in changed]})
             self._on_change(changed)
-        return changed
+            # Only a change that was handled counts as seen; a failed one is retried.
+            with self._state:
+                for path in changed:
+                    if path in self._digests:
+                        self._digests[path] = current[path]
+            return changed
