@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--admin-address", default="127.0.0.1", help="admin endpoint address (/healthz /readyz "
                                                                       "/metrics /status); 0.0.0.0 in a pod")
     parser.add_argument("--admin-port", type=int, default=8086, help="admin endpoint port (0 picks a free one)")
+    parser.add_argument("--allowed-endpoint-hosts", metavar="HOSTS",
+                        help="comma list of extra hosts (exact names or IPs, or *.suffix) that ModelArtsServices may "
+                             "name in modelartsUrl/iamUrl; the Huawei Cloud API domains (*.myhuaweicloud.com, "
+                             "*.myhuaweicloud.eu) are always allowed. No credential is sent to any other host")
     parser.add_argument("--legacy-endpoints", action="store_true",
                         help="also write v1 Endpoints objects (for consumers that do not read EndpointSlices)")
     parser.add_argument("--secret-refresh-seconds", type=float, default=10.0,
@@ -55,6 +59,7 @@ def default_identity() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from agent.controller.controller import Controller, ControllerSettings
+    from agent.controller.endpoints import EndpointAllowList
     from agent.controller.pipeline import PipelineSettings
     from agent.kube.client import KubeClient, default_namespace
     from agent.kube.leader import LeaseConfig
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ControllerSettings(
         lease=lease, namespace=args.namespace,
         pipeline=PipelineSettings(legacy_endpoints=args.legacy_endpoints,
+                                  allowed_endpoints=EndpointAllowList.parse_flag(args.allowed_endpoint_hosts),
                                   secret_refresh_seconds=args.secret_refresh_seconds,
                                   resync_seconds=args.resync_seconds,
                                   discovery=DiscoveryConfig(stale_after_seconds=args.stale_after_seconds)))

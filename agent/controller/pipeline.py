@@ -27,6 +27,7 @@ import requests
 
 from agent.config import AgentConfig, AuthMode, BudgetConfig, DiscoveryConfig, ServiceSpec, parse_config
 from agent.controller.credentials import CredentialsProblem, SecretCredentials, SecretRef, SecretStore
+from agent.controller.endpoints import EndpointAllowList
 from agent.controller.status import Problem, StatusInput, build_status, events_for
 from agent.errors import ConfigError
 from agent.kube import GROUP, KIND, VERSION
@@ -53,6 +54,8 @@ class PipelineSettings:
     secret_refresh_seconds: float = 10.0
     resync_seconds: float = 300.0
     status_interval_seconds: float = 1.0
+    # Hosts a CR's modelartsUrl/iamUrl may name: credentials go nowhere else (agent/controller/endpoints.py).
+    allowed_endpoints: EndpointAllowList = field(default_factory=EndpointAllowList)
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,12 @@ class Pipeline:
                 problems[okey] = Problem("InvalidSpec", str(exc))
                 continue
             spec = resource.spec
+            # Before the Secret is even read: a CR may not send this namespace's credentials anywhere.
+            refusal = self._settings.allowed_endpoints.refusal("spec.modelartsUrl", spec.modelarts_url) or (
+                self._settings.allowed_endpoints.refusal("spec.iamUrl", spec.iam_url) if spec.iam_url else None)
+            if refusal is not None:
+                problems[okey] = Problem("EndpointNotAllowed", f"ModelArtsService {okey}: {refusal}")
+                continue
             try:
                 creds = self.secrets.get((resource.namespace, spec.credentials_secret_ref.name))
             except CredentialsProblem as exc:

@@ -254,6 +254,7 @@ def run(ctx: Ctx) -> ScenarioResult:
 def _cluster_mode(ctx: Ctx, counts: list[int], phase_seconds: float) -> dict[str, Any]:
     """A controller (the only ModelArts caller) + 1, 10, 100 `modelarts-agent sidecar` processes."""
     import sys
+    from urllib.parse import urlsplit
 
     import yaml
 
@@ -293,7 +294,9 @@ def _cluster_mode(ctx: Ctx, counts: list[int], phase_seconds: float) -> dict[str
     kubeconfig = str(env.kubeconfig_path)
     controller = ctx.track(ChildProcess("controller", [
         sys.executable, "-m", "agent", "--log-format", "text", "controller", "--kubeconfig", kubeconfig,
-        "--namespace", namespace, "--lease-namespace", namespace, "--admin-port", str(free_port())], ctx.workdir))
+        "--namespace", namespace, "--lease-namespace", namespace, "--admin-port", str(free_port()),
+        # the emulator is not a Huawei Cloud API host: allow it explicitly (the confused-deputy guard)
+        "--allowed-endpoint-hosts", urlsplit(emulator.modelarts_url).hostname or ""], ctx.workdir))
     controller.start()
 
     sidecars: list[tuple[ChildProcess, int]] = []

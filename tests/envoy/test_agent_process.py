@@ -178,11 +178,23 @@ def test_envoy_keeps_serving_after_agent_sigkill(emulator: Emulator, setup) -> N
     assert result.failures == [] and set(result.answered) == ids(emulator, "svc-llm")
 
 
+def token_grants(emulator: Emulator) -> int:
+    """IAM tokens the emulator issued (POST /v3/auth/tokens answered 201)."""
+    return sum(1 for c in emulator.admin.calls(api="iam") if c.method == "POST" and c.status == 201)
+
+
 def test_agent_logs_hold_no_secrets(emulator: Emulator, setup) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     agent, _, _ = setup([{"name": "llm", "service_id": "svc-llm", "listen_port": port}])
+    # The agent must have authenticated once before the revocation, and again after it (counted by the
+    # emulator): otherwise "no secret after re-authentication" would pass without any re-authentication.
+    assert wait_until(lambda: token_grants(emulator) >= 1, 10), "the agent never obtained an IAM token"
+    before = token_grants(emulator)
+    revoked_at = max((c.seq for c in emulator.admin.calls()), default=0)
     emulator.admin.revoke_tokens()  # forces a 401 and a re-authentication
-    time.sleep(3.5)
+    assert wait_until(lambda: token_grants(emulator) > before, 15), "no re-authentication after the revocation"
+    after = emulator.admin.calls(after=revoked_at, api="modelarts")
+    assert any(c.status == 401 for c in after), "ModelArts never refused the revoked token"
     status_text = requests.get(f"http://127.0.0.1:{agent.admin_port}/status", timeout=2).text
     metrics_text = requests.get(f"http://127.0.0.1:{agent.admin_port}/metrics", timeout=2).text
     agent.stop()

@@ -161,6 +161,22 @@ def test_controller_and_gateway_args_are_accepted_by_the_cli(helm: Helm, values:
             assert ok, f"{container['name']}: {args}: {err}"
 
 
+def test_allowed_endpoint_hosts_reach_the_controller_and_the_flag_parses(helm: Helm) -> None:
+    from agent.controller.endpoints import EndpointAllowList
+
+    defaults = pod_specs(helm.objects())
+    assert not any("--allowed-endpoint-hosts" in a for spec in defaults.values()
+                   for c in spec["containers"] for a in c.get("args", []))
+    objects = helm.objects("--set-json", 'controller.allowedEndpointHosts=["modelarts.internal.example.com",'
+                                         '"*.corp.example.net"]')
+    args = [a for spec in pod_specs(objects).values() for c in spec["containers"] for a in c.get("args", [])
+            if a.startswith("--allowed-endpoint-hosts=")]
+    assert args == ["--allowed-endpoint-hosts=modelarts.internal.example.com,*.corp.example.net"]
+    allow = EndpointAllowList.parse_flag(args[0].partition("=")[2])
+    assert allow.allows("iam.corp.example.net") and allow.allows("iam.cn-north-4.myhuaweicloud.com")
+    assert not allow.allows("evil.example.com")
+
+
 def gateway_config(objects: list[dict[str, Any]], tmp_path: Path) -> AgentConfig:
     """The gateway agent's config file from the ConfigMap, loaded as `sidecar --config` loads it."""
     path = tmp_path / "config.yaml"

@@ -300,6 +300,9 @@ class AgentProcess:
         return int(self.proc.returncode)
 
 
+EMULATOR_HOSTS = "127.0.0.1,localhost"
+
+
 @dataclass
 class Agents:
     cluster: Cluster
@@ -314,7 +317,9 @@ class Agents:
         argv = ["controller", "--kubeconfig", str(self.cluster.controller_kubeconfig),
                 "--lease-namespace", SYSTEM_NS, "--lease-name", LEASE, "--identity", identity,
                 "--lease-duration", str(lease_duration), "--admin-port", str(port),
-                "--secret-refresh-seconds", "1", *extra]
+                "--secret-refresh-seconds", "1",
+                # The emulators listen on loopback, not on a Huawei Cloud API host: allow them explicitly.
+                "--allowed-endpoint-hosts", EMULATOR_HOSTS, *extra]
         if namespace:
             argv += ["--namespace", namespace]
         proc = AgentProcess(argv, self.workdir / f"controller-{identity}.log", port)
