@@ -69,6 +69,8 @@ class AuthConfig(Strict):
     token_file: Path | None = None
     # Refresh an IAM token this long before it expires (capped at a tenth of its lifetime).
     token_refresh_margin_seconds: float = Field(default=3600, ge=0)
+    # Cache IAM tokens in budget.state_dir (0600 files) for this user's other processes on the host.
+    token_cache: bool = True
 
     @model_validator(mode="after")
     def _needs(self) -> AuthConfig:
@@ -82,6 +84,10 @@ class BudgetConfig(Strict):
     per_tenant_per_minute: int = Field(default=2000, ge=1, le=1_000_000)
     # Extra seconds added to the 60 s window: the gateway counts arrivals, we count departures.
     safety_margin_seconds: float = Field(default=2.0, ge=0, le=30)
+    # Share the budget (and the IAM token) with this user's other agent processes on the host, through
+    # files in state_dir (default: $XDG_RUNTIME_DIR/modelarts-agent, else /tmp/modelarts-agent-<uid>).
+    host_wide: bool = True
+    state_dir: Path | None = None
 
 
 class DiscoveryConfig(Strict):

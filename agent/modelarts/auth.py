@@ -19,6 +19,7 @@ from agent.clock import SYSTEM_CLOCK, Clock
 from agent.errors import AuthError, DiscoveryError
 from agent.logs import register_secret
 from agent.modelarts.credentials import Credentials, SecretSource
+from agent.modelarts.host_state import TokenCache, state_key
 from agent.modelarts.responses import read_capped, read_error_body
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class IamTokenAuth:
 
     def __init__(self, iam_url: str, credentials: Credentials, project_id: str, session: requests.Session,
                  timeout: float, refresh_margin: float, clock: Clock = SYSTEM_CLOCK,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, cache: TokenCache | None = None) -> None:
         if credentials.password is None or not credentials.domain or not credentials.user:
             raise AuthError("password auth needs a domain, a user and a password")
         self._iam_url = iam_url
@@ -125,6 +126,9 @@ class IamTokenAuth:
         self._margin = refresh_margin
         self._clock = clock
         self._max_body = max_body_bytes
+        # Tokens shared with this user's other processes (host_state.TokenCache), keyed by a hash.
+        self._cache = cache
+        self._cache_key = state_key(iam_url, str(credentials.domain), str(credentials.user), project_id)
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
@@ -135,13 +139,23 @@ class IamTokenAuth:
 
     def on_unauthorized(self, response: requests.Response) -> bool:
         with self._lock:
+            if self._cache is not None and self._token is not None:
+                self._cache.drop(self._cache_key, self._token)  # nobody else should try it either
             self._token = None
         return True
 
     def _current_token(self) -> str:
         with self._lock:
-            if self._token is None or self._clock.wall() >= self._refresh_at:
-                self._token, self._refresh_at = self._issue()
+            now = self._clock.wall()
+            if self._token is None or now >= self._refresh_at:
+                cached = self._cache.get(self._cache_key, now) if self._cache is not None else None
+                if cached is not None:
+                    register_secret(cached[0])
+                    self._token, self._refresh_at = cached
+                else:
+                    self._token, self._refresh_at = self._issue()
+                    if self._cache is not None:
+                        self._cache.put(self._cache_key, self._token, self._refresh_at)
             return self._token
 
     def _issue(self) -> tuple[str, float]:

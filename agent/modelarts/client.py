@@ -20,6 +20,7 @@ from agent.errors import AuthError, CredentialsError, DiscoveryError, ThrottledE
 from agent.modelarts.auth import AkSkAuth, Authenticator, IamTokenAuth, StaticTokenAuth
 from agent.modelarts.budget import BudgetRegistry, RateBudget
 from agent.modelarts.credentials import Credentials, credentials_from_config
+from agent.modelarts.host_state import TokenCache
 from agent.modelarts.parse import ParsedEndpoints, parse_endpoints
 from agent.modelarts.responses import parse_retry_after, read_capped, read_error_body
 from agent.validation import IPNetwork, parse_networks
@@ -159,11 +160,12 @@ class ModelArtsClient:
 
 
 def build_authenticator(config: AgentConfig, creds: Credentials, session: requests.Session,
-                        clock: Clock = SYSTEM_CLOCK) -> Authenticator:
+                        clock: Clock = SYSTEM_CLOCK, token_cache: TokenCache | None = None) -> Authenticator:
     project_id = config.modelarts.project_id
     if creds.mode is AuthMode.password:
         return IamTokenAuth(config.modelarts.iam_url, creds, project_id, session, config.modelarts.timeout_seconds,
-                            config.auth.token_refresh_margin_seconds, clock, config.modelarts.max_body_bytes)
+                            config.auth.token_refresh_margin_seconds, clock, config.modelarts.max_body_bytes,
+                            token_cache)
     if creds.mode is AuthMode.aksk:
         assert creds.ak is not None and creds.sk is not None
         return AkSkAuth(creds.ak, creds.sk, project_id, clock)
@@ -184,15 +186,15 @@ def make_session(config: AgentConfig) -> requests.Session:
 
 
 def build_client(config: AgentConfig, budgets: BudgetRegistry, clock: Clock = SYSTEM_CLOCK,
-                 stop: threading.Event | None = None) -> ModelArtsClient:
+                 stop: threading.Event | None = None, token_cache: TokenCache | None = None) -> ModelArtsClient:
     creds = credentials_from_config(config.auth)
     session = make_session(config)
     identity = creds.identity()
     return ModelArtsClient(
         modelarts_url=config.modelarts.modelarts_url,
         project_id=config.modelarts.project_id,
-        auth=build_authenticator(config, creds, session, clock),
-        budget=budgets.budget(identity.user, identity.tenant),
+        auth=build_authenticator(config, creds, session, clock, token_cache),
+        budget=budgets.budget(identity.user, identity.tenant, scope=config.modelarts.modelarts_url),
         session=session,
         timeout=config.modelarts.timeout_seconds,
         max_body_bytes=config.modelarts.max_body_bytes,

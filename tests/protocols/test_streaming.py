@@ -116,3 +116,23 @@ def test_generated_defaults_suit_long_streams(emulator, data_path: DataPath) -> 
     assert "max_stream_duration" not in dump and "request_timeout" not in dump
 
 
+
+
+def test_an_sse_stream_whose_instance_dies_is_cut_and_new_streams_go_elsewhere(emulator,
+                                                                                  data_path: DataPath) -> None:
+    emu = start(emulator, data_path, lb={"policy": "round_robin"})
+    target = data_path.target("chat")
+    events = sse_events(target.host, target.port, "/stream?tokens=10000&interval_ms=20",
+                        headers={"Host": target.authority}, timeout=10)
+    victim = None
+    received = []
+    for _, data in events:
+        if data.startswith(b"<instance "):
+            victim = data[len(b"<instance "):-1].decode()
+            emu.admin.kill(victim)  # still listed: discovery has not noticed
+        else:
+            received.append(data)
+    assert victim is not None and received[-1] == b"<truncated>", received[-3:]
+    assert b"[DONE]" not in received
+    after = [sse_on(data_path, "?tokens=2&interval_ms=1") for _ in range(6)]
+    assert all(s.status == "OK" and s.instance != victim for s in after), after

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import stat
 import threading
 from bisect import bisect_left
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +16,7 @@ from agent.clock import ManualClock
 from agent.config import parse_config
 from agent.modelarts.budget import BudgetRegistry, SlidingWindowLimit
 from agent.modelarts.client import ModelArtsClient
+from agent.modelarts.host_state import HostStateError, SharedBudgetFile, TokenCache, private_dir
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
 from tests.unit.fakes import ReauthAuth, ScriptedSession
@@ -113,3 +117,99 @@ def test_tenant_limit_is_shared_between_users() -> None:
         budget.acquire()
         times.append(clock.monotonic())
     assert max_calls_in_any_window(times) <= 4
+
+
+# -- host-wide: every process of one user on the host shares one budget ------------------------------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.integers(min_value=0, max_value=2), min_size=25, max_size=80),
+       restarts=st.lists(st.integers(min_value=0, max_value=79), max_size=4))
+def test_processes_sharing_a_state_dir_never_exceed_the_budget(tmp_path_factory: pytest.TempPathFactory,
+                                                              order: list[int], restarts: list[int]) -> None:
+    """Three 'processes' (registries, cold starts like `endpoints`) take turns; some restart from scratch."""
+    state = tmp_path_factory.mktemp("state")
+    clock = ManualClock()
+
+    def process() -> BudgetRegistry:
+        return BudgetRegistry(LIMIT, 2000, 2.0, clock=clock, warm_start=False, shared=SharedBudgetFile(state))
+
+    registries = [process() for _ in range(3)]
+    times = []
+    for step, who in enumerate(order):
+        if step in restarts:
+            registries[who] = process()
+        assert registries[who].budget("user:a", "domain:a", scope="https://ma").acquire()
+        times.append(clock.monotonic())
+    assert max_calls_in_any_window(times) <= LIMIT
+    # Alone, each process would have called at once: the shared log is what paced them.
+    assert times[-1] - times[0] >= (len(times) - 1) * 62.0 / LIMIT - 1e-6
+
+
+def test_a_429_pause_survives_a_restart(tmp_path: Path) -> None:
+    clock = ManualClock()
+    first = BudgetRegistry(20, 2000, 2.0, clock=clock, shared=SharedBudgetFile(tmp_path))
+    first.budget("u", "t", scope="s").penalize(120)
+    clock.advance(10)
+    restarted = BudgetRegistry(20, 2000, 2.0, clock=clock, shared=SharedBudgetFile(tmp_path))
+    assert restarted.budget("u", "t", scope="s").try_acquire() == pytest.approx(110)
+    # Another endpoint (scope) or identity is not paused.
+    assert restarted.budget("v", "t2", scope="s").try_acquire() == pytest.approx(3.1)
+
+
+def test_state_from_before_a_reboot_or_corrupt_is_ignored(tmp_path: Path) -> None:
+    clock = ManualClock()
+    BudgetRegistry(20, 2000, 2.0, clock=clock, shared=SharedBudgetFile(tmp_path)).budget("u", "t").penalize(500)
+    path = tmp_path / "budget.json"
+    data = json.loads(path.read_text())
+    data["boot_id"] = "another-boot"
+    path.write_text(json.dumps(data))
+    fresh = BudgetRegistry(20, 2000, 2.0, clock=clock, warm_start=False, shared=SharedBudgetFile(tmp_path))
+    assert fresh.budget("u", "t").try_acquire() == 0
+    path.write_text("{not json")
+    assert BudgetRegistry(20, 2000, 2.0, clock=clock, warm_start=False,
+                          shared=SharedBudgetFile(tmp_path)).budget("x", "t").try_acquire() == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_hostile_pause_in_the_file_is_clamped(tmp_path: Path) -> None:
+    clock = ManualClock()
+    shared = SharedBudgetFile(tmp_path)
+    budget = BudgetRegistry(20, 2000, 2.0, clock=clock, warm_start=False, shared=shared).budget("u", "t")
+    assert budget.try_acquire() == 0  # one call: this identity now has its entries
+    with shared.locked() as entries:
+        assert len(entries) == 2
+        for entry in entries.values():
+            entry["paused_until"] = 1e300
+            entry["calls"] = ["x", None, float("nan"), 1e300]
+    assert 3590 <= budget.try_acquire() <= 3600
+
+
+def test_an_open_or_foreign_state_dir_is_refused(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    open_dir.chmod(0o777)
+    with pytest.raises(HostStateError, match="open to other users"):
+        SharedBudgetFile(open_dir)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(HostStateError, match="not a directory"):
+        TokenCache(link)
+    assert stat.S_IMODE(private_dir(tmp_path / "new" / "dir").stat().st_mode) == 0o700
+
+
+def test_token_cache_files_are_private_and_named_by_a_hash(tmp_path: Path) -> None:
+    cache = TokenCache(tmp_path)
+    cache.put("k1", "MIIsecret-token", refresh_at=2000.0)
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == ["token-k1.json"] and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert cache.get("k1", 1000.0) == ("MIIsecret-token", 2000.0)
+    assert cache.get("k1", 2000.0) is None  # due for refresh
+    cache.drop("k1", "another-token")  # someone else's newer token is kept
+    assert cache.get("k1", 1000.0) is not None
+    cache.drop("k1", "MIIsecret-token")
+    assert cache.get("k1", 1000.0) is None
+    files[0].parent.joinpath("token-k2.json").write_text('{"token": "planted", "refresh_at": 9e9}')
+    files[0].parent.joinpath("token-k2.json").chmod(0o644)
+    assert cache.get("k2", 1000.0) is None  # readable by others: not trusted
