@@ -141,7 +141,7 @@ class AgentRuntime:
     def not_ready_reason(self) -> str:
         if self._source_thread is not None and not self.poller_alive():
             return "the ModelArts poller has died (see the log)"
-        return "no sync yet"
+        return self.store.not_ready_reason()
 
     def status(self) -> dict[str, Any]:
         services = []

@@ -44,6 +44,8 @@ class SyncStatus:
     stale: bool = False
     rate_limited: bool = False
     rejected_last_poll: int = 0
+    # Why a synced service has no endpoints (a drain), for /status, `status` and /readyz; None otherwise.
+    no_endpoints_reason: str | None = None
 
 
 Listener = Callable[[Snapshot], None]
@@ -81,9 +83,39 @@ class SnapshotStore:
             return [self._status[name] for name in sorted(self._status)]
 
     def ready(self) -> bool:
-        """At least one service has synced or was loaded from last-known-good."""
+        """At least one service has a ready endpoint (synced, or loaded from last-known-good).
+
+        A service that was drained (ModelArts reports it stopped, or running with no instances)
+        counts as synced but not as ready: with every service drained there is nothing to route
+        to, so /readyz is 503. While another service has endpoints it stays 200 and names the
+        drained ones: one empty service must not take a pod that serves several out of rotation.
+        """
         with self._cond:
-            return any(s.synced for s in self._snapshot.services.values())
+            return any(s.synced and any(e.ready for e in s.endpoints) for s in self._snapshot.services.values())
+
+    def without_endpoints(self) -> list[tuple[str, str]]:
+        """(service, why it has no ready endpoint) for every service that has none, sorted by name."""
+        with self._cond:
+            found = []
+            for name, svc in self._snapshot.services.items():
+                if any(e.ready for e in svc.endpoints):
+                    continue
+                status = self._status.get(name)
+                if not svc.synced:
+                    why = "not synced yet" + (f" ({status.last_error})" if status and status.last_error else "")
+                elif svc.endpoints:
+                    why = "no endpoint is ready"
+                else:
+                    why = (status.no_endpoints_reason if status else None) or "no endpoints"
+                found.append((name, why))
+            return sorted(found)
+
+    def not_ready_reason(self) -> str:
+        """The /readyz text when `ready()` is false: each service and why it has nothing to route to."""
+        missing = self.without_endpoints()
+        if not missing:
+            return "no services configured" if not self.snapshot.services else "no sync yet"
+        return "; ".join(f"{name}: {why}" for name, why in missing)
 
     def subscribe(self, listener: Listener) -> None:
         with self._cond:
@@ -151,7 +183,7 @@ class SnapshotStore:
             self._update_status(name, endpoint_count=len(endpoints), synced=True, last_success=now, last_attempt=now,
                                 last_error=None, last_error_kind=None, consecutive_failures=0, empty_confirmations=0,
                                 stale=False, rate_limited=False, rejected_last_poll=rejected,
-                                service_status=self._status[name].service_status)
+                                service_status=self._status[name].service_status, no_endpoints_reason=None)
             self._gauge(LAST_SUCCESS, (name,), now)
             self._gauge(STALE, (name,), 0)
             self._gauge(RATE_LIMITED, (name,), 0)
@@ -163,10 +195,11 @@ class SnapshotStore:
                                                      "removed": len(set(svc.endpoints) - set(endpoints))})
                 self._publish(services)
 
-    def record_empty(self, name: str, service_status: str) -> bool:
+    def record_empty(self, name: str, service_status: str, reason: str | None = None) -> bool:
         """An empty list: drain at once if the service is stopped, else only after N confirmations.
 
-        Returns True if the endpoints were drained.
+        `reason` says why the service has no endpoints once drained (default: what ModelArts
+        reported). Returns True if the endpoints were drained.
         """
         now = self._clock.wall()
         with self._cond:
@@ -178,10 +211,14 @@ class SnapshotStore:
             needed = self._discovery.empty_confirmations
             drain = service_status in DRAIN_AT_ONCE or confirmations >= needed or not svc.endpoints
             if drain:
+                if reason is None:
+                    reason = f"ModelArts reports the service {service_status} with no instances"
+                    if service_status not in DRAIN_AT_ONCE and svc.endpoints:
+                        reason += f" ({confirmations} consecutive empty answers)"
                 self._update_status(name, endpoint_count=0, synced=True, last_success=now, last_attempt=now,
                                     last_error=None, last_error_kind=None, consecutive_failures=0,
                                     empty_confirmations=confirmations, service_status=service_status, stale=False,
-                                    rate_limited=False, rejected_last_poll=0)
+                                    rate_limited=False, rejected_last_poll=0, no_endpoints_reason=reason)
                 self._gauge(LAST_SUCCESS, (name,), now)
                 self._gauge(STALE, (name,), 0)
                 if svc.endpoints or not svc.synced:

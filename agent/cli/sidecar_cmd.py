@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 closer()
 
     try:
-        admin = AdminServer(config.admin.address, config.admin.port, status, store.ready)
+        admin = AdminServer(config.admin.address, config.admin.port, status, store.ready, store.not_ready_reason)
     except OSError as exc:
         close_sinks()
         kube.close()

@@ -56,6 +56,8 @@ def _state(service: dict[str, Any]) -> str:
         return "[red]stale"
     if service.get("last_error"):
         return "[yellow]degraded"
+    if not service.get("endpoint_count"):
+        return "[red]no endpoints"  # drained: the reason is in the last column
     return "[green]fresh"
 
 
@@ -69,7 +71,7 @@ def render(status: dict[str, Any]) -> Group:
         services.add_row(
             svc["name"], svc["service_id"], str(svc.get("endpoint_count", 0)), _state(svc),
             _age(now, svc.get("last_success")), f"{svc.get('effective_poll_interval_seconds', '?')}s",
-            (svc.get("last_error") or "")[:60],
+            (svc.get("last_error") or svc.get("no_endpoints_reason") or "")[:100],
         )
     budgets = Table(title="ModelArts rate budget")
     for column in ("identity", "calls in window", "limit", "waited", "total calls", "next slot"):

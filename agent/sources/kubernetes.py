@@ -86,7 +86,8 @@ class KubernetesSource:
                 f"all {len(candidates)} addresses in the EndpointSlices were rejected", kind="all_rejected"))
         elif name in self._seen_endpoints:
             # The controller already applied the last-known-good rules: an empty set is meant.
-            self._store.record_empty(name, "stopped")
+            self._store.record_empty(name, "stopped", reason="the controller's EndpointSlices list no endpoints "
+                                                             "(its ModelArtsService status says why)")
         # No slices and never any: the controller has not synced yet (or the service is empty);
         # stay "not synced" so /readyz tells the truth.
         if accepted:

@@ -87,3 +87,31 @@ def test_config_reload_keeps_endpoints_of_surviving_services() -> None:
     assert store.snapshot.services["new"].endpoints == ()
     store.set_specs([ServiceSpec(name="llm", service_id="changed")])
     assert endpoints(store) == ()
+
+
+def test_a_drain_says_why_and_a_store_with_nothing_to_route_to_is_not_ready() -> None:
+    store, _ = make_store(confirmations=2)
+    assert store.ready() and store.without_endpoints() == []
+    store.record_empty("llm", "running")
+    store.record_empty("llm", "running")
+    status = store.status("llm")
+    assert status is not None and status.synced and status.endpoint_count == 0
+    assert status.no_endpoints_reason == ("ModelArts reports the service running with no instances "
+                                          "(2 consecutive empty answers)")
+    assert not store.ready()
+    assert store.not_ready_reason() == f"llm: {status.no_endpoints_reason}"
+    store.record_endpoints("llm", EPS)
+    status = store.status("llm")
+    assert status is not None and status.no_endpoints_reason is None and store.ready()
+
+
+def test_one_drained_service_of_two_is_named_but_the_store_stays_ready() -> None:
+    store = SnapshotStore([ServiceSpec(name="llm", service_id="a"), ServiceSpec(name="embed", service_id="b")],
+                          DiscoveryConfig())
+    store.record_endpoints("embed", EPS)
+    assert store.without_endpoints() == [("llm", "not synced yet")]
+    store.record_empty("llm", "stopped")
+    assert store.ready()
+    assert store.without_endpoints() == [("llm", "ModelArts reports the service stopped with no instances")]
+    store.record_empty("llm", "stopped", reason="the controller's EndpointSlices list no endpoints")
+    assert store.without_endpoints() == [("llm", "the controller's EndpointSlices list no endpoints")]
