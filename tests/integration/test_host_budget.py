@@ -100,7 +100,9 @@ def test_endpoints_in_a_loop_stays_in_budget_and_reuses_one_token(emulator: Emul
         assert len(endpoints_cli(path)[0]["endpoints"]) == 3
     calls = [c for c in emulator.admin.calls() if c.api == "modelarts"]
     gaps = [b.time - a.time for a, b in itertools.pairwise(calls)]
-    assert len(calls) == 4 and min(gaps) >= 1.9, gaps  # 60 s / 30 calls = 2 s apart, across processes
+    # 60 s / 30 calls = 2 s apart, across processes (as sent; the first one's arrival is delayed by its
+    # token request, which comes after the budget slot, so the gateway may see a little less).
+    assert len(calls) == 4 and min(gaps) >= 1.5 and calls[-1].time - calls[0].time >= 5.5, gaps
     assert len([c for c in emulator.admin.calls() if c.api == "iam"]) == 1, "one token for the whole loop"
     token_files = list((tmp_path / "state").glob("token-*.json"))
     assert len(token_files) == 1 and token_files[0].stat().st_mode & 0o077 == 0
