@@ -159,6 +159,16 @@ class SnapshotStore:
                 self._remove_gauges(gone)
             self._publish(services)
 
+    def update_spec(self, spec: ServiceSpec) -> None:
+        """Replace one service's spec (same name and service id), keeping its endpoints and sync status."""
+        with self._cond:
+            current = self._snapshot.services.get(spec.name)
+            if current is None or current.spec.service_id != spec.service_id:
+                raise ValueError(f"update_spec: no service {spec.name} with service id {spec.service_id}")
+            services = dict(self._snapshot.services)
+            services[spec.name] = replace(current, spec=spec)
+            self._publish(services)
+
     def load_last_known_good(self, endpoints: Mapping[str, tuple[Endpoint, ...]]) -> None:
         """Seed endpoints persisted by a previous run, before the first poll (marked not-yet-synced-fresh)."""
         with self._cond:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ def _labels(name: str, service_id: str) -> dict[str, str]:
 
 
 def service_manifest(name: str, namespace: str, service_id: str, port: int, protocol: str, headless: bool,
-                     owner: Owner) -> dict[str, Any]:
+                     owner: Owner, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": "ClusterIP",
         "ports": [{"name": port_name(protocol), "port": port, "protocol": "TCP"}],
@@ -61,6 +61,7 @@ def service_manifest(name: str, namespace: str, service_id: str, port: int, prot
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "labels": _labels(name, service_id),
+                     **({"annotations": dict(annotations)} if annotations else {}),
                      "ownerReferences": [owner.reference()]},
         "spec": spec,
     }
@@ -71,7 +72,7 @@ def _address_type(ip: str) -> str:
 
 
 def endpoint_slices(name: str, namespace: str, service_id: str, endpoints: Sequence[Endpoint], protocol: str,
-                    owner: Owner) -> list[dict[str, Any]]:
+                    owner: Owner, annotations: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Slices grouped by address type and instance port, at most 100 endpoints each, sorted for stability."""
     groups: dict[tuple[str, int], list[Endpoint]] = defaultdict(list)
     for endpoint in sorted(endpoints):
@@ -92,6 +93,7 @@ def endpoint_slices(name: str, namespace: str, service_id: str, endpoints: Seque
                     "name": f"{name}-{address_type.lower()}-{port}-{index // MAX_ENDPOINTS_PER_SLICE}",
                     "namespace": namespace,
                     "labels": labels,
+                    **({"annotations": dict(annotations)} if annotations else {}),
                     "ownerReferences": [owner.reference()],
                 },
                 "addressType": address_type,

@@ -18,6 +18,7 @@ from agent.config import ServiceSpec
 from agent.errors import DiscoveryError
 from agent.kube import SERVICE_NAME_LABEL
 from agent.kube.client import KubeClient, collection_path
+from agent.kube.load_balancing import lb_from_objects, with_announced_lb
 from agent.kube.objects import endpoints_from_slices
 from agent.kube.watch import Reflector
 from agent.metrics import ENDPOINTS_REJECTED
@@ -76,6 +77,11 @@ class KubernetesSource:
 
     def _on_change(self, objects: Mapping[str, dict[str, Any]]) -> None:
         slices = list(objects.values())
+        # The ModelArtsService's spec.loadBalancing, announced on the slices (unless this config sets lb).
+        spec = with_announced_lb(self.spec, lb_from_objects(slices, self.spec.name))
+        current = self._store.snapshot.services.get(self.spec.name)
+        if current is not None and current.spec != spec:
+            self._store.update_spec(spec)
         candidates = endpoints_from_slices(slices, slice_schema(self.spec.protocol, slices))
         accepted, rejected = self._validated(candidates)
         name = self.spec.name
