@@ -87,8 +87,8 @@ class SnapshotStore:
 
         A service that was drained (ModelArts reports it stopped, or running with no instances)
         counts as synced but not as ready: with every service drained there is nothing to route
-        to, so /readyz is 503. While another service has endpoints it stays 200 and names the
-        drained ones: one empty service must not take a pod that serves several out of rotation.
+        to, so /readyz is 503. While another service has endpoints it stays 200 (one empty service
+        must not take a pod that serves several out of rotation); /status names the drained ones.
         """
         with self._cond:
             return any(s.synced and any(e.ready for e in s.endpoints) for s in self._snapshot.services.values())
