@@ -24,6 +24,7 @@ again: the starvation guard. With steady probe traffic the evidence holds and th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.adaptive.sampling import HostSample
@@ -44,11 +45,11 @@ class EstimatorParams:
     cap_factor: float = 20.0
     prior_requests: float = 3.0  # pseudo-requests at the prior latency
     confident_requests: float = 20.0  # evidence needed for a host's latency to serve as the prior
-    # ... and this much sampled in-flight time behind it, about 20 reads' worth (the loop sets it from
-    # sample_interval_seconds): short requests are seen in flight by few reads, and a latency from a
-    # handful of sightings can be far too low (issue 17: 20 answers no read saw in flight measured 0 s,
-    # the prior became 0 and latched the loop). A host without such evidence is never reported faster
-    # than the best host that has it.
+    # ... and this much sampled in-flight time behind it (20 reads' worth at the default 50 ms): short
+    # requests are seen in flight by few reads, and a latency from a handful of sightings can be far too
+    # low (issue 17: 20 answers no read saw in flight measured 0 s, the prior became 0 and latched the
+    # loop). Not more, or a light service (0.1 requests in flight on average) would never get a prior.
+    # A host without such evidence is never reported faster than the best host that has it.
     confident_busy_seconds: float = 1.0
     # A read this long after the previous one is a new baseline, not evidence: the in-flight integral
     # over the gap is unknown (the loop reads rarely while idle; a stalled process reads late).
@@ -57,9 +58,9 @@ class EstimatorParams:
     # second). A host on the probe floor gets a request every few seconds; its last `recent_requests`
     # say whether it recovered without waiting for the slow horizon to forget, and no traffic at all
     # is no evidence of recovery (a time-decayed view would drift to "recovered" by itself).
-    recent_requests: float = 4.0
+    recent_requests: float = 3.0
     recent_tau: float = 30.0  # ... and what is older than this hardly counts
-    recent_min_requests: float = 3.0
+    recent_min_requests: float = 2.5
 
 
 class _Decayed:
@@ -117,7 +118,8 @@ class Estimate:
     in_flight: float  # mean requests in flight
     evidence: float  # decayed count of successful requests behind `latency`
     measured: float | None  # latency from the slow horizon alone (no prior), if any
-    recent: float | None = None  # latency over the last few answered requests (prior applied), if enough
+    recent: float | None = None  # latency over the last few answered requests (at least the prior), if enough
+    fast: float | None = None  # latency over the fast horizon, when it has `fast_min_requests` answers
 
     @property
     def recent_capacity(self) -> float | None:
@@ -199,6 +201,18 @@ class EndpointEstimator:
         """
         self._last_time = None
 
+    @classmethod
+    def pooled(cls, estimators: Iterable[EndpointEstimator]) -> EndpointEstimator | None:
+        """One estimator whose slow horizon sums theirs (for a service-wide latency), None if there are none."""
+        items = list(estimators)
+        if not items:
+            return None
+        pooled = cls(items[0].params)
+        for e in items:
+            for name in ("sent", "succeeded", "done", "busy"):
+                setattr(pooled._slow, name, getattr(pooled._slow, name) + getattr(e._slow, name))
+        return pooled
+
     @property
     def evidence(self) -> float:
         return self._slow.succeeded
@@ -216,7 +230,9 @@ class EndpointEstimator:
         return _positive(slow.latency())
 
     def estimate(self, prior: float) -> Estimate:
-        """`prior`: the best confidently measured latency in the service, or an assumed one if none."""
+        """`prior`: the best confidently measured latency in the service, or an assumed one when there is
+        none. A host without a measured latency of its own is never reported faster than the prior: a
+        few short requests seen by few reads measure far too little (the property test finds 0.5x)."""
         if _positive(prior) is None:
             raise ValueError(f"the prior must be a positive latency, not {prior!r}")
         p = self.params
@@ -236,13 +252,18 @@ class EndpointEstimator:
         recent = None
         if self._recent.succeeded >= p.recent_min_requests:
             recent = max(prior, self._recent.busy / self._recent.succeeded)  # no prior: it would flatter
+        fast_latency = fast.latency() if fast.succeeded >= p.fast_min_requests else None
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
-                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency(), recent=recent)
+                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency(), recent=recent,
+                        fast=None if fast_latency is None else max(prior, fast_latency))
 
-    def trust_recent(self) -> None:
+    def trust_recent(self, fast: bool = False) -> None:
         """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only
         what the last few requests showed, with their small weight, so the requests the climb brings decide
         at once whether it stays up (still slow: it falls again at the next update)."""
+        if fast:  # the host had traffic: its fast horizon is the recent evidence
+            self._slow.adopt(self._fast, None)
+            return
         recent, slow = self._recent, self._slow
         if recent.succeeded <= 0 or slow.succeeded <= 0:
             return

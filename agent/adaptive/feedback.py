@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from agent.adaptive import metrics
@@ -38,6 +38,8 @@ WARN_EVERY_SECONDS = 60.0
 STARTUP_GRACE_SECONDS = 30.0
 # While no adaptive service has traffic, read Envoy this many times less often (an idle sidecar costs ~nothing).
 IDLE_SLOWDOWN = 10.0
+# A service is idle (its estimates pause) after this long without any traffic.
+IDLE_AFTER_SECONDS = 1.0
 
 
 def adaptive_services(config: AgentConfig) -> tuple[str, ...]:
@@ -53,6 +55,12 @@ def admin_urls(config: AgentConfig) -> tuple[str, ...]:
     return (f"http://{host}:{config.envoy.admin_port}",)
 
 
+def pooled_latency(estimators: Iterable[EndpointEstimator]) -> float | None:
+    """The latency of all hosts taken together, when they have a measured latency's evidence between them."""
+    pooled = EndpointEstimator.pooled(estimators)
+    return pooled.measured_latency() if pooled is not None else None
+
+
 class _Service:
     """Estimators and weight state of one adaptive service."""
 
@@ -60,6 +68,7 @@ class _Service:
         self.estimators: dict[str, EndpointEstimator] = {}
         self.weights = ServiceWeights(weight_params)
         self.prior: float | None = None  # best measured latency in the service, seconds
+        self.last_traffic: float | None = None  # when a read last showed requests sent, answered or in flight
 
 
 class FeedbackLoop:
@@ -98,11 +107,9 @@ class FeedbackLoop:
             self._weight_params = WeightParams(max_ratio=adaptive.max_weight_ratio)
             if self._given_params is None:
                 # Reads more than ~4 intervals apart (jitter is at most 1.5x) are baselines, not evidence.
-                # A measured latency needs ~20 reads' worth of in-flight time (see EstimatorParams).
                 interval = adaptive.sample_interval_seconds
                 self._estimator_params = replace(
-                    EstimatorParams(), max_gap_seconds=max(EstimatorParams.max_gap_seconds, 4 * interval),
-                    confident_busy_seconds=20 * interval)
+                    EstimatorParams(), max_gap_seconds=max(EstimatorParams.max_gap_seconds, 4 * interval))
             wanted = set(adaptive_services(config))
             dropped = [name for name in self._services if name not in wanted]
             for name in dropped:
@@ -209,7 +216,12 @@ class FeedbackLoop:
             for gone in [a for a in service.estimators if a not in hosts]:
                 del service.estimators[gone]
                 metrics.forget(name, gone)
-            idle = all(s.sent == 0 and s.active == 0 and s.succeeded == 0 and s.failed == 0 for s in hosts.values())
+            quiet = all(s.sent == 0 and s.active == 0 and s.succeeded == 0 and s.failed == 0 for s in hosts.values())
+            if not quiet or service.last_traffic is None:
+                service.last_traffic = now
+            # Idle only after a second without traffic: at 50 ms reads a light service has many quiet reads,
+            # which are real evidence (nothing in flight), not a pause.
+            idle = quiet and now - service.last_traffic >= IDLE_AFTER_SECONDS
             all_idle = all_idle and idle
             for address, sample in hosts.items():
                 estimator = service.estimators.get(address)
@@ -227,14 +239,16 @@ class FeedbackLoop:
             if not service.estimators:
                 continue
             measured = [m for e in service.estimators.values() if (m := e.measured_latency()) is not None]
-            service.prior = min(measured) if measured else None  # measured latencies are > 0 (estimator)
+            # Measured latencies are > 0 (estimator). No host with enough evidence of its own: the hosts
+            # together (a light service with short requests; their mean is no faster than the best).
+            service.prior = min(measured) if measured else pooled_latency(service.estimators.values())
             prior = NO_EVIDENCE_PRIOR if service.prior is None else service.prior
             estimates = {address: e.estimate(prior)
                          for address, e in service.estimators.items()}
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
             proposed = service.weights.propose(estimates, all_equal=warming)
             for address in service.weights.lifted:
-                service.estimators[address].trust_recent()
+                service.estimators[address].trust_recent(fast=service.weights.evidence.get(address) == "fast")
             if proposed is not None:
                 self.table.set_weights(name, proposed)
                 metrics.WEIGHT_UPDATES.labels(name).inc()

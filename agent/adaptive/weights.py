@@ -43,7 +43,7 @@ class WeightParams:
     probe_share: float = 0.005
     # A host on the floor whose last few requests (Estimate.recent) show it recovered climbs at once to
     # this part of the heaviest weight, then `climb_rise`x per update: back at a fair weight in ~2 s.
-    climb_start: float = 0.25
+    climb_start: float = 0.1
     climb_rise: float = 4.0
     # A host the split would give less than this share of the requests goes to the floor: it adds little
     # capacity, and a slow host's few percent of the requests are exactly what sets the p99.
@@ -165,6 +165,7 @@ class ServiceWeights:
         self._rising: dict[str, int] = {}  # host -> consecutive updates whose target was above its weight
         self.climbing: set[str] = set()  # hosts back from the floor on recent evidence, not yet at the target
         self.lifted: set[str] = set()  # hosts that climbed at the last update (the loop trusts their recent view)
+        self.evidence: dict[str, str] = {}  # low host -> "recent" (floored) or "fast": the view it is judged by
 
     def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False) -> dict[str, int] | None:
         """New weights worth publishing, or None to keep the current ones. Call once per update interval.
@@ -176,26 +177,38 @@ class ServiceWeights:
         # Hosts on the floor, or climbing back from it, are judged by their last few requests when those
         # look better than the slow horizon: waiting for it to forget a bad spell took ~30 s (issue 17).
         band = params.probe_band * params.floor
-        # Only when they look as good as the best (the recent view leans on the prior, so it is optimistic).
+        # Floored hosts by their last few requests, other low ones by their fast horizon; and only when that
+        # looks as good as the best (a lucky few requests of a slow host must not lift it).
         low = {h for h, w in self.published.items()
                if w < params.climb_start * params.max_weight and h not in self.climbing}
         best = min((e.latency for e in estimates.values()), default=0.0)
-        judged = {h: replace(e, latency=e.recent) if h in low and e.recent is not None and e.recent < e.latency
-                  and e.recent <= (1 + params.equal_tolerance) * best else e for h, e in estimates.items()}
+        self.evidence = {h: "recent" if self.published[h] < band else "fast" for h in low if h in estimates}
+        judged = dict(estimates)
+        for h, kind in self.evidence.items():
+            e = estimates[h]
+            view = e.recent if kind == "recent" else e.fast
+            if view is not None and view < e.latency and view <= (1 + params.equal_tolerance) * best:
+                judged[h] = replace(e, latency=view)
+        # Climbing hosts are presumed back (their recent requests said so): they join the best at the
+        # top group's tolerance, or fresh, thin evidence would stall them below it.
         target = dict.fromkeys(estimates, params.max_weight) if all_equal \
-            else target_weights(judged, params, top)
+            else target_weights(judged, params, top | self.climbing)
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()
                         if h in self.published and w > self.published[h]
                         and (w >= self.published[h] * (1 + self.params.min_change) or w >= self.params.max_weight)}
         may_rise = {h for h, n in self._rising.items() if n >= params.rise_confirmations}
+        # A climb goes on only while the host still counts as one of the best; otherwise the usual rules.
+        self.climbing = {h for h in self.climbing if target.get(h, 0) >= params.max_weight}
         climbing = self.climbing | {h for h in low if judged[h] is not estimates[h]
                                     and target.get(h, 0) > self.published.get(h, 0)}
         proposed = smooth(self.published, target, params, may_rise, climbing)
         self.lifted = {h for h in climbing - self.climbing if proposed[h] > self.published[h]}
-        self.climbing = {h for h in (self.climbing | self.lifted)
-                         if h in proposed and band <= proposed[h] < min(target[h], params.max_weight)}
+        # A climb ends at the heaviest weight, or as soon as the host's weight falls (it is not re-judged
+        # by its recent view meanwhile: the requests the climb brings decide).
+        self.climbing = {h for h in (self.climbing | self.lifted) if h in proposed
+                         and proposed[h] < params.max_weight and proposed[h] >= self.published.get(h, 0)}
         if not material_change(self.published, proposed, params):
             self.lifted = set()
             return None

@@ -90,11 +90,11 @@ def test_a_short_burst_that_no_read_saw_in_flight_is_no_prior() -> None:
 
 # One traffic phase of the property test: (seconds, requests/s; 0 = idle, reset: Envoy restarts first).
 Phase = tuple[float, float, bool]
-phases = st.lists(st.tuples(st.floats(0.5, 6.0), st.sampled_from([0.0, 0.0, 20.0, 80.0, 200.0]), st.booleans()),
+phases = st.lists(st.tuples(st.floats(0.5, 9.0), st.sampled_from([0.0, 0.0, 20.0, 80.0, 200.0]), st.booleans()),
                   min_size=2, max_size=4)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=phases, services=st.lists(st.sampled_from([0.004, 0.010, 0.025, 0.060]), min_size=2, max_size=4),
        slots=st.sampled_from([1, 4]), jitter=st.floats(0.02, 0.2), seed=st.integers(0, 2**16))
 def test_estimates_stay_real_over_random_timings_idle_gaps_and_resets(
@@ -126,7 +126,7 @@ def test_estimates_stay_real_over_random_timings_idle_gaps_and_resets(
             busy_since[0] = None
         elif busy_since[0] is None:
             busy_since[0] = now
-        elif now - busy_since[0] >= 6:
+        elif now - busy_since[0] >= 8:
             assert sim.in_flight() == 0 or service.prior is not None, "blind while requests are in flight"
 
     for i, (end, _) in enumerate(ends):
