@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -502,26 +503,63 @@ def apply_env_overrides(data: dict[str, Any], environ: dict[str, str] | None = N
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
         if path:
-            _set_path(data, path, yaml.safe_load(env[key]))
+            _set_path(data, path, _env_value(key, env[key]))
     return data
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def _env_value(key: str, text: str) -> Any:
+    """The YAML value of one override. The error names the variable but never shows its value."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        # Only the position: the parser's own words quote pieces of the text (an alias, a tag, a character).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"environment variable {key} is not valid YAML{where}; its value is not shown") from None
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[tuple[str, ...], tuple[str, str]]:
+    """Config path -> (variable, value) of each override, as `apply_env_overrides` applies them."""
+    env = os.environ if environ is None else environ
+    found: dict[tuple[str, ...], tuple[str, str]] = {}
+    for key in sorted(env):
+        if key.startswith(ENV_PREFIX):
+            path = tuple(part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part)
+            if path:
+                found[path] = (key, env[key])
+    return found
+
+
+def _hide_env_value(err: Any, message: str, overrides: Mapping[tuple[str, ...], tuple[str, str]]) -> str:
+    """For a field set by an environment variable: name the variable, and never show its value."""
+    loc = tuple(str(p) for p in err["loc"])
+    for path, (key, raw) in overrides.items():
+        if loc[: len(path)] == path:
+            shown = {raw.strip(), str(err.get("input", ""))} - {""}
+            if any(value in message for value in shown):
+                message = "invalid value"
+            return f"{message} (set by environment variable {key}; its value is not shown)"
+    return message
+
+
+def format_validation_error(exc: ValidationError, source: str,
+                            overrides: Mapping[tuple[str, ...], tuple[str, str]] | None = None) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
         location = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = err["msg"].removeprefix("Value error, ")
+        message = _hide_env_value(err, err["msg"].removeprefix("Value error, "), overrides or {})
         lines.append(f"  {location}: {message}")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config") -> AgentConfig:
+def parse_config(data: Any, source: str = "config", environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Validate `data`; errors in fields set from `environ` (default: this process's) hide the value."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, env_overrides(environ))) from None
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:
@@ -538,4 +576,4 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfi
         raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
-    return parse_config(apply_env_overrides(data, environ), str(path))
+    return parse_config(apply_env_overrides(data, environ), str(path), environ)

@@ -14,6 +14,7 @@ from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
 from agent.config_watch import ConfigWatcher
+from agent.errors import ConfigError
 from agent.file_watch import FileWatcher
 from agent.metrics import POLLERS
 from agent.modelarts.budget import BudgetRegistry
@@ -33,6 +34,13 @@ SinkFactory = Callable[[AgentConfig], Sequence[Sink]]
 
 def rendered_files(config: AgentConfig) -> list[Path]:
     return [path for spec in config.services for path in watched_files(spec.auth)]
+
+
+def _close(sinks: Sequence[Sink]) -> None:
+    for sink in sinks:
+        closer = getattr(sink, "close", None)
+        if closer is not None:
+            closer()
 
 
 class AgentRuntime:
@@ -55,8 +63,13 @@ class AgentRuntime:
         self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
         # Latency-aware weights (lb.adaptive): EDS-only updates to the sinks that take them.
         self.adaptive = AdaptiveRunner(lambda: [runner.sink for runner in self.sinks])
-        self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.ready,
-                                 self.not_ready_reason, self.store.refresh_staleness)
+        try:
+            self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.ready,
+                                     self.not_ready_reason, self.store.refresh_staleness)
+        except OSError as exc:  # the port is taken, or the address is not this host's: exit 2, not a traceback
+            _close(sinks)
+            raise ConfigError(f"cannot listen on {config.admin.address}:{config.admin.port} (admin.port): "
+                              f"{exc.strerror or exc}") from None
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
         # Files rendered into Envoy config (API keys, JWKS): a change re-renders, no restart.
         self._rendered_files = FileWatcher(lambda _changed: self._republish())

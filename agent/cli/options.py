@@ -6,8 +6,39 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, apply_env_overrides, load_config, parse_config
+from pydantic import ValidationError
+
+from agent.config import (
+    AdminConfig,
+    AgentConfig,
+    apply_env_overrides,
+    format_validation_error,
+    load_config,
+    parse_config,
+)
 from agent.errors import ConfigError
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port flag: 0-65535 (0 picks a free port), else a usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0 picks a free port)")
+    return value
+
+
+def with_admin_port(config: AgentConfig, port: int | None) -> AgentConfig:
+    """`config` with admin.port replaced, validated like the file (model_copy alone would not check it)."""
+    if port is None:
+        return config
+    try:
+        admin = AdminConfig.model_validate({**config.admin.model_dump(), "port": port})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "--admin-port")) from None
+    return config.model_copy(update={"admin": admin})
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from agent.cli.options import port_number, with_admin_port
 from agent.config import load_config
 from agent.runtime import AgentRuntime
 
@@ -15,14 +16,13 @@ from agent.runtime import AgentRuntime
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("run", help="run the agent: poll ModelArts and publish to the configured sinks")
     parser.add_argument("--config", "-c", type=Path, required=True, help="agent config YAML (watched for changes)")
-    parser.add_argument("--admin-port", type=int, help="override admin.port (0 picks a free port)")
+    parser.add_argument("--admin-port", type=port_number, help="override admin.port (0 picks a free port)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if args.admin_port is not None:
-        config = config.model_copy(update={"admin": config.admin.model_copy(update={"port": args.admin_port})})
+    config = with_admin_port(config, args.admin_port)
     from agent.sinks.factory import sinks_for
 
     runtime = AgentRuntime(config, args.config, sink_factory=sinks_for)

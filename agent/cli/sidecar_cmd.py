@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from agent.admin_server import AdminServer
+from agent.cli.options import port_number, with_admin_port
 from agent.config import AgentConfig, apply_env_overrides, parse_config
 from agent.errors import ConfigError
 from agent.model import ServiceSnapshot
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="Kubernetes Service to follow (repeatable; default: every service in the config)")
     parser.add_argument("--namespace", help="namespace of the Services (default: the pod's namespace)")
     parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
-    parser.add_argument("--admin-port", type=int, help="override admin.port (0 picks a free port)")
+    parser.add_argument("--admin-port", type=port_number, help="override admin.port (0 picks a free port)")
     parser.set_defaults(handler=run)
 
 
@@ -82,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.sources.kubernetes import KubernetesSource
 
     config = load_sidecar_config(args.config, args.service)
-    if args.admin_port is not None:
-        config = config.model_copy(update={"admin": config.admin.model_copy(update={"port": args.admin_port})})
+    config = with_admin_port(config, args.admin_port)
     followed = tuple(s for s in config.services if not args.service or s.name in args.service)
     names = {s.name for s in followed}
     # Only what this sidecar follows is rendered; a split needs all of its backends followed.

@@ -125,3 +125,67 @@ def test_envoy_safety_checks(tmp_path: Path, snippet: str, message: str) -> None
                     + snippet + "\n")
     result = run_cli("endpoints", "--config", str(path))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "http"])
+@pytest.mark.parametrize("command", ["run", "sidecar"])
+def test_admin_port_flag_out_of_range_is_a_usage_error(tmp_path: Path, command: str, port: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("modelarts: {iam_url: http://a, modelarts_url: http://a, project_id: p}\nauth: {mode: token}\n")
+    result = run_cli(command, "--config", str(path), "--admin-port", port)
+    assert result.returncode == 2, result.stderr
+    assert "--admin-port" in result.stderr and "is not a port number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_admin_port_override_is_validated() -> None:
+    from agent.cli.options import with_admin_port
+    from agent.config import parse_config
+    from agent.errors import ConfigError
+
+    config = parse_config({"modelarts": {"iam_url": "http://a", "modelarts_url": "http://a", "project_id": "p"},
+                           "auth": {"mode": "token"}})
+    assert with_admin_port(config, 0).admin.port == 0
+    with pytest.raises(ConfigError, match="--admin-port"):
+        with_admin_port(config, 70000)  # model_copy alone took it
+
+
+def test_admin_port_in_use_is_one_clear_line(emulator: Emulator, tmp_path: Path) -> None:
+    import socket
+
+    config = write_config(tmp_path / "agent.yaml", emulator)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("run", "--config", str(config), "--admin-port", str(port), env=CREDS)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_output_dir_that_cannot_be_created_is_one_clear_line(emulator: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    config = write_config(tmp_path / "agent.yaml", emulator, admin={"port": 0},
+                          envoy={"output_dir": str(tmp_path / "a-file" / "envoy")})
+    result = run_cli("run", "--config", str(config), env=CREDS)
+    assert result.returncode == 2, result.stderr
+    assert "envoy.output_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+ENV_SECRET = "hunter2-in-env"
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("MODELARTS_AGENT__DISCOVERY__ALLOWED_CIDRS", f"[10.0.0.0/8, *{ENV_SECRET}", "is not valid YAML"),
+    ("MODELARTS_AGENT__DISCOVERY__ALLOWED_CIDRS", f"{{a: [{ENV_SECRET}", "is not valid YAML"),
+    ("MODELARTS_AGENT__ENVOY__ADMIN_ADDRESS", ENV_SECRET, "envoy.admin_address: invalid value"),
+    ("MODELARTS_AGENT__MODELARTS__IAM_URL", ENV_SECRET, "must be an http(s) URL"),
+])
+@pytest.mark.parametrize("command", ["endpoints", "run"])
+def test_bad_env_override_names_the_variable_never_the_value(emulator: Emulator, tmp_path: Path, command: str,
+                                                             variable: str, value: str, message: str) -> None:
+    config = write_config(tmp_path / "agent.yaml", emulator, admin={"port": 0})
+    result = run_cli(command, "--config", str(config), env={**CREDS, variable: value})
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr and message in result.stderr, result.stderr
+    assert ENV_SECRET not in result.stdout + result.stderr and "Traceback" not in result.stderr

@@ -27,6 +27,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from agent.config import AgentConfig
+from agent.errors import ConfigError
 from agent.model import Snapshot
 from agent.sinks.envoy.clusters import EndpointWeights, build_load_assignment
 from agent.sinks.envoy.layout import SUFFIX, TEMP_SUFFIX, FileLayout
@@ -100,7 +101,11 @@ class EnvoyFileSink:
         # Adaptive LB weights and the snapshot they apply to: `update_weights` rewrites EDS files only.
         self._weights: EndpointWeights = {}
         self._published: Snapshot | None = None
-        prepare_output_dir(self.layout)
+        try:
+            prepare_output_dir(self.layout)
+        except OSError as exc:
+            raise ConfigError(f"envoy.output_dir {self.layout.root} cannot be created or written: "
+                              f"{exc.strerror or exc}") from None
         self._remove_temp_files()
 
     def update_config(self, config: AgentConfig) -> None:
