@@ -19,12 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agent.kube.metrics
 import agent.sinks.xds.metrics
+from agent.emulator import Emulator, EmulatorConfig, ServiceConfig
 from agent.model import Endpoint
 from agent.runtime import AgentRuntime
 from agent.sinks.envoy.files import EnvoyFileSink
 from tests.envoy.conftest import StartEnvoy
 from tests.envoy.harness import HttpInstance, free_port, make_config, make_snapshot, send_requests, wait_until
 from tests.integration.conftest import agent_config
+from tests.protocols.clients import GrpcClient, grpc_stream
 
 FILES = Path(__file__).resolve().parents[2] / "helm" / "modelarts-agent" / "files"
 METRIC = re.compile(r"\b((?:envoy|modelarts_agent)_[a-z0-9_]+)\b(\{[^}]*\})?")
@@ -78,20 +80,31 @@ def agent_metrics(emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, set[st
 
 @pytest.fixture
 def envoy_metrics(tmp_path: Path, start_envoy: StartEnvoy) -> dict[str, set[str]]:
-    port, admin = free_port(), free_port()
-    config = make_config(tmp_path / "envoy", admin, [{"name": "svc", "listen_port": port}])
+    port, grpc_port, admin = free_port(), free_port(), free_port()
+    config = make_config(tmp_path / "envoy", admin, [{"name": "svc", "listen_port": port},
+                                                     {"name": "g", "listen_port": grpc_port}])
     good, bad = HttpInstance("good"), HttpInstance("bad", status=503)
+    # A gRPC instance too: the gRPC status metrics only exist once Envoy has proxied a gRPC call.
+    emu = Emulator(EmulatorConfig(services=[ServiceConfig(name="g", schema="grpc")],
+                                  instance_address_base="127.0.6.200")).start()
     try:
-        EnvoyFileSink(config).publish(make_snapshot(config, {"svc": [Endpoint(good.ip, good.port),
-                                                                     Endpoint(bad.ip, bad.port)]}))
+        [grpc_instance] = emu.admin.instances()
+        EnvoyFileSink(config).publish(make_snapshot(config, {
+            "svc": [Endpoint(good.ip, good.port), Endpoint(bad.ip, bad.port)],
+            "g": [Endpoint(grpc_instance.ip, grpc_instance.port, "grpc")]}))
         envoy = start_envoy(config)
         assert wait_until(lambda: "good" in send_requests(port, 10, 2).answered, 10)
         send_requests(port, 40, 2)
+        envoy.wait_for_hosts({"g": [grpc_instance.address]})
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as client:
+            client.predict()
+            grpc_stream(client)
         time.sleep(0.5)
         return scrape(requests.get(f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus", timeout=5).text)
     finally:
         good.kill()
         bad.kill()
+        emu.stop()
 
 
 @pytest.mark.usefixtures("creds_env")
@@ -118,7 +131,8 @@ def test_dashboard_and_rules_are_well_formed() -> None:
     dashboard = json.loads((FILES / "grafana-dashboard.json").read_text())
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("per service", "per instance", "p50", "p99", "endpoints ready", "sync age", "budget"):
+    for topic in ("per service", "per instance", "p50", "p99", "endpoints ready", "sync age", "budget",
+                  "streaming", "first byte", "stream duration", "grpc"):
         assert topic in titles, topic
     rules = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
