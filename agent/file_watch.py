@@ -97,6 +97,7 @@ class FileWatcher(FileSystemEventHandler):
         self._observer: BaseObserver | None = None
         self._timer: threading.Timer | None = None
         self._failures = 0
+        self._event_error_logged = False
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -183,7 +184,9 @@ class FileWatcher(FileSystemEventHandler):
                     return
                 self._arm(self._debounce)
         except Exception:
-            log.exception("file watcher (%s): could not handle a file event", self._name)
+            if not self._event_error_logged:  # once: a broken handler would otherwise log every event
+                self._event_error_logged = True
+                log.exception("file watcher (%s): could not handle a file event", self._name)
 
     def _arm(self, delay: float) -> None:
         """Run `_fire` after `delay`, replacing a pending run (caller holds `_state`)."""

@@ -180,3 +180,33 @@ def test_many_stops_with_events_flowing_log_no_error(tmp_path: Path, caplog: pyt
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert late == [], "a callback ran after stop() returned"
+
+
+def test_an_exception_in_the_event_handler_does_not_end_the_watching(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    watched = tmp_path / "keys"
+    watched.write_text("a")
+    seen: list[str] = []
+    watcher = FileWatcher(lambda paths: seen.append(paths[0].read_text()), debounce_seconds=0.02)
+    real_matters = watcher._matters
+    broken = [True]
+
+    def matters(raw: str | bytes) -> bool:
+        if broken[0]:
+            raise RuntimeError("unexpected")
+        return real_matters(raw)
+
+    watcher._matters = matters  # type: ignore[method-assign]
+    watcher.watch([watched])
+    try:
+        with caplog.at_level(logging.ERROR, logger="agent.file_watch"):
+            for i in range(5):
+                (tmp_path / "other").write_text(str(i))
+            assert wait_until(lambda: len(caplog.records) >= 1)
+            time.sleep(0.2)
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None  # logged once
+        broken[0] = False
+        watched.write_text("b")
+        assert wait_until(lambda: seen == ["b"]), seen
+    finally:
+        watcher.stop()
