@@ -8,7 +8,8 @@ side by side: 36.x has neither, and the last test fails there with AttributeErro
 api_key['authorization'], which they no longer read), so every request went out anonymous;
 37.0.0 reads both keys.
 
-The last test is the real check: a kubeconfig with a bearer token, loaded by the agent's own
+`scripts/check-kubernetes-floor [VERSION]` runs this file against the floor itself (or any
+version), installed into a throw-away directory. The last test is the real check: a kubeconfig with a bearer token, loaded by the agent's own
 loader, and a GET through KubeClient to a loopback server that records what arrives.
 """
 
