@@ -377,7 +377,8 @@ async def respond(fault: ArmedFault, request: web.Request, body: dict[str, Any],
         return _hang_up(request, reset=True), 0
     if kind == "malformed":
         text = json.dumps(body)[: max(1, len(json.dumps(body)) // 2)]
-        return web.Response(text=text, content_type="application/json", status=normal_status), normal_status
+        return web.Response(text=text, content_type="application/json", status=normal_status,
+                            headers=normal_headers), normal_status
     if kind == "empty":
         return web.json_response({**body, "endpoints": []}), 200
     if kind == "wrong_types":

@@ -174,7 +174,10 @@ class IamApi:
             self._log(request, 503)
             return iam_error(503, "Service Unavailable", "The service is currently unavailable.")
         fault = self.faults.take("", "iam", self.clock.now(), throttle=None)
-        if fault is not None and not (fault.spec.kind == "custom" and fault.spec.body == "normal"):
+        # Faults that shape the real answer's body (a dribbled, cut or padded token answer) need it first.
+        around_answer = fault is not None and (fault.spec.kind in ("slowloris", "malformed", "oversized")
+                                               or (fault.spec.kind == "custom" and fault.spec.body == "normal"))
+        if fault is not None and not around_answer:
             # Answered before the password is even looked at, like an overloaded or broken front.
             status = 0
             try:
@@ -186,7 +189,7 @@ class IamApi:
         if fault is None:
             self._log(request, response.status, user)
             return response
-        # A custom fault around the real answer: a real token, but its status, headers or body altered.
+        # A fault around the real answer: a real token, but its status, headers or body altered.
         status = 0
         normal = json.loads(response.body) if isinstance(response.body, bytes) and response.body else {}
         headers = {k: v for k, v in response.headers.items() if k.lower() == TOKEN_HEADER.lower()}

@@ -165,6 +165,20 @@ def test_iam_slowloris_timeout_and_reset(emu):
     assert resp.status_code == 500 and len(resp.content) > 1024 * 1024
 
 
+@pytest.mark.parametrize("kind", ["malformed", "oversized", "slowloris"])
+def test_iam_body_faults_shape_the_real_token_answer(emu, kind):
+    params = {"size_mb": 1} if kind == "oversized" else {"interval_seconds": 0.001} if kind == "slowloris" else {}
+    emu.admin.inject_fault(kind, applies_to="iam", count=1, **params)
+    resp = token_request(emu, timeout=30)
+    assert resp.status_code == 201 and resp.headers["X-Subject-Token"].startswith("MII")
+    if kind == "malformed":
+        with pytest.raises(ValueError):
+            json.loads(resp.text)
+    else:
+        assert "expires_at" in resp.json()["token"]
+        assert kind != "oversized" or len(resp.content) > 1024 * 1024
+
+
 def test_modelarts_faults_do_not_hit_iam_and_back(emu, token):
     emu.admin.inject_fault("5xx", applies_to="all", count=1)
     assert token_request(emu).status_code == 201  # "all" means both ModelArts targets, not IAM
