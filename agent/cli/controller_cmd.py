@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.admin_server import AdminServer
+from agent.cli.options import port_number
 from agent.config import DiscoveryConfig
 from agent.errors import ConfigError
 
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="time between renewals (default: renew deadline / 5, at most 2)")
     parser.add_argument("--admin-address", default="127.0.0.1", help="admin endpoint address (/healthz /readyz "
                                                                       "/metrics /status); 0.0.0.0 in a pod")
-    parser.add_argument("--admin-port", type=int, default=8086, help="admin endpoint port (0 picks a free one)")
+    parser.add_argument("--admin-port", type=port_number, default=8086, help="admin endpoint port (0 picks a free one)")
     parser.add_argument("--allowed-endpoint-hosts", metavar="HOSTS",
                         help="comma list of extra hosts (exact names or IPs, or *.suffix) that ModelArtsServices may "
                              "name in modelartsUrl/iamUrl; the Huawei Cloud API domains (*.myhuaweicloud.com, "
