@@ -87,17 +87,17 @@ def test_a_client_that_goes_away_cancels_the_upstream_stream(emulator, data_path
 
 @pytest.mark.parametrize("data_path", PATHS, indirect=True)
 def test_only_an_idle_timeout_ends_a_stream_and_tokens_keep_it_alive(emulator, data_path: DataPath) -> None:
-    """With a 1 s idle timeout, a 3 s stream of tokens 300 ms apart goes through whole (so no total
-    timeout cut it), while a stream that goes silent for 1.6 s is ended by Envoy."""
-    start(emulator, data_path, timeouts={"idle_seconds": 1.0})
-    long = sse_on(data_path, "?tokens=10&interval_ms=300")
-    assert long.status == "OK" and len(long.tokens) == 10 and long.elapsed > 2.7, long
+    """With a 1.5 s idle timeout, a 3.3 s stream of tokens 300 ms apart goes through whole (so no total
+    timeout cut it), while a stream that goes silent for 2.5 s is ended by Envoy."""
+    start(emulator, data_path, timeouts={"idle_seconds": 1.5})
+    long = sse_on(data_path, "?tokens=12&interval_ms=300")
+    assert long.status == "OK" and len(long.tokens) == 12 and long.elapsed > 3.2, long
     with grpc_on(data_path) as client:
-        streamed = grpc_stream(client, tokens=10, interval_ms=300)
-        assert streamed.status == "OK" and len(streamed.tokens) == 10, streamed
-        stalled = grpc_stream(client, tokens=2, first_token_ms=1600)
-    silent = sse_on(data_path, "?tokens=2&first_token_ms=1600")
-    assert silent.status == "truncated" and silent.tokens == [] and silent.elapsed > 0.9, silent
+        streamed = grpc_stream(client, tokens=12, interval_ms=300)
+        assert streamed.status == "OK" and len(streamed.tokens) == 12, streamed
+        stalled = grpc_stream(client, tokens=2, first_token_ms=2500)
+    silent = sse_on(data_path, "?tokens=2&first_token_ms=2500")
+    assert silent.status == "truncated" and silent.tokens == [] and silent.elapsed > 1.4, silent
     assert stalled.status != "OK" and stalled.tokens == [], stalled
     routes = json.dumps(data_path.envoy.config_dump("dynamic_listeners" if data_path.mode == "file"
                                                     else "dynamic_route_configs"))
