@@ -182,4 +182,6 @@ class AgentRuntime:
             "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
                       for r in self.sinks],
             "clock": SYSTEM_CLOCK.wall(),
+            # The adaptive loop's health (ok, stale, blind, latched), while it runs.
+            **({"adaptive": health} if (health := self.adaptive.health()) is not None else {}),
         }

@@ -214,6 +214,14 @@ class EndpointEstimator:
         return pooled
 
     @property
+    def fast_busy(self) -> float:
+        return self._fast.busy
+
+    @property
+    def fast_succeeded(self) -> float:
+        return self._fast.succeeded
+
+    @property
     def evidence(self) -> float:
         return self._slow.succeeded
 

@@ -21,6 +21,7 @@ from dataclasses import replace
 from agent.adaptive import metrics
 from agent.adaptive.envoy_admin import AdminReader, AdminReadError, CounterReader
 from agent.adaptive.estimator import EndpointEstimator, EstimatorParams
+from agent.adaptive.health import SEVERITY, STALE_SECONDS, STATES, ServiceHealth, estimated_latency, raw_latency
 from agent.adaptive.sampling import DeltaTracker, Samples
 from agent.adaptive.table import WeightTable
 from agent.adaptive.weights import ServiceWeights, WeightParams
@@ -69,6 +70,7 @@ class _Service:
         self.weights = ServiceWeights(weight_params)
         self.prior: float | None = None  # best measured latency in the service, seconds
         self.last_traffic: float | None = None  # when a read last showed requests sent, answered or in flight
+        self.health = ServiceHealth()
 
 
 class FeedbackLoop:
@@ -95,6 +97,7 @@ class FeedbackLoop:
         self.idle = False  # no adaptive service had traffic at the last read
         self.cpu_seconds = 0.0
         self.last_error: str | None = None
+        self._last_good_read: float | None = None
         self.update_config(config)
 
     # -- configuration -------------------------------------------------------------------------------
@@ -181,18 +184,50 @@ class FeedbackLoop:
             answers = reader.read(names)
         except AdminReadError as exc:
             self._read_failed(now, str(exc))
+            self._export_health(now)
             return
         self.reads_ok += 1
         self.last_error = None
+        self._last_good_read = now
         metrics.ADMIN_READS.labels("ok").inc()
         with self._lock:
             self._observe(now, self._tracker.update(answers))
             due = now >= self._next_update
             if due:
                 self._next_update = now + self._config.adaptive.update_interval_seconds
-                changed = self._update()
+                changed = self._update(now)
         if due and (changed or self._unpublished):
             self._safe_publish()
+        if due:
+            self._export_health(now)
+
+    # -- health ----------------------------------------------------------------------------------------
+
+    def health(self, now: float | None = None) -> dict[str, object]:
+        """`state` (agent.adaptive.health: starting, ok, stale, blind, latched), why, and per service."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            services = {name: {"state": s.health.state, **({"reason": s.health.reason} if s.health.reason else {})}
+                        for name, s in sorted(self._services.items())}
+        first = now if self._first_step is None else self._first_step
+        age = None if self._last_good_read is None else now - self._last_good_read
+        if age is None:
+            state = "starting" if now - first < STARTUP_GRACE_SECONDS else "stale"
+            reason = f"no good read of Envoy's admin yet: {self.last_error}" if self.last_error else ""
+        elif age >= STALE_SECONDS:
+            state, reason = "stale", f"no good read of Envoy's admin for {age:.0f} s: {self.last_error}"
+        else:
+            worst = max((str(v["state"]) for v in services.values()), key=SEVERITY.__getitem__, default="ok")
+            state = worst
+            reason = "; ".join(f"{n}: {v['reason']}" for n, v in services.items() if v["state"] == worst
+                               and "reason" in v)
+        return {"state": state, **({"reason": reason} if reason else {}),
+                "last_good_read_age_seconds": None if age is None else round(age, 1), "services": services}
+
+    def _export_health(self, now: float) -> None:
+        state = self.health(now)["state"]
+        for name in STATES:
+            metrics.LOOP_STATE.labels(name).set(1 if name == state else 0)
 
     def _read_failed(self, now: float, error: str) -> None:
         self.reads_failed += 1
@@ -233,7 +268,7 @@ class FeedbackLoop:
                     estimator.observe(now, sample, service.prior)
         self.idle = all_idle
 
-    def _update(self) -> bool:
+    def _update(self, now: float) -> bool:
         changed = False
         for name, service in self._services.items():
             if not service.estimators:
@@ -254,6 +289,9 @@ class FeedbackLoop:
                 metrics.WEIGHT_UPDATES.labels(name).inc()
                 changed = True
                 log.debug("adaptive weights", extra={"service": name, "weights": proposed})
+            recent_traffic = service.last_traffic is not None and now - service.last_traffic < IDLE_AFTER_SECONDS
+            service.health.update(now, recent_traffic, service.prior, raw_latency(service.estimators.values()),
+                                  estimated_latency(estimates))
             published = service.weights.published
             self.table.set_view(name, published, estimates)
             for address, weight in published.items():

@@ -26,6 +26,12 @@ ADMIN_READS = Counter(
     ["result"], registry=REGISTRY,
 )
 
+LOOP_STATE = Gauge(
+    "modelarts_agent_adaptive_loop_state",
+    "1 for the feedback loop's current state (starting, ok, stale, blind, latched), 0 for the others.",
+    ["state"], registry=REGISTRY,
+)
+
 
 def forget(service: str, endpoint: str) -> None:
     for gauge in (ENDPOINT_WEIGHT, ENDPOINT_LATENCY):

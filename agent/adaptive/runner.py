@@ -52,6 +52,10 @@ class AdaptiveRunner:
         """What status pages show for a service: its weights while the loop steers it, else None."""
         return self.table.rows(spec.name) if self.loop is not None and spec.adaptive_lb else None
 
+    def health(self) -> dict[str, object] | None:
+        """The loop's health (agent.adaptive.health) while it runs, else None."""
+        return self.loop.health() if self.loop is not None else None
+
     def _weight_sinks(self) -> list[Callable[[Mapping[str, Mapping[str, int]]], None]]:
         return [update for sink in self._sinks() if (update := getattr(sink, "update_weights", None)) is not None]
 

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
             "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
                       for r in runners]}
+        if (health := adaptive.health()) is not None:  # the adaptive loop: ok, stale, blind, latched
+            body["adaptive"] = health
         files = next((r for r in runners if r.sink.name != "xds"), None)
         if files is not None:  # the single-sink shape of earlier versions
             body["sink"] = {"published_version": files.published_version, "last_error": files.last_error}

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.adaptive.envoy_admin import ClusterHosts, HostCounters
+from agent.adaptive.envoy_admin import AdminReadError, ClusterHosts, HostCounters
 from agent.adaptive.estimator import EndpointEstimator
 from agent.adaptive.feedback import FeedbackLoop
 from agent.adaptive.sampling import HostSample
@@ -29,6 +29,7 @@ class ScriptedEnvoy:
 
     def __init__(self, hosts: Iterable[str]) -> None:
         self.counters = {h: HostCounters() for h in hosts}
+        self.down = False
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -38,7 +39,13 @@ class ScriptedEnvoy:
         c = self.counters[host]
         self.counters[host] = HostCounters(c.rq_total + done, active, c.rq_success + done, c.rq_error)
 
+    def fail(self, host: str, done: int, active: int) -> None:
+        c = self.counters[host]
+        self.counters[host] = HostCounters(c.rq_total + done, active, c.rq_success, c.rq_error + done)
+
     def read(self, clusters: Iterable[str]) -> dict[str, ClusterHosts]:
+        if self.down:
+            raise AdminReadError("connection refused")
         return {URL: {SERVICE: dict(self.counters)}}
 
     def close(self) -> None:
@@ -66,13 +73,14 @@ def test_first_read_after_idle_does_not_latch_the_loop() -> None:
     for i in range(400):
         now += 0.05
         for host in FAST:
-            envoy.add(host, 2, i % 3 == 0)
+            envoy.add(host, 2, int(i % 3 == 0))
         envoy.add(SLOW, 2, 2 + i % 2)
         loop.step(now)
     rows = {r["address"]: r for r in loop.table.rows(SERVICE)}
     assert rows[SLOW]["latency_ms"] > 30  # about 60 ms; latched it showed ~2 ms
     assert all(3 <= rows[h]["latency_ms"] <= 30 for h in FAST)
     assert published and published[-1][SLOW] < published[-1][FAST[0]] == 1000
+    assert loop.health(now)["state"] == "ok"
 
 
 

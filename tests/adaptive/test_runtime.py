@@ -43,9 +43,11 @@ def test_runtime_runs_the_loop_only_for_adaptive_services(monkeypatch: Any) -> N
         assert runtime.adaptive.loop is not None and runtime.adaptive.loop.running
         status = runtime.status()
         assert status["services"][0]["weights"] == []  # nothing measured yet, but the field is there
+        assert status["adaptive"]["state"] == "starting"  # Envoy's admin not readable yet, within the grace
         runtime.reload(config(adaptive=False))
         assert runtime.adaptive.loop is None
         assert "weights" not in runtime.status()["services"][0]
+        assert "adaptive" not in runtime.status()
         runtime.reload(config(adaptive=True))
         assert runtime.adaptive.loop is not None and runtime.adaptive.loop.running
     finally:
