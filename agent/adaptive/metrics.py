@@ -6,6 +6,7 @@ import contextlib
 
 from prometheus_client import Counter, Gauge
 
+from agent.adaptive.health import STATES
 from agent.metrics import REGISTRY
 
 ENDPOINT_WEIGHT = Gauge(
@@ -31,6 +32,8 @@ LOOP_STATE = Gauge(
     "1 for the feedback loop's current state (starting, ok, stale, blind, latched), 0 for the others.",
     ["state"], registry=REGISTRY,
 )
+for _state in STATES:  # every state is a series from the start (0 until it is the current one)
+    LOOP_STATE.labels(_state)
 
 
 def forget(service: str, endpoint: str) -> None:
