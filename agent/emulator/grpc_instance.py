@@ -135,7 +135,8 @@ class GrpcListener:
             async with inst.slot():
                 if await inst.begin(self._extra_delay(context)):
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"injected error on {inst.instance_id}")
-                await context.send_initial_metadata((("x-instance-id", inst.instance_id),))
+                # Headers go out with the answer (grpc's default): a call aborted before it is a
+                # trailers-only UNAVAILABLE/CANCELLED, which a proxy may retry.
                 return to_struct({**self._identity("Predict"), "request_fields": len(request.fields)})
         finally:
             self._peers[peer] -= 1

@@ -79,6 +79,7 @@ def test_active_health_check_is_grpc_health(emulator, data_path: DataPath) -> No
 NO_EJECTION = {"lb": {"policy": "round_robin"}, "outlier_detection": {"enabled": False}}
 
 
+@pytest.mark.parametrize("data_path", ["file", "ads", "gateway"], indirect=True)
 def test_retries_follow_grpc_semantics(emulator, data_path: DataPath) -> None:
     """UNAVAILABLE before any message is retried for the idempotent method only; a stream that has
     started (headers and tokens sent) is never retried, even when its method is declared idempotent."""
@@ -122,6 +123,7 @@ def test_retries_follow_grpc_semantics(emulator, data_path: DataPath) -> None:
         "cluster.llm-all.upstream_rq_retry", 0) == retries_before
 
 
+@pytest.mark.parametrize("data_path", ["file", "ads", "gateway"], indirect=True)
 def test_killed_instance_under_unary_load_fails_no_call_and_streams_end_unavailable(emulator,
                                                                                     data_path: DataPath) -> None:
     svc = LLM.model_copy(update={"instances": 4})
