@@ -252,8 +252,10 @@ class Rig:
         "choice4": {"policy": "least_request", "choice_count": 4, "adaptive": False},
     }
 
-    def __init__(self, workdir: Path, transport: str = "files") -> None:
+    def __init__(self, workdir: Path, transport: str = "files", concurrency: int = 1) -> None:
         self.workdir = workdir
+        self.concurrency = concurrency  # requests each instance serves at once (the rest queue there)
+        self.oracle_out: set[str] = set()  # instances the oracle listener leaves out (default: the slow one)
         self.transport = transport  # "files" (EDS files) or "ads" (the agent's xDS server, SotW)
         self.xds: XdsSink | None = None
         self.children: list[ChildProcess] = []
@@ -267,7 +269,7 @@ class Rig:
 
     def _start(self) -> None:
         scenario = {"seed": 7, "services": [{
-            "name": "llm", "service_id": "llm", "instances": 4, "concurrency": 1,
+            "name": "llm", "service_id": "llm", "instances": 4, "concurrency": self.concurrency,
             "latency": {"base_ms": FAST_MS, "jitter_ms": 0, "distribution": "constant"}}]}
         (self.workdir / "emulator.yaml").write_text(yaml.safe_dump(scenario))
         ready = self.workdir / "emulator.json"
@@ -279,6 +281,7 @@ class Rig:
         self.emulator = EmulatorAdmin(json.loads(ready.read_text())["admin_url"])
         self.instances = sorted(self.emulator.instances(), key=lambda i: i.instance_id)
         self.slow = self.instances[-1]
+        self.oracle_out = {self.slow.instance_id}
         *listen, admin_port, xds_port = free_ports(len(self.POLICIES) + 2)
         self.ports = dict(zip(self.POLICIES, listen, strict=True))
         # Listeners on an address of their own: on a shared machine another process may bind the same port
@@ -330,7 +333,7 @@ class Rig:
 
     def _snapshot(self) -> Snapshot:
         def endpoints(name: str) -> tuple[Endpoint, ...]:
-            chosen = [i for i in self.instances if name != "oracle" or i.instance_id != self.slow.instance_id]
+            chosen = [i for i in self.instances if name != "oracle" or i.instance_id not in self.oracle_out]
             return tuple(sorted(Endpoint(ip=i.ip, port=i.port) for i in chosen))
 
         services = {spec.name: ServiceSnapshot(spec=spec, synced=True, endpoints=endpoints(spec.name))
@@ -339,8 +342,17 @@ class Rig:
 
     # -- controls ---------------------------------------------------------------------------------------
 
-    def set_latency(self, instance_id: str, ms: float) -> None:
-        self.emulator.set_latency(instance_id, ms, 0.0, "constant")
+    def set_latency(self, instance_id: str, ms: float, distribution: str = "constant") -> None:
+        """Constant `ms`, or exponential service times with mean `ms` (`distribution="exponential"`)."""
+        if distribution == "exponential":
+            self.emulator.set_latency(instance_id, 0.0, ms, "exponential")
+        else:
+            self.emulator.set_latency(instance_id, ms, 0.0, "constant")
+
+    def set_oracle(self, left_out: set[str]) -> None:
+        """The oracle listener serves every instance but these (republished as EDS)."""
+        self.oracle_out = set(left_out)
+        self.sink.publish(self._snapshot())
 
     def address_of(self, instance_id: str) -> str:
         info = next(i for i in self.instances if i.instance_id == instance_id)
@@ -415,10 +427,12 @@ class Check:
     target: float
     passed: bool
     detail: str = ""
+    at_least: bool = False  # the target is a floor (value >= target), not a ceiling
 
     def as_dict(self) -> dict[str, Any]:
         return {"what": self.what, "value": round(self.value, 3), "target": round(self.target, 3),
-                "status": "PASS" if self.passed else "MISS", "detail": self.detail}
+                "status": "PASS" if self.passed else "MISS", "detail": self.detail,
+                **({"target_is": "floor"} if self.at_least else {})}
 
 
 @dataclass
@@ -753,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ads", action="store_true",
                         help="feed Envoy over ADS from the agent's xDS server instead of EDS files "
                              "(results to bench/results/adaptive-ads.json unless --output is given)")
+    parser.add_argument("--classic", action="store_true",
+                        help="the four earlier scenarios instead of the issue-17 matrix (bench/adaptive_matrix.py)")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the section of docs/benchmarks.md from the last results")
     args = parser.parse_args(argv)
@@ -769,6 +785,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
+    if not args.classic:
+        return matrix_main(args, log)
     scenarios: list[Scenario] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="adaptive-bench-") as tmp, pinned({int(PROXY_CPU)}):
@@ -822,6 +840,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(target ≤ {check.target:g}) {check.detail}")
     log(f"wrote {args.output}")
     if not args.quick and args.output in (RESULTS, RESULTS_ADS) and RESULTS.exists():
+        update_doc(BENCHMARKS_DOC, json.loads(RESULTS.read_text()), _load(RESULTS_ADS))
+        log(f"updated {BENCHMARKS_DOC}")
+    return 0
+
+
+def matrix_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    from bench.adaptive_matrix import run_matrix
+
+    started = time.time()
+    load0 = os.getloadavg()
+    with pinned({int(PROXY_CPU)}):
+        scenarios, facts = run_matrix(args.img_dir, log, "ads" if args.ads else "files")
+    load1 = os.getloadavg()
+    shared = max(load0[0], load1[0], load0[1], load1[1]) >= (os.cpu_count() or 1)
+    result = {"benchmark": "adaptive load balancing (issue 17 matrix)", "transport": "ads" if args.ads else "files",
+              "quick": False, "machine": {**machine(), "load_average_start": load0, "load_average_end": load1,
+                                          "shared_machine_busy": shared},
+              "seconds_per_segment": facts["segment"], "rounds": facts["rounds"],
+              "wall_seconds": round(time.time() - started, 1), "feedback_loop_cost": facts["feedback_loop_cost"],
+              "skipped": facts["skipped"], "scenarios": [s.as_dict() for s in scenarios]}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    for sc in scenarios:
+        for check in sc.checks:
+            log(f"{check.as_dict()['status']:4s} {sc.name}: {check.what} = {check.value:.3g} "
+                f"(target {check.target:g}) {check.detail}")
+    log(f"wrote {args.output}")
+    if args.output in (RESULTS, RESULTS_ADS) and RESULTS.exists():
         update_doc(BENCHMARKS_DOC, json.loads(RESULTS.read_text()), _load(RESULTS_ADS))
         log(f"updated {BENCHMARKS_DOC}")
     return 0

@@ -17,7 +17,8 @@ def _rows(result: dict[str, Any]) -> list[str]:
     lines = ["| scenario | figure | measured | target | verdict |", "|---|---|---|---|---|"]
     for scenario in result.get("scenarios", []):
         for check in scenario["checks"]:
-            target = "= 0" if check["target"] == 0 else f"≤ {check['target']:g}"
+            sign = "≥" if check.get("target_is") == "floor" else "≤"
+            target = "= 0" if check["target"] == 0 else f"{sign} {check['target']:g}"
             detail = f" ({check['detail']})" if check.get("detail") else ""
             lines.append(f"| {scenario['title']} | {check['what']} | {check['value']:g}{detail} | {target} | "
                          f"**{check['status']}** |")
@@ -30,8 +31,8 @@ def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
     lines = [
         "## Adaptive load balancing (`make bench-adaptive`)",
         "",
-        "Measured side by side in one run with the same instances (emulator instances serving one request at",
-        f"a time, constant service times), open-loop load from {machine.get('load_generator', '?')}, on "
+        "Measured side by side in one run with the same emulator instances (the mix each row names), open-loop",
+        f"load from {machine.get('load_generator', '?')}, on "
         f"{machine.get('date', '?')} at commit `{machine.get('git_commit', '?')}` ({result.get('rounds')} "
         f"interleaved rounds of {result.get('seconds_per_segment'):g} s per policy, "
         f"{result.get('wall_seconds', 0) / 60:.0f} minutes in all). It is a separate target because",
@@ -49,8 +50,15 @@ def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
             f"{cost.get('envoy_cpu_percent_with_traffic')} % of a core "
             f"({cost.get('reads_per_second_idle'):g} reads/s while idle).",
         ]
-    lines += ["", "Plots: `docs/img/adaptive-p99.png`, and weights and latency over time when one instance "
-              "degrades: `docs/img/adaptive-degrade.png`."]
+    plots = [str(s["plot"]) for s in result.get("scenarios", []) if s.get("plot")]
+    if machine.get("shared_machine_busy"):
+        start, end = machine.get("load_average_start"), machine.get("load_average_end")
+        lines += ["", f"Taken on a shared 2-core machine that was busy (load average {start} at the start, "
+                  f"{end} at the end): other engineers' tests ran alongside, and their stalls hit whichever "
+                  "policy was running."]
+    if result.get("skipped"):
+        lines += ["", f"Skipped for the 15-minute bound: {', '.join(result['skipped'])}."]
+    lines += ["", "Plots (weights and latency over time): " + (", ".join(f"`{p}`" for p in plots) or "none") + "."]
     if ads is not None:
         machine = ads.get("machine", {})
         lines += [

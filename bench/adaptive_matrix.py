@@ -1,0 +1,372 @@
+"""The issue-17 matrix for adaptive load balancing: `python -m bench.adaptive_bench` (the default run).
+
+Each cell beside its target, with the rig of bench/adaptive_bench.py (emulator instances, one real Envoy,
+one listener per policy over the same instances, the agent's own AdaptiveRunner, open-loop load):
+
+- identical instances, exponential service times, 1 and 4 slots, 65 % load: p99 <= 1.05x least_request,
+  weights within 20 % of each other all run;
+- one and two slow instances of four: p99 <= 1.3x the fast-instances-only oracle;
+- 90 % load with one slow instance: p99 <= 0.1x least_request;
+- a 20 s slow spell: weight down within 3 s, back within 10 s of recovery (plot);
+- a linear drift to 4x over 60 s: p99 over the drift beside least_request's (plot);
+- a cold sidecar that starts idle and then gets traffic, 20 times in a row: never latched;
+- a mix designed to break it: one instance failing fast, one slow with random service times.
+
+Bounded: every cell has a fixed length, and cells that would start after `BUDGET_SECONDS` are skipped
+(recorded as such), so the whole run stays under 15 minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.adaptive.runner import AdaptiveRunner
+from bench.adaptive_bench import (
+    FAST_MS,
+    Check,
+    Rig,
+    Run,
+    Scenario,
+    fmt_ms,
+    interleaved,
+    ratio_check,
+    warm,
+)
+
+SLOW_MS = 40.0
+BUDGET_SECONDS = 11 * 60  # no cell starts later than this (the longest, the drift, lasts ~2.5 minutes)
+Log = Callable[[str], None]
+
+
+class Sampler:
+    """Weights (and the loop's health) every 0.25 s while a run goes on, on a thread of its own."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.trace: list[tuple[float, dict[str, int], dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            runner = self.rig.runner
+            health = runner.health() if runner is not None else None
+            self.trace.append((time.time(), self.rig.weights(), health or {}))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def min_ratio(self) -> float:
+        """Lightest / heaviest weight over the trace (1.0: always equal)."""
+        ratios = [min(w.values()) / max(w.values()) for _, w, _ in self.trace if w]
+        return min(ratios, default=1.0)
+
+
+def all_fast(rig: Rig, distribution: str = "constant", ms: float = FAST_MS) -> None:
+    for info in rig.instances:
+        rig.set_latency(info.instance_id, ms, distribution)
+
+
+def cell_identical(rig: Rig, distribution: str, segment: float, rounds: int, log: Log) -> Scenario:
+    ms = FAST_MS * rig.concurrency  # 4 slots: 40 ms each, so 65 % load is the same request rate
+    rate = round(0.65 * 4 * rig.concurrency * 1000 / ms)
+    sc = Scenario(f"identical_{distribution}_{rig.concurrency}slot",
+                  f"4 identical, {distribution} {ms:g} ms mean, {rig.concurrency} slot(s), {rate} rps (65 %)")
+    all_fast(rig, distribution, ms)  # the first cell of its rig: the loop starts with equal weights
+    warm(rig, rate, 5)
+    with Sampler(rig) as sampler:
+        runs = interleaved(rig, ["default", "adaptive"], rate, segment, rounds, log)
+    sc.checks.append(ratio_check("adaptive p99 / least_request p99", runs["adaptive"], runs["default"], 1.05))
+    ratio = sampler.min_ratio()
+    sc.checks.append(Check("lightest / heaviest weight, lowest seen (within 20 %)", ratio, 0.8,
+                           ratio >= 0.8, at_least=True))
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+def cell_slow(rig: Rig, slow_count: int, rate: float, segment: float, rounds: int, log: Log) -> Scenario:
+    slow = [i.instance_id for i in rig.instances[-slow_count:]]
+    sc = Scenario(f"slow_{slow_count}_of_4_{rate:g}rps",
+                  f"{4 - slow_count} x {FAST_MS:g} ms + {slow_count} x {SLOW_MS:g} ms, {rate:g} rps")
+    all_fast(rig)
+    for instance in slow:
+        rig.set_latency(instance, SLOW_MS)
+    rig.set_oracle(set(slow))
+    warm(rig, rate, 10)
+    runs = interleaved(rig, ["default", "oracle", "adaptive"], rate, segment, rounds, log)
+    sc.checks.append(ratio_check("adaptive p99 / fast-instances-only oracle p99", runs["adaptive"], runs["oracle"],
+                                 1.3))
+    share = sum(runs["adaptive"].shares().get(i, 0.0) for i in slow)
+    sc.notes.append(f"share of the adaptive listener's requests on the slow instance(s): {share:.2%}")
+    sc.extra["adaptive_slow_share"] = share
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+def cell_high_load(rig: Rig, segment: float, rounds: int, log: Log) -> Scenario:
+    capacity = 3 * 1000 / FAST_MS + 1000 / SLOW_MS
+    rate = round(0.9 * capacity)
+    sc = Scenario("high_load_one_slow", f"3 x {FAST_MS:g} ms + 1 x {SLOW_MS:g} ms at {rate} rps (90 % of "
+                                        f"{capacity:.0f})")
+    all_fast(rig)
+    rig.set_latency(rig.slow.instance_id, SLOW_MS)
+    warm(rig, rate, 10)
+    runs = interleaved(rig, ["default", "adaptive"], rate, segment, rounds, log)
+    sc.checks.append(ratio_check("adaptive p99 / least_request p99", runs["adaptive"], runs["default"], 0.1))
+    sc.notes.append("the issue's second target here (<= 1.0x ideal static weights) is not measured: the rig has "
+                    "no static-weights listener")
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    return sc
+
+
+def timed_run(rig: Rig, policy: str, rate: float, seconds: float,
+              schedule: Callable[[float], None]) -> tuple[Run, Sampler, float]:
+    """One run with `schedule(elapsed)` called every 0.25 s (to change instances) and weights sampled."""
+    marks: dict[str, float] = {}
+
+    def during(start: float) -> None:
+        marks["start"] = start
+        while time.time() < start + seconds:
+            schedule(time.time() - start)
+            time.sleep(0.25)
+
+    with Sampler(rig) as sampler:
+        run = rig.run(policy, rate, seconds, during)
+    return run, sampler, marks.get("start", run.started)
+
+
+def cell_spell(rig: Rig, log: Log) -> tuple[Scenario, dict[str, Any]]:
+    rate, before, spell, after = 150.0, 10.0, 20.0, 25.0
+    sc = Scenario("slow_spell", f"4 x {FAST_MS:g} ms, {rate:g} rps; one at {SLOW_MS:g} ms for {spell:g} s")
+    all_fast(rig)
+    rig.set_oracle({rig.slow.instance_id})
+    victim = rig.instances[1]
+    address = rig.address_of(victim.instance_id)
+    warm(rig, rate, 8)
+    state = {"slow": False}
+
+    def schedule(t: float) -> None:
+        want = before <= t < before + spell
+        if want != state["slow"]:
+            rig.set_latency(victim.instance_id, SLOW_MS if want else FAST_MS)
+            state["slow"] = want
+
+    run, sampler, start = timed_run(rig, "adaptive", rate, before + spell + after, schedule)
+    rig.set_latency(victim.instance_id, FAST_MS)
+    t0, t1 = start + before, start + before + spell
+    down = next((t - t0 for t, w, _ in sampler.trace if t >= t0 and w and w.get(address, 0) <= 0.5 * max(w.values())),
+                None)
+    back = next((t - t1 for t, w, _ in sampler.trace if t >= t1 and w and w.get(address, 0) >= max(w.values())), None)
+    sc.checks.append(Check("seconds until its weight is down (to half or less)", down if down is not None else 99,
+                           3.0, down is not None and down <= 3.0))
+    sc.checks.append(Check("seconds after recovery until its weight is back at the heaviest",
+                           back if back is not None else 99, 10.0, back is not None and back <= 10.0))
+    sc.policies = {"adaptive": {**run.summary(), "p99_during_spell_ms": round(run.p(99, (t0, t1)), 2)}}
+    return sc, {"run": run, "trace": sampler.trace, "origin": t0, "victim": address, "marks": [0.0, spell],
+                "title": f"one of 4 instances at {SLOW_MS:g} ms for {spell:g} s (t = 0 .. {spell:g})"}
+
+
+def cell_drift(rig: Rig, log: Log) -> tuple[Scenario, dict[str, Any]]:
+    rate, before, ramp, after = 150.0, 5.0, 60.0, 5.0
+    sc = Scenario("linear_drift", f"4 x {FAST_MS:g} ms, {rate:g} rps; one drifts to 4x over {ramp:g} s")
+    victim = rig.instances[1]
+    address = rig.address_of(victim.instance_id)
+
+    def schedule(t: float) -> None:
+        f = min(max((t - before) / ramp, 0.0), 1.0)
+        rig.set_latency(victim.instance_id, FAST_MS * (1 + 3 * f))
+
+    results: dict[str, Any] = {}
+    for policy in ("default", "adaptive"):
+        all_fast(rig)
+        if policy == "adaptive":
+            warm(rig, rate, 8)
+        run, sampler, start = timed_run(rig, policy, rate, before + ramp + after, schedule)
+        results[policy] = (run, sampler, start)
+    rig.set_latency(victim.instance_id, FAST_MS)
+    (d, _, ds), (a, sampler, start) = results["default"], results["adaptive"]
+    p99_a, p99_d = a.p(99, (start + before, start + before + ramp)), d.p(99, (ds + before, ds + before + ramp))
+    sc.checks.append(Check("adaptive p99 / least_request p99 over the drift", p99_a / p99_d, 1.0, p99_a <= p99_d,
+                           f"{fmt_ms(p99_a)} vs {fmt_ms(p99_d)}"))
+    sc.notes.append("the issue's target (<= 1.2x an oracle that knows the true service times) is not measured: "
+                    "the rig has no such oracle; least_request is the comparison")
+    late = next((t - start - before for t, w, _ in sampler.trace
+                 if t >= start + before and w and w.get(address, 0) < max(w.values())), None)
+    sc.notes.append("seconds into the drift until its weight first fell below the heaviest: "
+                    + ("never" if late is None else f"{late:.1f} (service time then ~"
+                       f"{FAST_MS * (1 + 3 * min(late / ramp, 1)):.0f} ms)"))
+    sc.policies = {p: r[0].summary() for p, r in results.items()}
+    return sc, {"run": a, "trace": sampler.trace, "origin": start + before, "victim": address,
+                "marks": [0.0, ramp], "title": f"one of 4 instances drifts from {FAST_MS:g} to "
+                                               f"{4 * FAST_MS:g} ms over {ramp:g} s (t = 0 .. {ramp:g})"}
+
+
+def cell_cold(rig: Rig, times: int, log: Log) -> Scenario:
+    sc = Scenario("cold_sidecar", f"a fresh loop, idle, then traffic (3 x {FAST_MS:g} ms + 1 x {SLOW_MS:g} ms, "
+                                  f"150 rps, 6 s), {times} times in a row")
+    all_fast(rig)
+    rig.set_latency(rig.slow.instance_id, SLOW_MS)
+    slow = rig.address_of(rig.slow.instance_id)
+    latched = blind = slow_down = 0
+    states: list[str] = []
+    for n in range(times):
+        assert rig.runner is not None
+        rig.runner.stop()
+        rig.sink.update_weights({})
+        rig.runner = AdaptiveRunner(lambda: [rig.sink])
+        rig.runner.apply(rig.config)
+        time.sleep(1.5 + (n % 3) * 0.5)  # idle: the loop reads rarely, as a sidecar before its app does
+        rig.run("adaptive", 150.0, 6.0)
+        health: dict[str, Any] = dict(rig.runner.health() or {})
+        services: dict[str, Any] = dict(health.get("services") or {})
+        state = str(dict(services.get("adaptive") or {}).get("state", health.get("state")))
+        states.append(state)
+        latched += state == "latched"
+        blind += state == "blind"
+        weights = rig.weights()
+        slow_down += bool(weights) and weights.get(slow, 0) < max(weights.values())
+    log(f"  cold starts: states {states}; slow instance below the heaviest weight in {slow_down} of {times}")
+    sc.checks.append(Check("cold starts that ended latched or blind", latched + blind, 0, latched + blind == 0,
+                           f"of {times}"))
+    sc.checks.append(Check("cold starts where the slow instance was not yet below the heaviest after 6 s",
+                           times - slow_down, 0, slow_down == times, f"of {times}"))
+    sc.extra["states"] = states
+    return sc
+
+
+def cell_breaker(rig: Rig, segment: float, rounds: int, log: Log) -> Scenario:
+    """Designed to break it: a fast instance that fails 30 % of its requests at once (looks fast to a
+    latency-only view), a slow one with exponential service times (queueing that looks like slowness),
+    two normal ones, at 200 rps."""
+    rate = 200.0
+    sc = Scenario("breaker_mix", f"2 x {FAST_MS:g} ms, 1 failing 30 % fast, 1 exponential {2 * FAST_MS:g} ms, "
+                                 f"{rate:g} rps")
+    all_fast(rig)
+    failing, noisy = rig.instances[0].instance_id, rig.slow.instance_id
+    rig.set_latency(noisy, 2 * FAST_MS, "exponential")
+    rig.emulator.set_error_rate(failing, 0.3)
+    try:
+        warm(rig, rate, 8)
+        runs = interleaved(rig, ["default", "adaptive"], rate, segment, rounds, log)
+    finally:
+        rig.emulator.set_error_rate(failing, 0.0)
+    a, d = runs["adaptive"], runs["default"]
+    sc.checks.append(ratio_check("adaptive p99 / least_request p99", a, d, 1.0))
+    sc.checks.append(Check("adaptive errors / least_request errors", a.errors / max(d.errors, 1), 1.0,
+                           a.errors <= d.errors, f"{a.errors} vs {d.errors}"))
+    sc.policies = {p: r.summary() for p, r in runs.items()}
+    sc.extra["weights_at_end"] = rig.weights()
+    return sc
+
+
+def plot_timeline(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    origin = data["origin"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    series = data["run"].per_second_p99(origin)
+    top.plot([t for t, _ in series], [v for _, v in series], color="#4c72b0", label="adaptive: p99 per second")
+    top.set_yscale("log")
+    top.set_ylabel("p99 per second (ms, log)")
+    top.set_title(data["title"])
+    top.legend(loc="upper left")
+    trace = data["trace"]
+    for address in sorted({a for _, w, _ in trace for a in w}):
+        bottom.step([t - origin for t, _, _ in trace], [w.get(address, float("nan")) for _, w, _ in trace],
+                    where="post", label=address + (" (changes)" if address == data["victim"] else ""),
+                    linewidth=2.2 if address == data["victim"] else 1.2)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("published weight (log)")
+    bottom.set_xlabel("seconds")
+    bottom.legend(loc="lower left", fontsize=8)
+    for ax in (top, bottom):
+        for mark in data["marks"]:
+            ax.axvline(mark, color="gray", linestyle="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_matrix(img_dir: Path, log: Log, transport: str = "files") -> tuple[list[Scenario], dict[str, Any]]:
+    """Every cell, in two rigs (1 and 4 slots per instance); returns the scenarios and extra facts."""
+    from bench.adaptive_bench import measure_cost, quiet
+
+    started = time.monotonic()
+    segment, rounds = 8.0, 2
+    scenarios: list[Scenario] = []
+    skipped: list[str] = []
+    cost: dict[str, Any] = {}
+
+    def cell(name: str, body: Callable[[], Scenario]) -> None:
+        if time.monotonic() - started > BUDGET_SECONDS:
+            skipped.append(name)
+            log(f"cell {name}: skipped (time budget)")
+            return
+        quiet(log, limit=5)
+        load0 = os.getloadavg()[0]
+        log(f"cell {name}")
+        try:
+            sc = body()
+        except Exception as exc:  # one broken cell must not cost the others (the bench runs once)
+            log(f"cell {name} failed: {exc!r}")
+            sc = Scenario(name.replace(" ", "_"), name,
+                          [Check("the cell ran", 0, 1, False, f"{type(exc).__name__}: {exc}")])
+        sc.load_average = (round(load0, 2), round(os.getloadavg()[0], 2))
+        scenarios.append(sc)
+
+    def with_plot(fn: Callable[[], tuple[Scenario, dict[str, Any]]], png: str) -> Callable[[], Scenario]:
+        def body() -> Scenario:
+            sc, data = fn()
+            img_dir.mkdir(parents=True, exist_ok=True)
+            plot_timeline(data, img_dir / png)
+            sc.extra["plot"] = f"docs/img/{png}"
+            return sc
+        return body
+
+    with tempfile.TemporaryDirectory(prefix="adaptive-matrix-") as tmp:
+        (Path(tmp) / "one").mkdir()
+        rig = Rig(Path(tmp) / "one", transport)
+        try:
+            log(f"rig up (1 slot): {len(rig.instances)} instances, load by {rig.load.tool}")
+            cell("identical exponential 1 slot", lambda: cell_identical(rig, "exponential", segment, rounds, log))
+            cell("cold", lambda: cell_cold(rig, 20, log))
+            cell("one slow", lambda: cell_slow(rig, 1, 150.0, segment, rounds, log))
+            cell("two slow", lambda: cell_slow(rig, 2, 150.0, segment, rounds, log))
+            cell("90 % load", lambda: cell_high_load(rig, segment, rounds, log))
+            cell("slow spell", with_plot(lambda: cell_spell(rig, log), "adaptive-spell.png"))
+            cell("drift", with_plot(lambda: cell_drift(rig, log), "adaptive-drift.png"))
+            cell("breaker", lambda: cell_breaker(rig, segment, rounds, log))
+            with contextlib.suppress(Exception):
+                cost = measure_cost(rig, log)
+        finally:
+            rig.close()
+        if time.monotonic() - started <= BUDGET_SECONDS:
+            (Path(tmp) / "four").mkdir()
+            rig4 = Rig(Path(tmp) / "four", transport, concurrency=4)
+            try:
+                log("rig up (4 slots)")
+                cell("identical exponential 4 slots",
+                     lambda: cell_identical(rig4, "exponential", segment, rounds, log))
+            finally:
+                rig4.close()
+        else:
+            skipped.append("identical exponential 4 slots")
+    log(f"matrix done in {time.monotonic() - started:.0f} s; skipped: {skipped or 'none'}")
+    return scenarios, {"skipped": skipped, "feedback_loop_cost": cost, "segment": segment, "rounds": rounds}
