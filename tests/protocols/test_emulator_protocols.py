@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from agent.emulator import Emulator, EmulatorConfig, ServiceConfig
+from agent.emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
 from agent.emulator.config import StreamConfig
 from tests.envoy.harness import wait_until
 from tests.protocols.clients import GrpcClient, grpc_stream, sse_stream
@@ -142,3 +142,15 @@ def test_stream_settings_via_admin(emu):
     started = time.monotonic()
     assert len(sse_stream(inst.ip, inst.port).tokens) == 2 and time.monotonic() - started < 2
     emu.admin.set_stream(inst.instance_id, **HTTP.stream.model_dump())
+
+
+def test_bad_stream_settings_are_refused_with_the_field_named(emu):
+    inst = only(emu, HTTP)
+    with pytest.raises(EmulatorAdminError) as refused:
+        emu.admin._call("POST", f"/admin/instances/{inst.instance_id}/stream", {"tokens": -1})
+    assert refused.value.status == 400 and "tokens" in refused.value.message
+    with pytest.raises(EmulatorAdminError) as unknown:
+        emu.admin._call("POST", f"/admin/instances/{inst.instance_id}/stream", {"token": 3})
+    assert unknown.value.status == 400 and "token" in unknown.value.message
+    bad = sse_stream(inst.ip, inst.port, "/stream?interval_ms=-5")
+    assert bad.status == "HTTP 400"
