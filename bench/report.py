@@ -74,6 +74,8 @@ _INSTANCE_ROWS = [
      "the ModelArts API, the agent and Envoy's config reload are measured; 150 rps is far below what they serve"],
     ["5. rate budget, 6. footprint", "emulator instances that the API lists but that do not listen",
      "only the API and the agent are measured; 20,000 real listeners would exceed the fd limit"],
+    ["8. gRPC and token streams", "the emulator's gRPC (grpcio, HTTP/2) and SSE instances (`agent/emulator`)",
+     "the protocols are what is measured; Python clients and instances, alike in both arms"],
 ]
 
 

@@ -41,6 +41,7 @@ SCENARIOS: dict[str, tuple[str, int, int]] = {
     "propagation": ("bench.scenarios.propagation", 60, 18),
     "budget": ("bench.scenarios.budget", 230, 22),
     "footprint": ("bench.scenarios.footprint", 100, 14),
+    "streaming": ("bench.scenarios.streaming", 90, 25),
 }
 FULL_BUDGET = 15 * 60
 QUICK_BUDGET = 2 * 60
