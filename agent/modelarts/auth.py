@@ -150,7 +150,7 @@ class IamTokenAuth:
             if self._token is None or now >= self._refresh_at:
                 cached = self._cache.get(self._cache_key, now) if self._cache is not None else None
                 if cached is not None:
-                    register_secret(cached[0])
+                    register_secret(cached[0], slot=f"iam-token:{self._cache_key}")
                     self._token, self._refresh_at = cached
                 else:
                     self._token, self._refresh_at = self._issue()
@@ -198,7 +198,7 @@ class IamTokenAuth:
         if not token:
             raise DiscoveryError("IAM answered 201 without an X-Subject-Token header", kind="iam_error")
         # One slot per IAM identity: each refresh replaces the token before last (a bounded set).
-        register_secret(token, slot=f"iam-token:{self._iam_url}|{self._creds.domain}|{self._creds.user}")
+        register_secret(token, slot=f"iam-token:{self._cache_key}")
         now = self._clock.wall()
         expires = _parse_expiry(raw)
         lifetime = (expires - now) if expires is not None else 3600.0

@@ -53,6 +53,24 @@ def test_token_refreshes_do_not_grow_the_redaction_set(monkeypatch: pytest.Monke
     assert redact(token) == "***"
 
 
+def test_tokens_from_the_host_wide_cache_do_not_grow_the_redaction_set(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.modelarts.host_state import TokenCache
+
+    monkeypatch.setenv("TEST_IAM_PASSWORD", "a-password-value")
+    creds = Credentials(mode=AuthMode.password, domain="dom", user="usr",
+                        password=SecretSource("IAM password", None, "TEST_IAM_PASSWORD"))
+    cache = TokenCache(tmp_path / "tokens")
+    auth = IamTokenAuth("http://127.0.0.1:1", creds, "project", TokenIssuer(), 2.0, 0.0,  # type: ignore[arg-type]
+                        cache=cache)
+    for i in range(300):
+        auth.on_unauthorized(make_response(401))
+        cache.put(auth._cache_key, f"MIIcached-token-{i:06d}", 4e9)  # another process's refresh
+        assert auth.headers_for("GET", "http://127.0.0.1:1/x", None)["X-Auth-Token"] == f"MIIcached-token-{i:06d}"
+    assert secret_count() == logs._SLOT_KEEP
+    assert redact("MIIcached-token-000299") == "***"
+
+
 def test_a_rotated_secret_file_replaces_its_old_values(tmp_path: Path) -> None:
     path = tmp_path / "password"
     source = SecretSource("IAM password", path, None)
