@@ -131,9 +131,11 @@ def _p(values: list[float], q: float) -> float:
 def run(ctx: Ctx) -> ScenarioResult:
     result = ScenarioResult(NAME, TITLE)
     quick = ctx.quick
-    rate = 300.0
+    # 100 calls/s: well inside what the Python client and instance serve on one shared core, so the
+    # instance side does not queue and what differs between the arms is the proxy.
+    rate = 100.0
     rounds = 2 if quick else 6
-    unary_seconds = 1.5 if quick else 3.0
+    unary_seconds = 2.0 if quick else 4.0
     streams_per_round = 40 if quick else 100
 
     ctx.step("starting the emulator (gRPC and SSE instances) and the sidecar Envoy")
