@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# Entries idle this long are dropped: longer than any rate window, shorter than a pause is clamped to.
+# Call times older than this are dropped (every window is at most 60 s + a 30 s margin), and so are
+# entries idle this long; pauses are kept until they end.
+CALLS_KEPT_SECONDS = 120.0
 PRUNE_AFTER_SECONDS = 600.0
+MAX_STATE_BYTES = 8 << 20
 
 
 class HostStateError(OSError):
@@ -115,7 +118,7 @@ def _read_private(path: Path) -> bytes | None:
         if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISREG(info.st_mode):
             log.warning("ignoring %s: not a private file of this user", path)
             return None
-        return handle.read(1 << 20)
+        return handle.read(MAX_STATE_BYTES)
 
 
 class SharedBudgetFile:
@@ -161,7 +164,7 @@ def prune(entries: dict[str, dict[str, Any]], now: float) -> None:
     """Drop call times and whole entries nobody can need any more."""
     for key in list(entries):
         entry = entries[key]
-        calls = [t for t in entry.get("calls") or [] if isinstance(t, (int, float)) and t > now - PRUNE_AFTER_SECONDS]
+        calls = [t for t in entry.get("calls") or [] if isinstance(t, (int, float)) and t > now - CALLS_KEPT_SECONDS]
         entry["calls"] = calls
         last, paused = entry.get("last"), entry.get("paused_until")
         recent = [t for t in (last, paused) if isinstance(t, (int, float)) and t > now - PRUNE_AFTER_SECONDS]

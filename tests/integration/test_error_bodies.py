@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import time
 from typing import Any
 
@@ -81,3 +82,26 @@ def test_iam_token_without_header_or_with_a_bad_expiry(emulator: Emulator) -> No
     # One request without the header, one token with the past expiry, used for all three look-ups.
     assert len(emulator.admin.calls(api="iam")) == 2
     assert [c.status for c in emulator.admin.calls(api="modelarts")] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("date", ["+7200", "not a date", ""])
+def test_a_lying_or_missing_date_on_a_401_heals(emulator: Emulator, date: str) -> None:
+    """AK/SK signing learns the gateway's clock from a 401's Date; a lie costs one failed look-up at most."""
+    config = agent_config(emulator, "aksk")
+    client = build_client(config, BudgetRegistry(600, 2000, 0.0, warm_start=False))
+    networks = allowed_networks(config)
+    assert len(client.get_endpoints("svc-llm", networks, 100).endpoints) == 3
+    headers = {"Date": email.utils.formatdate(time.time() + 7200, usegmt=True)} if date == "+7200" else (
+        {"Date": date} if date else {})
+    emulator.admin.inject_fault("custom", service_id="svc-llm", count=1, status=401, body="error",
+                                error_code="APIGW.0301", headers=headers, omit_headers=[] if headers else ["Date"])
+    with pytest.raises(DiscoveryError) as info:
+        client.get_endpoints("svc-llm", networks, 100)
+    assert info.value.kind == "auth"
+    results = []
+    for _ in range(3):
+        try:
+            results.append(len(client.get_endpoints("svc-llm", networks, 100).endpoints))
+        except DiscoveryError as exc:
+            results.append(exc.kind)  # type: ignore[arg-type]
+    assert results[-2:] == [3, 3], results
