@@ -27,6 +27,7 @@ unit: install
 
 testenv:
 	scripts/testenv/build.sh
+	scripts/promtool/build.sh
 
 # The project's image (buildah on a stand-in base made from Debian packages) and the kubelet's pause
 # image, as archives for containerd; cached by a hash of their inputs. Installs the apt packages it needs.

@@ -9,7 +9,10 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -22,6 +25,7 @@ import yaml
 from agent.cli.main import main
 from agent.config import AgentConfig, parse_config
 from agent.emulator import Emulator
+from agent.emulator.config import DEFAULT_PASSWORD
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.modelarts.host_state import SharedBudgetFile
@@ -167,3 +171,31 @@ def test_a_429_pause_is_honoured_by_the_next_process(emulator: Emulator, tmp_pat
         assert 15 < usage["next_slot_seconds"] <= 30
     finally:
         second.stop()
+
+
+def test_run_and_endpoints_processes_share_one_budget(emulator: Emulator, tmp_path: Path) -> None:
+    """The issue's case: `endpoints --fresh` next to a running `run`, both real processes, one IAM user."""
+    emulator.admin.set_limits(per_user_per_minute=30)
+    config = agent_config(emulator, "password", admin={"port": free_port()},
+                          envoy={"output_dir": str(tmp_path / "envoy")},
+                          budget={"per_user_per_minute": 30, "state_dir": str(tmp_path / "state")})
+    path = write_config(tmp_path / "agent.yaml", config)
+    env = {**os.environ, "MODELARTS_PASSWORD": DEFAULT_PASSWORD}
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(emulator.admin.calls(api="modelarts")) >= 2, 30)
+        for _ in range(3):
+            lookup = subprocess.run([sys.executable, "-m", "agent", "endpoints", "--config", str(path), "--json",
+                                     "--fresh"], env=env, capture_output=True, text=True, timeout=60)
+            assert lookup.returncode == 0, lookup.stderr
+            assert len(json.loads(lookup.stdout)[0]["endpoints"]) == 3
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    calls = emulator.admin.calls(api="modelarts")
+    assert not [c for c in calls if c.status == 429]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(calls)]
+    # (60 s + 2 s) / 30 = 2.07 s between any two calls of the user, whichever process made them.
+    assert len(calls) >= 5 and min(gaps) >= 1.5, [round(g, 2) for g in gaps]
+    assert len(emulator.admin.calls(api="iam")) <= 2  # the agent's token, reused by every endpoints
