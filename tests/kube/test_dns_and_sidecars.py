@@ -137,3 +137,36 @@ def test_sidecars_feed_envoy_and_cost_modelarts_nothing(cluster: Cluster, namesp
         assert all(p.alive() for p, _, _ in sidecars)
     finally:
         envoy.stop()
+
+
+def test_the_crs_load_balancing_reaches_the_sidecars_envoy(cluster: Cluster, namespace: str, agents: Agents,
+                                                           emulators, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """spec.loadBalancing end to end: CR (ring_hash on x-user) -> controller's slice annotation -> sidecar ->
+    a real Envoy that sends every request of one user to one instance, and different users to several."""
+    emu = emulators([{"name": "lb", "service_id": "svc-lb", "instances": 4, "port": 8080,
+                      "bind_addresses": vpc_addresses(91, 4)}])
+    cluster.apply(*manifests("sidecar.yaml", namespace))
+    sidecar_kubeconfig = cluster.sa_kubeconfig(namespace, "modelarts-sidecar")
+    agents.controller("lb", namespace)
+    cluster.apply(password_secret(namespace, "creds"),
+                  mas(namespace, "lb", emu, "svc-lb", "creds",
+                      loadBalancing={"policy": "ring_hash", "hashHeader": "x-user"}))
+    listen = free_port()
+    config_path = sidecar_config(tmp_path / "agent.yaml", tmp_path, "lb", listen)  # no lb of its own
+    sidecar = agents.sidecar("lb", config_path, "lb", namespace, sidecar_kubeconfig, free_port())
+    wait_until(lambda: len(sidecar.status()["services"][0]["endpoints"]) == 4, 30, "the sidecar to see 4 instances")
+    config = load_sidecar_config(config_path, ["lb"])
+    envoy = EnvoyProcess(write_bootstrap(config, tmp_path / "bootstrap.yaml"), config.envoy.admin_port,
+                         tmp_path).start()
+    try:
+        wait_until(lambda: send_requests(listen, 4, 1).statuses == {200: 4}, 20, "Envoy to serve the service")
+        for user in ("alice", "bob", "carol"):
+            sticky = send_requests(listen, 20, 4, headers={"x-user": user})
+            assert sticky.statuses == {200: 20} and len(set(sticky.answered)) == 1, (user, sticky.answered)
+        spread = send_requests(listen, 60, 4, headers_for=lambda i: {"x-user": f"user-{i}"})
+        assert spread.statuses == {200: 60} and len(set(spread.answered)) >= 3, spread.answered
+        clusters = requests.get(f"http://127.0.0.1:{config.envoy.admin_port}/config_dump?resource=dynamic_active_clusters",
+                                timeout=5).text
+        assert "envoy.load_balancing_policies.ring_hash" in clusters
+    finally:
+        envoy.stop()
