@@ -9,8 +9,9 @@ api_key['authorization'], which they no longer read), so every request went out 
 37.0.0 reads both keys.
 
 `scripts/check-kubernetes-floor [VERSION]` runs this file against the floor itself (or any
-version), installed into a throw-away directory. The last test is the real check: a kubeconfig with a bearer token, loaded by the agent's own
-loader, and a GET through KubeClient to a loopback server that records what arrives.
+version), installed into a throw-away directory. The last test is the real check: a kubeconfig
+with a bearer token, loaded by the agent's own loader, and a GET through KubeClient to a loopback
+server that records what arrives.
 """
 
 from __future__ import annotations
