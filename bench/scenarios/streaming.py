@@ -202,7 +202,7 @@ def run(ctx: Ctx) -> ScenarioResult:
         note = (f"median over rounds of each round's p99; p50 added {p50_added:+.2f} ms"
                 + (f"; direct p99 varied {spread(kind):.1f}x between rounds" if noisy else ""))
         result.checks.append(Check(f"{label} p99 added by the sidecar ({what})", measured, f"≤ {target:.0f} ms",
-                                   added <= target, note=note, inconclusive=noisy and added > target))
+                                   added <= target, note=note, inconclusive=noisy))  # noise decides nothing
         for arm in ("direct", "sidecar"):
             values = data[arm]
             rows.append([label, arm, len(values), fmt_ms(_p(values, 50)), fmt_ms(_p(values, 90)),
