@@ -13,6 +13,7 @@ so drift on the shared machine hits both arms alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import os
 import threading
@@ -28,7 +29,7 @@ from agent.emulator.client import EmulatorAdmin
 from agent.emulator.grpc_instance import GENERATE, PREDICT, to_struct
 from bench import report
 from bench.env import LOADGEN_CPU
-from bench.scenarios import Check, Ctx, ScenarioResult, fmt_ms, free_port, sidecar, start_emulator
+from bench.scenarios import Check, Ctx, ScenarioResult, fmt_ms, free_port, proc_cpu_seconds, sidecar, start_emulator
 
 NAME = "streaming"
 TITLE = "8. gRPC and token streams: direct vs sidecar Envoy"
@@ -162,21 +163,37 @@ def run(ctx: Ctx) -> ScenarioResult:
     grpc_ttft: dict[str, list[float]] = {"direct": [], "sidecar": []}
     sse_ttft: dict[str, list[float]] = {"direct": [], "sidecar": []}
     round_p99: dict[str, dict[str, list[float]]] = {k: {"direct": [], "sidecar": []} for k in ("unary", "grpc", "sse")}
+    envoy_cpu: dict[str, list[float]] = {"unary": [], "grpc": [], "sse": []}  # Envoy CPU µs per call or stream
+
+    def with_envoy_cpu(kind: str, arm: str, work: Callable[[], list[float]]) -> list[float]:
+        cpu0 = proc_cpu_seconds(envoy.pid)
+        values = work()
+        if arm == "sidecar" and values:
+            envoy_cpu[kind].append((proc_cpu_seconds(envoy.pid) - cpu0) / len(values) * 1e6)
+        return values
     try:
         for index in range(rounds):
             order = ["direct", "sidecar"] if index % 2 == 0 else ["sidecar", "direct"]
             for arm in order:
                 grpc_address, sse_host, sse_at = arms[arm]
                 ctx.step(f"round {index + 1}/{rounds}: {arm}: gRPC unary at {rate:.0f}/s")
-                latencies, failed = unary_round(grpc_address, rate, unary_seconds)
+                failures: list[int] = []
+
+                def unary_work(address: str = grpc_address, failures: list[int] = failures) -> list[float]:
+                    latencies, failed = unary_round(address, rate, unary_seconds)
+                    failures.append(failed)
+                    return latencies
+
+                latencies = with_envoy_cpu("unary", arm, unary_work)
                 unary[arm] += latencies
-                unary_failed[arm] += failed
+                unary_failed[arm] += sum(failures)
                 round_p99["unary"][arm].append(_p(latencies, 99))
                 ctx.step(f"round {index + 1}/{rounds}: {arm}: gRPC and SSE time to first token")
-                first = grpc_ttft_round(grpc_address, streams_per_round)
+                first = with_envoy_cpu("grpc", arm, functools.partial(grpc_ttft_round, grpc_address, streams_per_round))
                 grpc_ttft[arm] += first
                 round_p99["grpc"][arm].append(_p(first, 99))
-                first = sse_ttft_round(sse_host, sse_at, streams_per_round)
+                sse_work = functools.partial(sse_ttft_round, sse_host, sse_at, streams_per_round)
+                first = with_envoy_cpu("sse", arm, sse_work)
                 sse_ttft[arm] += first
                 round_p99["sse"][arm].append(_p(first, 99))
     finally:
@@ -208,6 +225,11 @@ def run(ctx: Ctx) -> ScenarioResult:
             rows.append([label, arm, len(values), fmt_ms(_p(values, 50)), fmt_ms(_p(values, 90)),
                          fmt_ms(_p(values, 99)), fmt_ms(max(values) if values else float("nan")),
                          " / ".join(f"{v:.2f}" for v in round_p99[kind][arm])])
+    cpu_text = ", ".join(f"{name}: {np.median(envoy_cpu[kind]):.0f} µs" for name, kind in (
+        ("unary call", "unary"), ("gRPC stream", "grpc"), ("SSE stream", "sse")) if envoy_cpu[kind])
+    result.checks.append(Check("Envoy CPU time per call / stream (median over rounds)", cpu_text, "(info)", None,
+                               note="utime+stime of the Envoy process / calls; what Envoy itself costs, "
+                                    "apart from waiting for its core"))
     result.checks.append(Check("gRPC unary calls failed", f"{unary_failed['direct']} direct, "
                                f"{unary_failed['sidecar']} sidecar", "0", not any(unary_failed.values())))
     result.tables.append(report.table(
