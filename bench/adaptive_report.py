@@ -52,8 +52,9 @@ def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
         ]
     plots = [str(s["plot"]) for s in result.get("scenarios", []) if s.get("plot")]
     if machine.get("shared_machine_busy"):
-        start, end = machine.get("load_average_start"), machine.get("load_average_end")
-        lines += ["", f"Taken on a shared 2-core machine that was busy (load average {start} at the start, "
+        start, end = (" / ".join(f"{v:.1f}" for v in machine.get(k) or []) for k in ("load_average_start",
+                                                                                  "load_average_end"))
+        lines += ["", f"Taken on a shared 2-core machine that was busy (load averages 1/5/15 min {start} at the start, "
                   f"{end} at the end): other engineers' tests ran alongside, and their stalls hit whichever "
                   "policy was running."]
     if result.get("skipped"):
