@@ -137,4 +137,4 @@ def test_dashboard_and_rules_are_well_formed() -> None:
     rules = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert alerts == {"ModelArtsServiceNoReadyEndpoints", "ModelArtsSyncStale", "ModelArtsRateLimited",
-                      "ModelArtsXdsNacks", "ModelArtsControllerLeaderMissing"}
+                      "ModelArtsXdsNacks", "ModelArtsControllerLeaderMissing", "ModelArtsAdaptiveLoopUnhealthy"}
