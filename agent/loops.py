@@ -13,18 +13,27 @@ import threading
 import time
 from collections.abc import Callable
 
+from agent.errors import AgentError
+
 
 def backoff_seconds(failures: int, base: float, cap: float) -> float:
     """base, 2*base, 4*base ... never above cap (failures counts from 1)."""
     return min(cap, base * 2.0 ** min(max(failures - 1, 0), 16))
 
 
-class FailureLog:
-    """Logs a loop's exceptions: the first of each distinct error with its traceback, then only a count."""
+# Failures the code expects (an unreachable API, a full disk, a refused write): their message says it
+# all, so they are logged without a traceback. Anything else is a bug and gets one.
+EXPECTED: tuple[type[BaseException], ...] = (AgentError, OSError)
 
-    def __init__(self, logger: logging.Logger, what: str) -> None:
+
+class FailureLog:
+    """Logs a loop's exceptions: the first of each distinct error (a bug with its traceback), then only a count."""
+
+    def __init__(self, logger: logging.Logger, what: str,
+                 expected: tuple[type[BaseException], ...] = EXPECTED) -> None:
         self._log = logger
         self._what = what
+        self._expected = expected
         self.last: str | None = None
         self.repeats = 0
 
@@ -35,7 +44,8 @@ class FailureLog:
             self._log.debug("%s still failing (%d repeats): %s", self._what, self.repeats, message, extra=extra)
             return
         self.last, self.repeats = message, 0
-        self._log.error("%s failed; retrying: %s", self._what, message, exc_info=exc, extra=extra)
+        trace = None if isinstance(exc, self._expected) else exc
+        self._log.error("%s failed; retrying: %s", self._what, message, exc_info=trace, extra=extra)
 
     def recovered(self) -> None:
         if self.last is not None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.errors import AgentError
 from agent.model import Snapshot
+
+
+class SinkError(AgentError):
+    """A sink could not write (some of) its output; the message says which and why."""
 
 
 class Sink(Protocol):

@@ -29,6 +29,7 @@ from agent.kube.crd import ModelArtsServiceResource
 from agent.kube.load_balancing import lb_annotation
 from agent.kube.objects import Owner, endpoint_slices, port_name, service_manifest
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
+from agent.sinks import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class KubernetesSink:
             else:
                 self._set_problem(key, None)
         if failures:
-            raise RuntimeError(f"{len(failures)} service(s) not written: {'; '.join(failures[:3])}")
+            raise SinkError(f"{len(failures)} service(s) not written: {'; '.join(failures[:3])}")
 
     def _set_problem(self, key: str, problem: Problem | None) -> None:
         with self._lock:

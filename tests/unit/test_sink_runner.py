@@ -151,3 +151,32 @@ def test_an_exception_outside_publish_does_not_end_the_runner() -> None:
     finally:
         stop.set()
         runner.thread.join(5)
+
+
+class DiskFullSink:
+    """Fails like a full disk twice (an expected, operational failure), then works."""
+
+    name = "disk"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.calls += 1
+        if self.calls <= 2:
+            raise OSError(28, "No space left on device")
+
+
+def test_an_expected_failure_is_logged_once_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    store, sink, stop = make_store(), DiskFullSink(), threading.Event()
+    runner = SinkRunner(sink, store, stop, retry_seconds=0.01, max_retry_seconds=0.02)
+    with caplog.at_level(logging.DEBUG, logger="agent.sinks.runner"):
+        runner.start()
+        try:
+            assert wait_until(lambda: runner.published_version == store.snapshot.version)
+        finally:
+            stop.set()
+            runner.thread.join(5)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "No space left on device" in errors[0].getMessage()
