@@ -20,6 +20,7 @@ from agent.metrics import POLLERS
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client
 from agent.modelarts.credentials import check_sources, credentials_from_config
+from agent.modelarts.host_state import host_state_for
 from agent.sinks import Sink
 from agent.sinks.envoy.auth import watched_files
 from agent.sinks.runner import SinkRunner
@@ -50,10 +51,13 @@ class AgentRuntime:
         self._config_path = config_path
         self.stop_event = threading.Event()
         self.store = SnapshotStore(config.services, config.discovery)
-        self.budgets = BudgetRegistry(config.budget.per_user_per_minute, config.budget.per_tenant_per_minute,
-                                      config.budget.safety_margin_seconds)
         check_sources(credentials_from_config(config.auth))  # a missing password is a config error: exit 2
-        self.client = build_client(config, self.budgets, stop=self.stop_event)
+        # Host-wide: the budget (with its 429 pauses) and IAM tokens are shared with this user's other
+        # agent processes, and the pause of a 429 outlives a restart.
+        shared, tokens = host_state_for(config)
+        self.budgets = BudgetRegistry(config.budget.per_user_per_minute, config.budget.per_tenant_per_minute,
+                                      config.budget.safety_margin_seconds, shared=shared)
+        self.client = build_client(config, self.budgets, stop=self.stop_event, token_cache=tokens)
         self.source = ModelArtsSource(config, self.store, self.client, stop=self.stop_event)
         self._sink_factory = sink_factory
         sinks = list(sink_factory(config)) if sink_factory else []
@@ -165,6 +169,9 @@ class AgentRuntime:
                 entry["effective_poll_interval_seconds"] = round(self.source.effective_interval(spec), 2)
             snap = self.store.snapshot.services.get(st.name)
             entry["endpoints"] = [e.address for e in snap.endpoints] if snap else []
+            # What `modelarts-agent endpoints` prints when it reads this agent's view instead of calling.
+            entry["endpoint_details"] = [{"ip": e.ip, "port": e.port, "schema": e.schema}
+                                         for e in snap.endpoints] if snap else []
             weights = self.adaptive.status_rows(spec) if spec is not None else None
             if weights is not None:
                 entry["weights"] = weights
@@ -176,6 +183,8 @@ class AgentRuntime:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "services": services,
             "budgets": budgets,
+            "modelarts": {"modelarts_url": self.config.modelarts.modelarts_url,
+                          "project_id": self.config.modelarts.project_id},
             "poller": {"alive": self.poller_alive(),
                        "last_turn_age_seconds": None if self.source.last_turn is None else
                        round(time.monotonic() - self.source.last_turn, 1)},
