@@ -29,8 +29,11 @@ def release_objects(kube: Kube) -> list[str]:
 def test_install_upgrade_uninstall_leaves_only_the_crd(kube: Kube, release: str) -> None:
     kube.namespace(NS)
     # It watches a namespace with no ModelArtsServices, so it never competes with the main release.
+    # Objects outside its namespace (the app namespaces' sidecar accounts, the credentials bindings)
+    # belong to the main release; a second release must not claim them.
     values = chart_values(replicaCount=1, controller={"watchNamespace": "lc-nothing-here"},
-                          podDisruptionBudget={"enabled": False})
+                          podDisruptionBudget={"enabled": False}, sidecar={"namespaces": []},
+                          rbac={"credentialsNamespaces": []})
     helm_install(kube, RELEASE, NS, values)
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=controller"
     kube.wait_ready(NS, selector, 1)
