@@ -25,7 +25,7 @@ class SecretSource:
         self._path = path
         self._env = env_name
         self._lock = threading.Lock()
-        self._cached: tuple[float, str] | None = None
+        self._cached: tuple[tuple[int, int, int, int], str] | None = None
 
     def describe(self) -> str:
         return f"file {self._path}" if self._path else f"env var {self._env}"
@@ -41,11 +41,14 @@ class SecretSource:
 
     def _from_file(self, path: Path) -> str:
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
         except OSError as exc:
             raise CredentialsError(f"cannot read {self.label} from {path}: {exc.strerror}") from None
+        # Which file, not only when: a kubelet `..data` swap brings a new inode, and two swaps can land
+        # within one coarse timestamp tick.
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
-            if self._cached and self._cached[0] == mtime:
+            if self._cached and self._cached[0] == stamp:
                 return self._cached[1]
             try:
                 value = path.read_text(encoding="utf-8").strip()
@@ -55,7 +58,7 @@ class SecretSource:
             if not value:
                 raise CredentialsError(f"{self.label} file {path} is empty")
             register_secret(value, slot=f"{self.label}:file:{path}")  # a rotation replaces the old value
-            self._cached = (mtime, value)
+            self._cached = (stamp, value)
             return value
 
 
