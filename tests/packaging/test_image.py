@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.envoy.harness import under_ci
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -79,7 +81,7 @@ def _require_real_root() -> None:
     problem = _real_root_problem()
     if problem is None:
         return
-    if os.environ.get("CI") == "true":
+    if under_ci():
         pytest.fail(f"the image tests cannot run: {problem}", pytrace=False)
     pytest.skip(problem)
 
