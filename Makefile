@@ -21,6 +21,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check agent tests
 	$(VENV)/bin/mypy agent
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: install
 	$(VENV)/bin/pytest tests/unit -q
