@@ -48,7 +48,6 @@ class AgentRuntime:
     def __init__(self, config: AgentConfig, config_path: Path | None = None,
                  sink_factory: SinkFactory | None = None) -> None:
         self.config = config
-        self._config_path = config_path
         self.stop_event = threading.Event()
         self.store = SnapshotStore(config.services, config.discovery)
         check_sources(credentials_from_config(config.auth))  # a missing password is a config error: exit 2
@@ -59,7 +58,6 @@ class AgentRuntime:
                                       config.budget.safety_margin_seconds, shared=shared)
         self.client = build_client(config, self.budgets, stop=self.stop_event, token_cache=tokens)
         self.source = ModelArtsSource(config, self.store, self.client, stop=self.stop_event)
-        self._sink_factory = sink_factory
         sinks = list(sink_factory(config)) if sink_factory else []
         if config.discovery.state_file is not None:
             self._load_state(config)

@@ -48,9 +48,6 @@ class SyncStatus:
     no_endpoints_reason: str | None = None
 
 
-Listener = Callable[[Snapshot], None]
-
-
 class SnapshotStore:
     def __init__(self, specs: Iterable[ServiceSpec], discovery: DiscoveryConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self._discovery = discovery
@@ -58,7 +55,6 @@ class SnapshotStore:
         self._cond = threading.Condition()
         self._snapshot = EMPTY_SNAPSHOT
         self._status: dict[str, SyncStatus] = {}
-        self._listeners: list[Listener] = []
         self._metrics_live = True
         self.set_specs(specs)
 
@@ -116,10 +112,6 @@ class SnapshotStore:
         if not missing:
             return "no services configured" if not self.snapshot.services else "no sync yet"
         return "; ".join(f"{name}: {why}" for name, why in missing)
-
-    def subscribe(self, listener: Listener) -> None:
-        with self._cond:
-            self._listeners.append(listener)
 
     def wait_for_change(self, after_version: int, timeout: float,
                         until: Callable[[], bool] | None = None) -> Snapshot:
@@ -247,11 +239,6 @@ class SnapshotStore:
             self._refresh_stale_locked(name)
             return False
 
-    def record_service_status(self, name: str, service_status: str) -> None:
-        with self._cond:
-            if name in self._status:
-                self._update_status(name, service_status=service_status)
-
     def record_failure(self, name: str, error: DiscoveryError) -> None:
         now = self._clock.wall()
         with self._cond:
@@ -317,11 +304,5 @@ class SnapshotStore:
         for name, svc in services.items():
             self._gauge(ENDPOINTS, (name, "total"), len(svc.endpoints))
             self._gauge(ENDPOINTS, (name, "ready"), sum(1 for e in svc.endpoints if e.ready))
-        snapshot = self._snapshot
         self._cond.notify_all()
-        for listener in list(self._listeners):
-            try:
-                listener(snapshot)
-            except Exception:
-                log.exception("snapshot listener failed")
 

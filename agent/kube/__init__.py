@@ -2,7 +2,6 @@
 
 GROUP = "vpc.modelarts.io"
 VERSION = "v1alpha1"
-PLURAL = "modelartsservices"
 KIND = "ModelArtsService"
 FIELD_MANAGER = "modelarts-agent"
 MANAGED_BY = "modelarts-agent"
