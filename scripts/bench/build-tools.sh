@@ -5,8 +5,10 @@
 #   ${MODELARTS_AGENT_CACHE:-<repo>/.cache}/bench/bin/
 #     vegeta     open-loop HTTP load generator (github.com/tsenart/vegeta/v12)
 #     upstream   tiny Go inference-instance stand-in (scripts/bench/go/upstream)
+#     xds-reference  ADS server on go-control-plane (its own module, scripts/bench/xds-reference),
+#                the reference bench/xds_compare.py measures the agent's xDS server against
 #
-# go.mod + go.sum are committed, so every machine builds the same versions.
+# Both go.mod + go.sum are committed, so every machine builds the same versions.
 # Idempotent: a stamp records a hash of the inputs; when it matches and both
 # binaries are there, the script exits at once.
 #
@@ -22,7 +24,8 @@ mod_dir="$here/go"
 cache_root="${MODELARTS_AGENT_CACHE:-$repo/.cache}"
 bin_dir="$cache_root/bench/bin"
 stamp_file="$bin_dir/.stamp"
-binaries=(vegeta upstream)
+binaries=(vegeta upstream xds-reference)
+ref_dir="$here/xds-reference"
 
 log() { printf '[bench-tools] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -30,9 +33,12 @@ die() { log "ERROR: $*"; exit 1; }
 vegeta_version="$(awk '{ if ($1 == "require") $0 = substr($0, 9) } $1 == "github.com/tsenart/vegeta/v12" && $2 ~ /^v/ { print $2; exit }' "$mod_dir/go.mod")"
 [[ -n "$vegeta_version" ]] || die "could not read the pinned vegeta version from $mod_dir/go.mod"
 
-inputs_hash="$(cd "$mod_dir" && find . -name '*.go' -o -name 'go.mod' -o -name 'go.sum' | LC_ALL=C sort \
+gcp_version="$(awk '{ if ($1 == "require") $0 = substr($0, 9) } $1 == "github.com/envoyproxy/go-control-plane" && $2 ~ /^v/ { print $2; exit }' "$ref_dir/go.mod")"
+[[ -n "$gcp_version" ]] || die "could not read the pinned go-control-plane version from $ref_dir/go.mod"
+
+inputs_hash="$(cd "$here" && find go xds-reference -name '*.go' -o -name 'go.mod' -o -name 'go.sum' | LC_ALL=C sort \
   | xargs sha256sum | sha256sum | cut -d' ' -f1)"
-stamp="vegeta=$vegeta_version inputs=$inputs_hash cgo=0 ldflags=version"
+stamp="vegeta=$vegeta_version go-control-plane=$gcp_version inputs=$inputs_hash cgo=0 ldflags=version"
 
 up_to_date() {
   [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]] || return 1
@@ -60,7 +66,7 @@ if [[ -z "$go_cmd" ]]; then
   else die "no Go toolchain found (set GO=/path/to/go); Go >= 1.26 is needed"
   fi
 fi
-log "using $go_cmd ($("$go_cmd" env GOVERSION)); building vegeta $vegeta_version and upstream into $bin_dir"
+log "using $go_cmd ($("$go_cmd" env GOVERSION)); building vegeta $vegeta_version, upstream and xds-reference (go-control-plane $gcp_version) into $bin_dir"
 
 export CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
@@ -69,6 +75,7 @@ cd "$mod_dir"
 tmp_bin="$(mktemp -d "$bin_dir/tmp.XXXXXX")"
 trap 'rm -rf "$tmp_bin"' EXIT
 "$go_cmd" build -trimpath -ldflags="-s -w -X main.Version=$vegeta_version" -o "$tmp_bin/" github.com/tsenart/vegeta/v12 ./upstream
+(cd "$ref_dir" && "$go_cmd" mod download && "$go_cmd" build -trimpath -ldflags="-s -w" -o "$tmp_bin/xds-reference" .)
 for b in "${binaries[@]}"; do
   [[ -x "$tmp_bin/$b" ]] || die "go build did not produce $b"
   mv -f "$tmp_bin/$b" "$bin_dir/$b"
