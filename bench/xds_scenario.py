@@ -93,7 +93,7 @@ class AckTracker:
             return self.initial.get(version, 0)
 
 
-def _config(scenario: Scenario) -> AgentConfig:
+def bench_config(scenario: Scenario) -> AgentConfig:
     return parse_config({
         "modelarts": {"iam_url": "http://127.0.0.1:9", "modelarts_url": "http://127.0.0.1:9", "project_id": "p"},
         "auth": {"mode": "token"},
@@ -102,7 +102,7 @@ def _config(scenario: Scenario) -> AgentConfig:
     }, "bench")
 
 
-def _snapshot(config: AgentConfig, scenario: Scenario, generation: int, changed: set[int], version: int,
+def bench_snapshot(config: AgentConfig, scenario: Scenario, generation: int, changed: set[int], version: int,
               previous: Snapshot | None) -> Snapshot:
     """Every service's endpoints; services in `changed` get a new set (ports shifted by `generation`)."""
     services = {}
@@ -131,13 +131,13 @@ def run(scenario: Scenario, out: Connection) -> None:
 
 
 def _run(scenario: Scenario) -> dict[str, Any]:
-    config = _config(scenario)
+    config = bench_config(scenario)
     tracker = AckTracker()
     rss_start = rss_mb()
     sink = XdsSink(config.model_copy(update={"xds": config.xds.model_copy(update={"port": _free_port()})}),
                    on_ack=tracker.on_ack)
     port = sink.start()
-    snapshot = _snapshot(config, scenario, 0, set(), 1, None)
+    snapshot = bench_snapshot(config, scenario, 0, set(), 1, None)
     sink.publish(snapshot)
     rss_before = rss_mb()
     context = multiprocessing.get_context("spawn")
@@ -175,7 +175,7 @@ def _run(scenario: Scenario) -> dict[str, Any]:
             for push in range(scenario.pushes):
                 generation += 1
                 changed = {push % scenario.services} if kind == "one-service" else set(range(scenario.services))
-                snapshot = _snapshot(config, scenario, generation, changed, snapshot.version + 1, snapshot)
+                snapshot = bench_snapshot(config, scenario, generation, changed, snapshot.version + 1, snapshot)
                 cache_version += 1
                 tracker.expect(cache_version, scenario.streams)
                 cpu_before = cpu_seconds()
