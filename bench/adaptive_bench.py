@@ -42,11 +42,10 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
+from modelarts_emulator.client import EmulatorAdmin
 
 from agent.adaptive.runner import AdaptiveRunner
 from agent.config import AgentConfig, parse_config
-from agent.demo.processes import ChildProcess
-from agent.emulator.client import EmulatorAdmin
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from agent.sinks.envoy.bootstrap import build_bootstrap
 from agent.sinks.envoy.files import EnvoyFileSink
@@ -56,6 +55,7 @@ from agent.sinks.xds.sink import XdsSink
 from bench.adaptive_report import update_doc
 from bench.env import machine_facts_date, taskset_prefix
 from bench.scenarios import http_json, http_text, proc_cpu_seconds, wait_for
+from demo.processes import ChildProcess
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "adaptive.json"
@@ -273,8 +273,8 @@ class Rig:
             "latency": {"base_ms": FAST_MS, "jitter_ms": 0, "distribution": "constant"}}]}
         (self.workdir / "emulator.yaml").write_text(yaml.safe_dump(scenario))
         ready = self.workdir / "emulator.json"
-        emulator = ChildProcess("emulator", [*taskset_prefix(LOAD_CPU), sys.executable, "-m", "agent", "--log-format",
-                                             "text", "emulator", "--config", str(self.workdir / "emulator.yaml"),
+        emulator = ChildProcess("emulator", [*taskset_prefix(LOAD_CPU), sys.executable, "-m", "modelarts_emulator",
+                                             "--log-format", "text", "--config", str(self.workdir / "emulator.yaml"),
                                              "--ready-file", str(ready)], self.workdir)
         self.children.append(emulator.start())
         emulator.wait_until(ready.exists, 60, "emulator ready")

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.demo.processes import ChildProcess
 from bench.env import LOADGEN_CPU, UPSTREAM_CPU, taskset_prefix, tool
+from demo.processes import ChildProcess
 
 REQUEST_TIMEOUT = "30s"
 

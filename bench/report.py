@@ -70,11 +70,11 @@ _INSTANCE_ROWS = [
      "Go upstream (`scripts/bench/go/upstream`): fixed service time, N request slots (the rest queue), "
      "`X-Instance-Id` header",
      "tens of thousands of requests/s on one core, so Envoy, not the instance, is what is measured"],
-    ["4. propagation", "the emulator's Python instances (`agent/emulator`)",
+    ["4. propagation", "the emulator's Python instances (`modelarts_emulator`)",
      "the ModelArts API, the agent and Envoy's config reload are measured; 150 rps is far below what they serve"],
     ["5. rate budget, 6. footprint", "emulator instances that the API lists but that do not listen",
      "only the API and the agent are measured; 20,000 real listeners would exceed the fd limit"],
-    ["8. gRPC and token streams", "the emulator's gRPC (grpcio, HTTP/2) and SSE instances (`agent/emulator`)",
+    ["8. gRPC and token streams", "the emulator's gRPC (grpcio, HTTP/2) and SSE instances (`modelarts_emulator`)",
      "the protocols are what is measured; Python clients and instances, alike in both arms"],
 ]
 

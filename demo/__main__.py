@@ -1,7 +1,7 @@
-"""Run the demo: `python -m agent.demo` (what `make demo` does)."""
+"""Run the demo: `python -m demo` (what `make demo` does)."""
 
 import sys
 
-from agent.demo.run import main
+from demo.run import main
 
 sys.exit(main())

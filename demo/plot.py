@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from agent.demo.load import LoadStats
+from demo.load import LoadStats
 
 
 def plot_timeline(stats: LoadStats, events: list[tuple[float, str]], path: Path) -> Path | None:

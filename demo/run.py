@@ -15,16 +15,16 @@ from typing import Any
 
 import requests
 import yaml
+from modelarts_emulator.client import EmulatorAdmin
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from agent.demo.load import LoadStats, run_load
-from agent.demo.plot import plot_timeline
-from agent.demo.processes import ChildProcess
-from agent.emulator.client import EmulatorAdmin
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
+from demo.load import LoadStats, run_load
+from demo.plot import plot_timeline
+from demo.processes import ChildProcess
 
 SERVICE_ID = "demo-llm-service"
 RATE = 120.0
@@ -74,7 +74,7 @@ class Demo:
             "name": "llm", "service_id": SERVICE_ID, "instances": 3,
             "latency": {"base_ms": 4, "jitter_ms": 4, "distribution": "exponential"}}]}))
         ready = self.workdir / "emulator.json"
-        emulator = ChildProcess("emulator", [py, "-m", "agent", "--log-format", "text", "emulator", "--config",
+        emulator = ChildProcess("emulator", [py, "-m", "modelarts_emulator", "--log-format", "text", "--config",
                                              str(scenario), "--ready-file", str(ready)], self.workdir).start()
         self.children.append(emulator)
         emulator.wait_until(ready.exists, 30, "emulator ready")

@@ -14,7 +14,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from agent.cli import controller_cmd, endpoints_cmd, inject_cmd, render_cmd, run_cmd, sidecar_cmd, status_cmd
-    from agent.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(
         prog="modelarts-agent",
@@ -30,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar_cmd.add_parser(sub)
     inject_cmd.add_parser(sub)
     status_cmd.add_parser(sub)
-    emulator_cli.add_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda _args: print(f"modelarts-agent {__version__}") or 0)
     return parser

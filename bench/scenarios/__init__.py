@@ -23,12 +23,12 @@ from typing import Any
 from rich.console import Console
 
 from agent.config import AgentConfig, parse_config
-from agent.demo.processes import ChildProcess
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from agent.sinks.envoy.bootstrap import build_bootstrap
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.sinks.envoy.serialize import to_yaml
 from bench.env import ENVOY_CPU, envoy_binary, taskset_prefix
+from demo.processes import ChildProcess
 
 # --- results ------------------------------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ def sidecar(ctx: Ctx, services: Sequence[Mapping[str, Any]], endpoints: Mapping[
 
 def start_emulator(ctx: Ctx, scenario: Mapping[str, Any],
                    name: str = "emulator") -> tuple[ChildProcess, dict[str, Any]]:
-    """`modelarts-agent emulator` as a child process; returns it and its ready JSON (URLs, services)."""
+    """`modelarts-emulator` as a child process; returns it and its ready JSON (URLs, services)."""
     import sys
 
     import yaml
@@ -290,7 +290,7 @@ def start_emulator(ctx: Ctx, scenario: Mapping[str, Any],
     path.write_text(yaml.safe_dump(dict(scenario)))
     ready = ctx.workdir / f"{name}.json"
     ready.unlink(missing_ok=True)
-    child = ctx.track(ChildProcess(name, [sys.executable, "-m", "agent", "--log-format", "text", "emulator",
+    child = ctx.track(ChildProcess(name, [sys.executable, "-m", "modelarts_emulator", "--log-format", "text",
                                           "--config", str(path), "--ready-file", str(ready)], ctx.workdir))
     child.start()
     child.wait_until(ready.exists, 60, "emulator ready")

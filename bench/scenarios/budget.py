@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import numpy as np
+from modelarts_emulator.client import EmulatorAdmin
+from modelarts_emulator.config import DEFAULT_PASSWORD
 
-from agent.emulator.client import EmulatorAdmin
-from agent.emulator.config import DEFAULT_PASSWORD
 from bench import report
 from bench.env import REPO
 from bench.scenarios import (
@@ -257,11 +257,11 @@ def _cluster_mode(ctx: Ctx, counts: list[int], phase_seconds: float) -> dict[str
     from urllib.parse import urlsplit
 
     import yaml
+    from modelarts_emulator import Emulator, EmulatorConfig
+    from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PROJECT_ID, DEFAULT_USER
 
-    from agent.demo.processes import ChildProcess
-    from agent.emulator import Emulator, EmulatorConfig
-    from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PROJECT_ID, DEFAULT_USER
     from bench.scenarios.footprint import EmulatorHandle, listed_only_instances
+    from demo.processes import ChildProcess
     from tests.kubeenv import KubeTestEnv
 
     ctx.step("cluster mode: starting kube-apiserver + etcd")

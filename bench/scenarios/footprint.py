@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
+
 from bench import report
 from bench.scenarios import (
     Check,
@@ -45,7 +46,7 @@ REAL_CALLS_PER_SECOND = 20 / 62  # the agent's pacing at the real budget
 @contextlib.contextmanager
 def listed_only_instances() -> Iterator[None]:
     """Emulator instances that are listed but do not listen (see the module docstring)."""
-    from agent.emulator import instances
+    from modelarts_emulator import instances
 
     original = instances.Instance.start
 

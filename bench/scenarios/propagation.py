@@ -17,9 +17,9 @@ import random
 import time
 
 import numpy as np
+from modelarts_emulator.client import EmulatorAdmin
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
-from agent.emulator.client import EmulatorAdmin
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from bench import report
 from bench.loadgen import Attack, Target
 from bench.scenarios import (

@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import struct_pb2
+from modelarts_emulator.client import EmulatorAdmin
+from modelarts_emulator.grpc_instance import GENERATE, PREDICT, to_struct
 
-from agent.emulator.client import EmulatorAdmin
-from agent.emulator.grpc_instance import GENERATE, PREDICT, to_struct
 from bench import report
 from bench.env import LOADGEN_CPU
 from bench.scenarios import Check, Ctx, ScenarioResult, fmt_ms, free_port, proc_cpu_seconds, sidecar, start_emulator

@@ -51,7 +51,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.emulator.config import (
+from modelarts_emulator.config import (
     EmulatorConfig,
     LatencyConfig,
     LimitsConfig,
@@ -60,10 +60,10 @@ from agent.emulator.config import (
     StreamConfig,
     describe_validation_error,
 )
-from agent.emulator.faults import FaultBoard, FaultSpec
-from agent.emulator.iam import Directory, IamApi, TokenStore
-from agent.emulator.instances import Fleet, FleetError
-from agent.emulator.throttle import CallLog, EmulatorClock, RateLimiter
+from modelarts_emulator.faults import FaultBoard, FaultSpec
+from modelarts_emulator.iam import Directory, IamApi, TokenStore
+from modelarts_emulator.instances import Fleet, FleetError
+from modelarts_emulator.throttle import CallLog, EmulatorClock, RateLimiter
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)

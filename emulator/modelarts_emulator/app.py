@@ -25,17 +25,17 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.emulator.admin import AdminApi, EmulatorParts
-from agent.emulator.client import EmulatorAdmin
-from agent.emulator.config import EmulatorConfig
-from agent.emulator.faults import FaultBoard
-from agent.emulator.iam import Directory, IamApi, TokenStore
-from agent.emulator.instances import Fleet, FleetError, HttpListener
-from agent.emulator.modelarts_api import ModelArtsApi
-from agent.emulator.throttle import CallLog, EmulatorClock, RateLimiter
-from agent.emulator.tls import CertificateAuthority
+from modelarts_emulator.admin import AdminApi, EmulatorParts
+from modelarts_emulator.client import EmulatorAdmin
+from modelarts_emulator.config import EmulatorConfig
+from modelarts_emulator.faults import FaultBoard
+from modelarts_emulator.iam import Directory, IamApi, TokenStore
+from modelarts_emulator.instances import Fleet, FleetError, HttpListener
+from modelarts_emulator.modelarts_api import ModelArtsApi
+from modelarts_emulator.throttle import CallLog, EmulatorClock, RateLimiter
+from modelarts_emulator.tls import CertificateAuthority
 
-log = logging.getLogger("agent.emulator")
+log = logging.getLogger("modelarts_emulator")
 
 
 class EmulatorError(RuntimeError):

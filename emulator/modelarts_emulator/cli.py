@@ -1,8 +1,8 @@
-"""`modelarts-agent emulator`: run the emulator in the foreground until SIGINT/SIGTERM.
+"""`modelarts-emulator`: run the emulator in the foreground until SIGINT/SIGTERM.
 
 Once everything listens it prints one JSON line (URLs, CA path, services, a credentials hint;
 never a password or SK) and writes the same JSON to --ready-file, so a parent process can wait
-for the file instead of parsing logs. Also runnable as `python -m agent.emulator.cli`.
+for the file instead of parsing logs. Also runnable as `python -m modelarts_emulator`.
 
 Ports: --port N puts IAM and ModelArts on the same port N; without it (or with 0) each gets its
 own ephemeral port. --services/--instances replace the scenario's services with generated
@@ -14,28 +14,29 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from agent.emulator.app import Emulator, EmulatorError
-from agent.emulator.config import EmulatorConfig, ScenarioError, ServiceConfig, demo_config
+from modelarts_emulator.app import Emulator, EmulatorError
+from modelarts_emulator.config import EmulatorConfig, ScenarioError, ServiceConfig, demo_config
+
+PROG = "modelarts-emulator"
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "emulator",
-        help="run the local ModelArts + IAM emulator with fake inference instances",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Run the local ModelArts + IAM emulator with fake inference instances.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="json", choices=["json", "text"])
     configure_parser(parser)
-    parser.set_defaults(func=run, handler=run)  # both common dispatch conventions
     return parser
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="scenario YAML (see agent/emulator/config.py)")
+    parser.add_argument("--config", type=Path, help="scenario YAML (see emulator/modelarts_emulator/config.py)")
     parser.add_argument("--host", help="address for the IAM, ModelArts and admin listeners (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="one port for both IAM and ModelArts (default: ephemeral each)")
     parser.add_argument("--iam-port", type=int, help="a separate IAM port (overrides --port for IAM)")
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
     except ScenarioError as exc:
-        print(f"modelarts-agent emulator: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
     def on_ready(emulator: Emulator) -> None:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         Emulator(config).run_forever(on_ready)
     except (EmulatorError, OSError) as exc:
-        print(f"modelarts-agent emulator: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
@@ -111,10 +112,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                "msg": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """One stderr handler: JSON lines (the default, like the agent's) or plain text for a terminal."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modelarts-agent emulator")
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    return run(args)
 
 
 if __name__ == "__main__":

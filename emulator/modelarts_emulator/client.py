@@ -6,9 +6,9 @@ from typing import Any
 
 import requests
 
-from agent.emulator.config import LatencyConfig, ServiceConfig, StreamConfig
-from agent.emulator.instances import InstanceInfo
-from agent.emulator.throttle import CallRecord
+from modelarts_emulator.config import LatencyConfig, ServiceConfig, StreamConfig
+from modelarts_emulator.instances import InstanceInfo
+from modelarts_emulator.throttle import CallRecord
 
 
 class EmulatorAdminError(RuntimeError):

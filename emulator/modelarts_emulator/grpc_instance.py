@@ -28,10 +28,10 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.emulator.streaming import plan, tokens, tracked
+from modelarts_emulator.streaming import plan, tokens, tracked
 
 if TYPE_CHECKING:
-    from agent.emulator.instances import Instance
+    from modelarts_emulator.instances import Instance
 
 SERVICE = "modelarts.emulator.v1.Inference"
 PREDICT = f"/{SERVICE}/Predict"

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.emulator.config import UserConfig
-from agent.emulator.faults import ArmedFault, FaultBoard, apply_header_edits, respond
-from agent.emulator.throttle import CallLog, EmulatorClock
+from modelarts_emulator.config import UserConfig
+from modelarts_emulator.faults import ArmedFault, FaultBoard, apply_header_edits, respond
+from modelarts_emulator.throttle import CallLog, EmulatorClock
 
 TOKEN_HEADER = "X-Subject-Token"
 WRONG_PASSWORD = "The username or password is wrong."

@@ -35,14 +35,14 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.emulator.config import EmulatorConfig, LatencyConfig, ServiceConfig, StreamConfig
-from agent.emulator.grpc_instance import GrpcListener
-from agent.emulator.sse import serve_sse
-from agent.emulator.streaming import StreamCounters
-from agent.emulator.tls import CertificateAuthority
-from agent.emulator.websocket import serve_websocket
+from modelarts_emulator.config import EmulatorConfig, LatencyConfig, ServiceConfig, StreamConfig
+from modelarts_emulator.grpc_instance import GrpcListener
+from modelarts_emulator.sse import serve_sse
+from modelarts_emulator.streaming import StreamCounters
+from modelarts_emulator.tls import CertificateAuthority
+from modelarts_emulator.websocket import serve_websocket
 
-log = logging.getLogger("agent.emulator.instances")
+log = logging.getLogger("modelarts_emulator.instances")
 
 InstanceState = Literal["running", "killed", "draining", "stopped"]
 

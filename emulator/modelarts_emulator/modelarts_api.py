@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from agent.emulator.config import LimitsConfig, UserConfig
-from agent.emulator.faults import FaultBoard, apply_header_edits, respond
-from agent.emulator.iam import Directory, TokenError, TokenStore
-from agent.emulator.instances import Fleet, ServiceRuntime
-from agent.emulator.signature import IncomingRequest, SignatureError, verify
-from agent.emulator.throttle import CallLog, EmulatorClock, RateLimiter, Throttled
+from modelarts_emulator.config import LimitsConfig, UserConfig
+from modelarts_emulator.faults import FaultBoard, apply_header_edits, respond
+from modelarts_emulator.iam import Directory, TokenError, TokenStore
+from modelarts_emulator.instances import Fleet, ServiceRuntime
+from modelarts_emulator.signature import IncomingRequest, SignatureError, verify
+from modelarts_emulator.throttle import CallLog, EmulatorClock, RateLimiter, Throttled
 
 Target = Literal["endpoints", "details", "list"]
 AUTH_PREFIX = "Incorrect IAM authentication information: "

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.emulator.streaming import plan, tokens, tracked
+from modelarts_emulator.streaming import plan, tokens, tracked
 
 if TYPE_CHECKING:
-    from agent.emulator.instances import Instance
+    from modelarts_emulator.instances import Instance
 
 # Query parameters a client may use to shape one stream ("chunks" is the historical name of "tokens").
 _QUERY = {"tokens": "tokens", "chunks": "tokens", "first_token_ms": "first_token_ms",

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.emulator.config import StreamConfig, describe_validation_error
+from modelarts_emulator.config import StreamConfig, describe_validation_error
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.emulator.config import LimitsConfig
+from modelarts_emulator.config import LimitsConfig
 
 
 class EmulatorClock:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from agent.emulator.streaming import plan, tokens, tracked
+from modelarts_emulator.streaming import plan, tokens, tracked
 
 if TYPE_CHECKING:
-    from agent.emulator.instances import Instance
+    from modelarts_emulator.instances import Instance
 
 
 async def serve_websocket(request: web.Request, instance: Instance, headers: Mapping[str, str]) -> web.StreamResponse:

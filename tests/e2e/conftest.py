@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID
 
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID
 from tests.e2e.nodecluster import NodeCluster, leftovers
 from tests.kubeenv import KubectlError, default_bin_dir, ensure_binaries
 
@@ -244,7 +244,7 @@ class ClusterEmulator:
 
     def admin(self, code: str) -> Any:
         """Run code with ``admin`` (an EmulatorAdmin on the pod's admin port) in the emulator pod."""
-        program = ("import json\nfrom agent.emulator.client import EmulatorAdmin\n"
+        program = ("import json\nfrom modelarts_emulator.client import EmulatorAdmin\n"
                    "admin = EmulatorAdmin('http://127.0.0.1:8001')\n" + textwrap.dedent(code))
         return self.kube.exec_python(EMULATOR_NS, self.pod, program, container="emulator")
 
@@ -276,10 +276,10 @@ def emulator(kube: Kube) -> ClusterEmulator:
     users = [{"domain": DEFAULT_DOMAIN, "name": user_for(n)[0], "password": user_for(n)[1],
               "project_id": DEFAULT_PROJECT_ID} for n in E2E_MAS_NAMES]
     scenario = {"users": users, "services": [{**s, "schema": "http"} for s in EMULATOR_SERVICES]}
-    args = ["emulator", "--config", "/etc/emulator/scenario.yaml", "--host", "0.0.0.0", "--port", "8000",
+    args = ["--config", "/etc/emulator/scenario.yaml", "--host", "0.0.0.0", "--port", "8000",
             "--admin-port", "8001", "--instance-address", "$(POD_IP)"]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    emu = container("emulator", args, env=[pod_ip],
+    emu = container("emulator", args, command=["modelarts-emulator"], env=[pod_ip],
                     ports=[{"name": "api", "containerPort": 8000}, {"name": "admin", "containerPort": 8001}],
                     readinessProbe={"tcpSocket": {"port": 8000}, "periodSeconds": 2},
                     volumeMounts=[{"name": "scenario", "mountPath": "/etc/emulator"},

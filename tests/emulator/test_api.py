@@ -10,9 +10,8 @@ import requests
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
-
-from agent.emulator import Emulator, EmulatorConfig, ServiceConfig
-from agent.emulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, AccessKey, UserConfig
+from modelarts_emulator import Emulator, EmulatorConfig, ServiceConfig
+from modelarts_emulator.config import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, AccessKey, UserConfig
 
 OTHER_PROJECT = "fedcba9876543210fedcba9876543210"
 SVC = ServiceConfig(name="svc-api", instances=2)

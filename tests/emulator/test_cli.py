@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -14,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from agent.emulator import cli
-from agent.emulator.config import DEFAULT_PASSWORD, DEFAULT_SK
+from modelarts_emulator import cli
+from modelarts_emulator.config import DEFAULT_PASSWORD, DEFAULT_SK
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def spawn(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.emulator.cli", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "modelarts_emulator", *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -108,7 +106,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, content):
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert err.startswith("modelarts-agent emulator:")
+    assert err.startswith("modelarts-emulator:")
     assert out == ""
 
 
@@ -128,12 +126,9 @@ def test_missing_config_file_exits_2():
     assert proc.returncode == 2 and "cannot read" in err
 
 
-def test_add_parser_wires_into_a_parent_cli(tmp_path):
-    parser = argparse.ArgumentParser(prog="modelarts-agent")
-    sub = parser.add_subparsers(dest="command")
-    cli.add_parser(sub)
-    args = parser.parse_args(["emulator", "--services", "3", "--instances", "0", "--port", "0"])
-    assert args.func is cli.run
+def test_the_parser_builds_generated_services(tmp_path):
+    args = cli.build_parser().parse_args(["--services", "3", "--instances", "0", "--port", "0"])
+    assert args.log_format == "json"
     config = cli.build_config(args)
     assert [s.name for s in config.services] == ["demo-svc-1", "demo-svc-2", "demo-svc-3"]
     assert config.services[0].instances == 0

@@ -8,9 +8,8 @@ import time
 
 import pytest
 import requests
-
-from agent.emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
-from agent.emulator.config import DEFAULT_PROJECT_ID
+from modelarts_emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
+from modelarts_emulator.config import DEFAULT_PROJECT_ID
 
 SVC = ServiceConfig(name="svc-faults", instances=1)
 OTHER = ServiceConfig(name="svc-other", instances=1)

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
-from agent.emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
-from agent.emulator.config import DEFAULT_PROJECT_ID, LatencyConfig
+from modelarts_emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
+from modelarts_emulator.config import DEFAULT_PROJECT_ID, LatencyConfig
 
 HTTP = ServiceConfig(name="svc-http", instances=2)
 QUEUED = ServiceConfig(name="svc-queued", instances=1, concurrency=1, latency=LatencyConfig(base_ms=200))

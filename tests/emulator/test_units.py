@@ -12,8 +12,7 @@ from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.emulator.config import (
+from modelarts_emulator.config import (
     DEFAULT_AK,
     DEFAULT_SK,
     EmulatorConfig,
@@ -21,9 +20,9 @@ from agent.emulator.config import (
     ScenarioError,
     ServiceConfig,
 )
-from agent.emulator.faults import FaultBoard, FaultSpec
-from agent.emulator.signature import IncomingRequest, SignatureError, verify
-from agent.emulator.throttle import RateLimiter, SlidingWindow
+from modelarts_emulator.faults import FaultBoard, FaultSpec
+from modelarts_emulator.signature import IncomingRequest, SignatureError, verify
+from modelarts_emulator.throttle import RateLimiter, SlidingWindow
 
 HOST = "127.0.0.1:8443"
 PATH = "/v1/0123456789abcdef0123456789abcdef/services/abc-123/predict/endpoints"

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
 from agent.config import load_config
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from tests.envoy.conftest import StartEnvoy
 from tests.envoy.harness import free_port, send_requests, wait_until
 

@@ -14,10 +14,10 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
 from agent.config import parse_config
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from agent.model import Endpoint
 from agent.runtime import AgentRuntime
 from agent.sinks.envoy.files import EnvoyFileSink

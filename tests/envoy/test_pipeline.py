@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
 from agent.config import parse_config
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from agent.runtime import AgentRuntime
 from agent.sinks.factory import sinks_for
 from tests.envoy.conftest import StartEnvoy

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from modelarts_emulator import Emulator
 
 from agent.config import parse_config
-from agent.emulator import Emulator
 from agent.errors import AuthError, ConfigError, DiscoveryError
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client

@@ -6,10 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from agent.config import AgentConfig, parse_config
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import (
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
@@ -17,6 +15,8 @@ from agent.emulator.config import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
+
+from agent.config import AgentConfig, parse_config
 
 SECRETS = (DEFAULT_PASSWORD, DEFAULT_SK)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from agent.emulator import Emulator
-from agent.emulator.config import (
+from modelarts_emulator import Emulator
+from modelarts_emulator.config import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,

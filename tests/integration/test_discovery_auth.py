@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from modelarts_emulator import Emulator
 
-from agent.emulator import Emulator
 from agent.errors import AuthError
 from agent.modelarts.auth import IamTokenAuth
 from agent.modelarts.budget import BudgetRegistry

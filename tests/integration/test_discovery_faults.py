@@ -7,8 +7,8 @@ import time
 from bisect import bisect_left
 
 import pytest
+from modelarts_emulator import Emulator
 
-from agent.emulator import Emulator
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.snapshot import SnapshotStore

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import requests
+from modelarts_emulator import Emulator, EmulatorConfig
 from rich.console import Console
 
 from agent.cli.status_cmd import render
 from agent.config import parse_config
-from agent.emulator import Emulator, EmulatorConfig
 from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 

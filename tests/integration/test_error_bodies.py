@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from modelarts_emulator import Emulator
 
-from agent.emulator import Emulator
 from agent.errors import DiscoveryError, ThrottledError
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import ModelArtsClient, allowed_networks, build_client

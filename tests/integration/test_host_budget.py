@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from modelarts_emulator import Emulator
+from modelarts_emulator.config import DEFAULT_PASSWORD
 
 from agent.cli.main import main
 from agent.config import AgentConfig, parse_config
-from agent.emulator import Emulator
-from agent.emulator.config import DEFAULT_PASSWORD
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.modelarts.host_state import SharedBudgetFile

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import requests
+from modelarts_emulator import Emulator
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
-from agent.emulator import Emulator
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.modelarts.responses import RETRY_AFTER_MAX_SECONDS

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from modelarts_emulator import Emulator
+from modelarts_emulator.config import DEFAULT_AK, DEFAULT_PASSWORD, DEFAULT_SK
 
 from agent.config import parse_config
-from agent.emulator import Emulator
-from agent.emulator.config import DEFAULT_AK, DEFAULT_PASSWORD, DEFAULT_SK
 from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 

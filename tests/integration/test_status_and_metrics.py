@@ -10,10 +10,10 @@ import time
 
 import pytest
 import requests
+from modelarts_emulator import Emulator
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
-from agent.emulator import Emulator
 from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from modelarts_emulator import Emulator
 
 from agent.config import load_config
-from agent.emulator import Emulator
 from agent.runtime import AgentRuntime
 from agent.sinks.factory import sinks_for
 from tests.atomic_writer import AtomicWriter

@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import (
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
@@ -35,6 +34,7 @@ from agent.emulator.config import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
+
 from tests import kubeenv
 from tests.kubeenv import KubeTestEnv, free_port
 

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
+from modelarts_emulator.config import DEFAULT_USER
 
-from agent.emulator.config import DEFAULT_USER
 from tests.kube.conftest import (
     RBAC,
     AgentProcess,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from modelarts_emulator import Emulator
 
-from agent.emulator import Emulator
 from tests.adaptive.test_envoy_adaptive import envoy_weights
 from tests.envoy.harness import EnvoyProcess, require_envoy, send_requests
 from tests.kube.conftest import (

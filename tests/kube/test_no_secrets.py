@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from modelarts_emulator.config import DEFAULT_AK, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_SK
 
-from agent.emulator.config import DEFAULT_AK, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_SK
 from tests.kube.conftest import Agents, Cluster, mas, password_secret, vpc_addresses, wait_until
 
 pytestmark = pytest.mark.kube

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from modelarts_emulator import Emulator, EmulatorConfig, ServiceConfig
 from prometheus_client.parser import text_string_to_metric_families
 
 import agent.kube.metrics
 import agent.sinks.xds.metrics
-from agent.emulator import Emulator, EmulatorConfig, ServiceConfig
 from agent.model import Endpoint
 from agent.runtime import AgentRuntime
 from agent.sinks.envoy.files import EnvoyFileSink

@@ -63,7 +63,7 @@ BUILD_TIMEOUT = 3600
 RUN_AS_CHART = ["--read-only", "--user", "10001:10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                 "--network", "none", "--tmpfs", "/tmp", "--tmpfs", "/var/run/modelarts"]
 ENTRY_POINTS = [["version"], ["--help"], *([command, "--help"] for command in
-                ("controller", "sidecar", "run", "emulator", "endpoints", "inject", "render", "status"))]
+                ("controller", "sidecar", "run", "endpoints", "inject", "render", "status"))]
 
 
 def _real_root_problem() -> str | None:

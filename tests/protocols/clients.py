@@ -15,8 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from agent.emulator.grpc_instance import GENERATE, PREDICT, from_struct, to_struct
+from modelarts_emulator.grpc_instance import GENERATE, PREDICT, from_struct, to_struct
 
 # No proxy from the environment, ever: every address here is loopback.
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]

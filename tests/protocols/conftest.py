@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from modelarts_emulator import Emulator, EmulatorConfig
 
-from agent.emulator import Emulator, EmulatorConfig
 from tests.envoy.conftest import admin_port, out_dir, start_envoy  # noqa: F401  (fixtures)
 from tests.protocols.paths import DataPath
 from tests.xds.conftest import start_ads_envoy, start_control_plane  # noqa: F401  (fixtures)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelarts_emulator import Emulator
+
 from agent.config import AgentConfig
-from agent.emulator import Emulator
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.sinks.xds.sink import XdsSink

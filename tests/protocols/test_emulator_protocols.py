@@ -10,9 +10,9 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from modelarts_emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
+from modelarts_emulator.config import StreamConfig
 
-from agent.emulator import Emulator, EmulatorAdminError, EmulatorConfig, ServiceConfig
-from agent.emulator.config import StreamConfig
 from tests.envoy.harness import wait_until
 from tests.protocols.clients import GrpcClient, grpc_stream, sse_stream
 

@@ -9,10 +9,10 @@ from collections import Counter
 
 import grpc
 import pytest
+from modelarts_emulator import ServiceConfig
+from modelarts_emulator.config import StreamConfig
+from modelarts_emulator.grpc_instance import PREDICT
 
-from agent.emulator import ServiceConfig
-from agent.emulator.config import StreamConfig
-from agent.emulator.grpc_instance import PREDICT
 from tests.envoy.harness import wait_until
 from tests.protocols.clients import GrpcClient, grpc_stream
 from tests.protocols.paths import DataPath, endpoints_of

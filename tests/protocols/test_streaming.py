@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from modelarts_emulator import ServiceConfig
+from modelarts_emulator.config import StreamConfig
 
-from agent.emulator import ServiceConfig
-from agent.emulator.config import StreamConfig
 from tests.envoy.harness import wait_until
 from tests.protocols.clients import GrpcClient, grpc_stream, sse_events, sse_stream
 from tests.protocols.paths import DataPath, endpoints_of

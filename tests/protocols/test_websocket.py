@@ -8,9 +8,9 @@ import asyncio
 
 import aiohttp
 import pytest
+from modelarts_emulator import ServiceConfig
+from modelarts_emulator.config import StreamConfig
 
-from agent.emulator import ServiceConfig
-from agent.emulator.config import StreamConfig
 from tests.protocols.paths import DataPath, endpoints_of
 
 pytestmark = pytest.mark.envoy

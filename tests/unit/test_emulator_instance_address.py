@@ -7,10 +7,9 @@ import argparse
 
 import pytest
 import requests
-
-from agent.emulator import Emulator
-from agent.emulator.cli import build_config, configure_parser
-from agent.emulator.config import ScenarioError
+from modelarts_emulator import Emulator
+from modelarts_emulator.cli import build_config, configure_parser
+from modelarts_emulator.config import ScenarioError
 
 
 def options(*argv: str) -> argparse.Namespace:

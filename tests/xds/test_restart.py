@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from modelarts_emulator import Emulator, EmulatorConfig
+from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
-from agent.emulator import Emulator, EmulatorConfig
-from agent.emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 from tests.envoy.harness import EnvoyProcess, free_port, send_requests, wait_until
 from tests.xds.conftest import StartAdsEnvoy
 from tests.xds.helpers import LoadLoop
