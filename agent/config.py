@@ -118,6 +118,11 @@ class LbPolicy(StrEnum):
     ring_hash = "ring_hash"
     maglev = "maglev"
 
+    @property
+    def sticky(self) -> bool:
+        """Hashes on a key (HashKey), so one user keeps one instance."""
+        return self in (LbPolicy.ring_hash, LbPolicy.maglev)
+
 
 class HashKey(Strict):
     """What sticky policies (ring_hash, maglev) hash on: one of header, cookie or source_ip."""

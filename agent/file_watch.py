@@ -1,6 +1,8 @@
 """Watch files by the path they were given and call back when any one's content changes.
 
-Used for the agent's config and for files rendered into Envoy config (API keys, JWKS).
+Used for the agent's config (`ConfigWatcher`: each valid new version goes to a callback; an invalid
+one is logged and ignored, the running config stays) and for files rendered into Envoy config
+(API keys, JWKS).
 
 Kubernetes mounts a ConfigMap or Secret like this (the kubelet's AtomicWriter):
 
@@ -30,6 +32,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.utils import BaseThread
+
+from agent.config import AgentConfig, load_config
+from agent.errors import ConfigError
+from agent.metrics import CONFIG_RELOADS
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +244,43 @@ class FileWatcher(FileSystemEventHandler):
                     if path in self._digests:
                         self._digests[path] = current[path]
             return changed
+
+
+class ConfigWatcher:
+    """The agent's own config file: a `FileWatcher` on it that parses each new version first."""
+
+    def __init__(self, path: Path, on_change: Callable[[AgentConfig], None], debounce_seconds: float = 0.2) -> None:
+        self._path = path
+        self._on_change = on_change
+        self._files = FileWatcher(self._changed, debounce_seconds, name="config")
+        self.applied = False
+
+    def start(self) -> None:
+        self._files.watch([self._path])
+
+    def stop(self) -> None:
+        self._files.stop()
+
+    def check(self) -> bool:
+        """Reload now if the content changed; True if a new config was applied."""
+        self.applied = False
+        self._files.check()
+        return self.applied
+
+    def _changed(self, _paths: list[Path]) -> None:
+        if not self._path.exists():
+            return  # gone for a moment (an editor's delete-then-write): its return is the change
+        try:
+            config = load_config(self._path)
+        except ConfigError as exc:
+            CONFIG_RELOADS.labels("invalid").inc()
+            log.error("new config rejected; keeping the running one: %s", exc)
+            return
+        try:
+            self._on_change(config)
+        except Exception:
+            CONFIG_RELOADS.labels("error").inc()
+            raise  # the watcher logs it with its traceback and retries
+        CONFIG_RELOADS.labels("success").inc()
+        self.applied = True
+        log.info("config reloaded", extra={"services": len(config.services)})

@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from agent.modelarts.budget import BudgetRegistry
-    from agent.runtime import AgentRuntime
+
+# What the scrape-time collectors read, as protocols: metrics sits below every module that counts.
+class _Usage(Protocol):
+    @property
+    def identity(self) -> str: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def used_in_window(self) -> int: ...
+    @property
+    def waits_total(self) -> int: ...
+    @property
+    def calls_total(self) -> int: ...
+
+
+class _Budget(Protocol):
+    def usage(self) -> _Usage: ...
+
+
+class BudgetSource(Protocol):
+    """agent.modelarts.budget.BudgetRegistry."""
+
+    def budgets(self) -> Iterable[_Budget]: ...
+
+
+class PollerSource(Protocol):
+    """A running agent (agent.runtime.AgentRuntime)."""
+
+    def poller_states(self) -> list[tuple[str, bool]]: ...
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,7 +86,7 @@ class _BudgetCollector(Collector):
     """Reads every live rate budget at scrape time, so the figures are never stale."""
 
     def __init__(self) -> None:
-        self.registries: weakref.WeakSet[BudgetRegistry] = weakref.WeakSet()
+        self.registries: weakref.WeakSet[BudgetSource] = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         used = GaugeMetricFamily("modelarts_agent_budget_calls_in_window",
@@ -92,7 +118,7 @@ class _PollerCollector(Collector):
     """modelarts_agent_poller_alive, read from the pollers' threads at scrape time."""
 
     def __init__(self) -> None:
-        self.runtimes: weakref.WeakSet[AgentRuntime] = weakref.WeakSet()
+        self.runtimes: weakref.WeakSet[PollerSource] = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         alive = GaugeMetricFamily("modelarts_agent_poller_alive",

@@ -13,9 +13,8 @@ from agent.adaptive.runner import AdaptiveRunner
 from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
-from agent.config_watch import ConfigWatcher
 from agent.errors import ConfigError
-from agent.file_watch import FileWatcher
+from agent.file_watch import ConfigWatcher, FileWatcher
 from agent.metrics import POLLERS
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import allowed_networks, build_client

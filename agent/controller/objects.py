@@ -1,5 +1,7 @@
 """Pure builders for the objects the controller owns: a selectorless Service and its EndpointSlices.
 
+The sidecar side reads them back in `agent/sources/slices.py`.
+
 Names are deterministic, so server-side apply updates the same objects in place and a stale
 slice is simply one whose name is no longer produced.
 """
@@ -7,14 +9,17 @@ slice is simply one whose name is no longer produced.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import LbPolicy
 from agent.kube import (
     GROUP,
     KIND,
+    LB_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     SERVICE_ID_LABEL,
@@ -107,15 +112,9 @@ def endpoint_slices(name: str, namespace: str, service_id: str, endpoints: Seque
     return slices
 
 
-def endpoints_from_slices(slices: Sequence[dict[str, Any]], schema: str = "http") -> tuple[Endpoint, ...]:
-    """The reverse direction, for the sidecar source: slices → ready endpoints."""
-    found: set[Endpoint] = set()
-    for item in slices:
-        ports = [p.get("port") for p in item.get("ports") or [] if isinstance(p.get("port"), int)]
-        for endpoint in item.get("endpoints") or []:
-            conditions = endpoint.get("conditions") or {}
-            ready = conditions.get("ready") is not False
-            for address in endpoint.get("addresses") or []:
-                for port in ports:
-                    found.add(Endpoint(ip=address, port=port, schema=schema, ready=ready))  # type: ignore[arg-type]
-    return tuple(sorted(found))
+def lb_annotation(policy: str, hash_header: str | None) -> dict[str, str]:
+    """The annotation for a CR's loadBalancing (hashHeader only where the policy hashes)."""
+    body: dict[str, str] = {"policy": policy}
+    if hash_header and LbPolicy(policy).sticky:
+        body["hashHeader"] = hash_header
+    return {LB_ANNOTATION: json.dumps(body, sort_keys=True, separators=(",", ":"))}

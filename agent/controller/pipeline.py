@@ -27,17 +27,17 @@ from typing import Any
 import requests
 
 from agent.config import AgentConfig, AuthMode, BudgetConfig, DiscoveryConfig, ServiceSpec, parse_config
+from agent.controller.crd import ModelArtsServiceResource, parse_resource
 from agent.controller.credentials import CredentialsProblem, SecretCredentials, SecretRef, SecretStore
 from agent.controller.endpoints import EndpointAllowList
+from agent.controller.sink import KubernetesSink
 from agent.controller.status import Problem, StatusInput, build_status, events_for
 from agent.errors import ConfigError
 from agent.kube import GROUP, KIND, VERSION
 from agent.kube.client import EventRecorder, KubeApiError, KubeClient, NotLeader, now_rfc3339
-from agent.kube.crd import ModelArtsServiceResource, parse_resource
 from agent.loops import FailureLog, run_forever
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import ModelArtsClient, build_authenticator
-from agent.sinks.kubernetes import KubernetesSink
 from agent.sinks.runner import SinkRunner
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource

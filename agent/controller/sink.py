@@ -22,12 +22,11 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from agent.controller.crd import ModelArtsServiceResource
+from agent.controller.objects import Owner, endpoint_slices, lb_annotation, port_name, service_manifest
 from agent.controller.status import Problem
 from agent.kube import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from agent.kube.client import KubeApiError, KubeClient, collection_path, object_path
-from agent.kube.crd import ModelArtsServiceResource
-from agent.kube.load_balancing import lb_annotation
-from agent.kube.objects import Owner, endpoint_slices, port_name, service_manifest
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from agent.sinks import SinkError
 
@@ -133,7 +132,7 @@ class KubernetesSink:
         owner = Owner(resource.name, resource.uid)
         protocol = svc.protocol  # agent.model.effective_protocol: the same rule as Envoy's
         self._check_service_owner(resource)
-        # spec.loadBalancing travels to sidecars and gateways on the objects they read (kube/load_balancing.py).
+        # spec.loadBalancing travels to sidecars and gateways on the objects they read (controller/objects.py).
         lb = lb_annotation(resource.spec.load_balancing.policy.value, resource.spec.load_balancing.hash_header)
         self._apply(service_manifest(resource.name, resource.namespace, resource.spec.service_id, resource.spec.port,
                                      protocol, resource.spec.service_type == "Headless", owner, lb))

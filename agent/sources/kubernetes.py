@@ -18,12 +18,11 @@ from agent.config import ServiceSpec
 from agent.errors import DiscoveryError
 from agent.kube import SERVICE_NAME_LABEL
 from agent.kube.client import KubeClient, collection_path
-from agent.kube.load_balancing import lb_from_objects, with_announced_lb
-from agent.kube.objects import endpoints_from_slices
 from agent.kube.watch import Reflector
 from agent.metrics import ENDPOINTS_REJECTED
 from agent.model import SCHEMAS, Endpoint, Schema
 from agent.snapshot import SnapshotStore
+from agent.sources.slices import endpoints_from_slices, lb_from_objects, with_announced_lb
 from agent.validation import IPNetwork, Rejection, check_ip, check_port
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,6 @@
-"""A ModelArtsService's `spec.loadBalancing`, carried from the controller to the sidecars and gateways.
+"""What the sidecar source reads back from the controller's EndpointSlices: endpoints and load balancing.
+
+A ModelArtsService's `spec.loadBalancing` is carried from the controller to the sidecars and gateways.
 
 The controller does not render Envoy config; the sidecars and gateway agents that follow its
 EndpointSlices do. So the CR's load-balancing options travel with the objects those agents
@@ -14,26 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
 from agent.config import HashKey, LbPolicy, LoadBalancing, ServiceSpec
-from agent.kube import GROUP
+from agent.kube import LB_ANNOTATION
+from agent.model import Endpoint
 
 log = logging.getLogger(__name__)
 
-LB_ANNOTATION = f"{GROUP}/load-balancing"
-_STICKY = (LbPolicy.ring_hash, LbPolicy.maglev)
-
-
-def lb_annotation(policy: str, hash_header: str | None) -> dict[str, str]:
-    """The annotation for a CR's loadBalancing (hashHeader only where the policy hashes)."""
-    body: dict[str, str] = {"policy": policy}
-    if hash_header and LbPolicy(policy) in _STICKY:
-        body["hashHeader"] = hash_header
-    return {LB_ANNOTATION: json.dumps(body, sort_keys=True, separators=(",", ":"))}
 
 
 def lb_from_objects(objects: Iterable[Mapping[str, Any]], service: str) -> LoadBalancing | None:
@@ -46,7 +39,7 @@ def lb_from_objects(objects: Iterable[Mapping[str, Any]], service: str) -> LoadB
             data = json.loads(raw)
             policy = LbPolicy(data["policy"])
             header = data.get("hashHeader")
-            key = HashKey(header=str(header)) if policy in _STICKY and header else None
+            key = HashKey(header=str(header)) if policy.sticky and header else None
             return LoadBalancing(policy=policy, hash_key=key)
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             log.warning("ignoring an unusable %s annotation: %s", LB_ANNOTATION, str(exc).splitlines()[0][:200],
@@ -63,3 +56,17 @@ def with_announced_lb(spec: ServiceSpec, announced: LoadBalancing | None) -> Ser
     lb = announced.model_copy(update={"adaptive": spec.lb.adaptive if announced.policy is LbPolicy.least_request
                                       else False})
     return spec if lb == spec.lb else spec.model_copy(update={"lb": lb})
+
+
+def endpoints_from_slices(slices: Sequence[dict[str, Any]], schema: str = "http") -> tuple[Endpoint, ...]:
+    """Slices → endpoints (the reverse of `agent.controller.objects.endpoint_slices`)."""
+    found: set[Endpoint] = set()
+    for item in slices:
+        ports = [p.get("port") for p in item.get("ports") or [] if isinstance(p.get("port"), int)]
+        for endpoint in item.get("endpoints") or []:
+            conditions = endpoint.get("conditions") or {}
+            ready = conditions.get("ready") is not False
+            for address in endpoint.get("addresses") or []:
+                for port in ports:
+                    found.add(Endpoint(ip=address, port=port, schema=schema, ready=ready))  # type: ignore[arg-type]
+    return tuple(sorted(found))

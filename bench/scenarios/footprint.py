@@ -158,10 +158,10 @@ def _slices_case(ctx: Ctx, rounds: int) -> dict[str, Any]:
 
     import yaml
 
+    from agent.controller.crd import parse_resource
+    from agent.controller.sink import KubernetesSink
     from agent.kube.client import KubeClient
-    from agent.kube.crd import parse_resource
     from agent.model import Endpoint, ServiceSnapshot, Snapshot
-    from agent.sinks.kubernetes import KubernetesSink
     from bench.env import REPO
     from tests.kubeenv import KubeTestEnv
 

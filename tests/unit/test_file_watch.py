@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
-from agent.config_watch import ConfigWatcher
-from agent.file_watch import FileWatcher
+from agent.file_watch import ConfigWatcher, FileWatcher
 from agent.modelarts.credentials import SecretSource
 from tests.atomic_writer import AtomicWriter
 

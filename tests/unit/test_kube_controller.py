@@ -17,19 +17,20 @@ from kubernetes import client as k8s
 
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import AuthMode, DiscoveryConfig, ServiceSpec, parse_config
+from agent.controller.crd import parse_resource
 from agent.controller.credentials import CredentialsProblem, parse_secret
+from agent.controller.objects import Owner, port_name
+from agent.controller.sink import KubernetesSink, endpoints_manifest
 from agent.controller.status import Problem, StatusInput, build_status, events_for
 from agent.errors import ConfigError
 from agent.kube.client import KubeApiError, KubeClient
-from agent.kube.crd import parse_resource
 from agent.kube.leader import LeaderElector, LeaseConfig
-from agent.kube.objects import Owner, endpoints_from_slices, port_name
 from agent.logs import redact
 from agent.model import Endpoint, ServiceSnapshot, Snapshot, effective_protocol
 from agent.sinks.envoy.resources import build_resources
-from agent.sinks.kubernetes import KubernetesSink, endpoints_manifest
 from agent.snapshot import SnapshotStore, SyncStatus
 from agent.sources.kubernetes import KubernetesSource, slice_schema
+from agent.sources.slices import endpoints_from_slices
 from agent.validation import parse_networks
 
 NOW = "2030-01-01T00:00:00Z"

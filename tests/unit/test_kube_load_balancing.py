@@ -17,15 +17,16 @@ from kubernetes import client as k8s
 
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import DiscoveryConfig, LbPolicy
+from agent.controller.crd import parse_resource
+from agent.controller.sink import KubernetesSink
+from agent.kube import LB_ANNOTATION
 from agent.kube.client import KubeClient
-from agent.kube.crd import parse_resource
-from agent.kube.load_balancing import LB_ANNOTATION, lb_from_objects
 from agent.model import Endpoint, ServiceSnapshot
 from agent.sinks.envoy.resources import build_resources
-from agent.sinks.kubernetes import KubernetesSink
 from agent.sinks.xds.views import _as_gateway, ads_source
 from agent.snapshot import SnapshotStore
 from agent.sources.kubernetes import KubernetesSource
+from agent.sources.slices import lb_from_objects
 from agent.validation import parse_networks
 from tests.unit.test_kube_controller import ApplyRecorder
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from agent.controller.crd import parse_resource
+from agent.controller.objects import Owner, endpoint_slices, service_manifest
 from agent.errors import ConfigError
-from agent.kube.crd import parse_resource
-from agent.kube.objects import Owner, endpoint_slices, endpoints_from_slices, service_manifest
 from agent.model import Endpoint
+from agent.sources.slices import endpoints_from_slices
 
 OWNER = Owner(name="llm", uid="1234")
 
