@@ -43,6 +43,9 @@ SCENARIOS: dict[str, tuple[str, int, int]] = {
     "footprint": ("bench.scenarios.footprint", 100, 14),
     "streaming": ("bench.scenarios.streaming", 90, 25),
 }
+# Run only with --only: scenario 1 (bench/dataplane_bench.py, its own step of `make bench`) measures direct
+# vs sidecar beside a hand-written minimal Envoy now.
+NOT_BY_DEFAULT = frozenset({"overhead"})
 FULL_BUDGET = 15 * 60
 QUICK_BUDGET = 2 * 60
 XDS_BENCH = env.REPO / "bench" / "xds_bench.py"
@@ -163,6 +166,12 @@ def write_report(results: list[ScenarioResult], facts: dict[str, Any], quick: bo
                  xds_status: str | None) -> Path:
     extra: list[str] = []
     results = list(results)
+    if not quick and "overhead" not in {r.name for r in results}:
+        from bench.dataplane_bench import load_result  # scenario 1, from bench/results/dataplane.json
+
+        dataplane = load_result()
+        if dataplane is not None:
+            results.insert(0, dataplane)
     if not quick and XDS_BENCH.exists():
         since = facts.get("started_epoch")
         quick_now = XDS_QUICK_RESULTS.exists() and since is not None and XDS_QUICK_RESULTS.stat().st_mtime >= since
@@ -209,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-seconds", type=float, help="time budget (default 900, quick 120)")
     args = parser.parse_args(argv)
 
-    names = list(SCENARIOS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    default = [n for n in SCENARIOS if n not in NOT_BY_DEFAULT]
+    names = default if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         # A partial run refreshes its scenarios and keeps the last results of the others.
         have = {r.name for r in results}
-        results = [*results, *[r for r in load_results(args.quick, list(SCENARIOS)) if r.name not in have]]
+        results = [*results, *[r for r in load_results(args.quick, default) if r.name not in have]]
         results.sort(key=lambda r: list(SCENARIOS).index(r.name) if r.name in SCENARIOS else 99)
     print_summary(results)
     path = write_report(results, facts, args.quick, wall, xds_status)

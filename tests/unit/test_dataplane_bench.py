@@ -1,0 +1,108 @@
+"""The data-plane benchmark's own logic: the cost-table variants really change the rendered config, and a
+standalone run replaces scenario 1 in docs/benchmarks.md without touching the other scenarios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.sinks.envoy.files import EnvoyFileSink
+from bench.dataplane_bench import splice
+from bench.minimal_envoy import minimal_config
+from bench.scenarios import Check, ScenarioResult, agent_config, snapshot
+from bench.scenarios.dataplane_arms import VARIANTS, _edit_file
+
+
+def _render(tmp_path: Path, policy: dict[str, object]) -> EnvoyFileSink:
+    config = agent_config(tmp_path / "files", 19901, [{"name": "llm", "listen_port": 18901, **policy}])
+    sink = EnvoyFileSink(config)
+    sink.publish(snapshot(config, {"llm": [("127.0.0.33", 8080)]}))
+    return sink
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_each_variant_changes_the_rendered_config(tmp_path: Path, variant: object) -> None:
+    from bench.scenarios.dataplane_arms import Variant
+
+    assert isinstance(variant, Variant)
+    base = _render(tmp_path / "base", {})
+    changed = _render(tmp_path / "variant", dict(variant.policy))
+    if variant.cluster_edit is not None:
+        _edit_file(changed.layout.cds_path, variant.cluster_edit)
+    if variant.listener_edit is not None:
+        _edit_file(changed.layout.lds_path, variant.listener_edit)
+
+    def resources(sink: EnvoyFileSink) -> list[object]:
+        return [json.loads(p.read_text())["resources"] for p in (sink.layout.cds_path, sink.layout.lds_path)]
+
+    if variant.name == "no-adaptive":
+        # The loop is the agent's, not Envoy's: the variant differs by the loop not running.
+        config = agent_config(tmp_path, 1, [{"name": "llm", "listen_port": 2, **variant.policy}])
+        assert not config.services[0].adaptive_lb
+        return
+    assert resources(changed) != resources(base), f"{variant.name} left the rendered config as it was"
+
+
+def test_stats_logger_edit_keeps_the_file_access_log(tmp_path: Path) -> None:
+    sink = _render(tmp_path, {})
+    stats = next(v for v in VARIANTS if v.name == "no-stream-stats")
+    assert stats.listener_edit is not None
+    _edit_file(sink.layout.lds_path, stats.listener_edit)
+    listener = json.loads(sink.layout.lds_path.read_text())["resources"][0]
+    logs = listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+    assert [log["name"] for log in logs] == ["envoy.access_loggers.file"]
+
+
+def test_minimal_config_names_the_instance() -> None:
+    text = minimal_config(18000, 19000, "127.0.0.33", 8080)
+    assert "port_value: 18000" in text and "address: 127.0.0.33, port_value: 8080" in text
+    assert "type: STATIC" in text and "access_log" not in text and "retry" not in text
+
+
+DOC = """# Benchmarks
+
+intro
+
+<!-- GENERATED -->
+
+## Summary: every figure beside its target
+
+| scenario | figure | measured | target | verdict | note |
+|---|---|---|---|---|---|
+| 1. Old overhead | p99 | +3 ms | ≤ +1 ms | **MISS** |  |
+| 2. Load balancing | ratio | 0.05 | ≤ 0.5 | **PASS** |  |
+
+## 1. Old overhead
+
+old text
+
+## 2. Load balancing
+
+lb text
+"""
+
+
+def _result() -> ScenarioResult:
+    result = ScenarioResult("dataplane", "1. Data plane: new")
+    result.checks.append(Check("p99 ratio", "1.02x", "≤ 1.05x", True))
+    result.notes.append("new text")
+    return result
+
+
+def test_splice_replaces_scenario_one_only() -> None:
+    text = splice(DOC, _result())
+    assert "Old overhead" not in text and "old text" not in text
+    assert "| 1. Data plane: new | p99 ratio | 1.02x | ≤ 1.05x | **PASS** |  |" in text
+    assert text.index("| 1. Data plane: new") < text.index("| 2. Load balancing")
+    assert text.index("## 1. Data plane: new") < text.index("new text") < text.index("## 2. Load balancing")
+    assert text.endswith("## 2. Load balancing\n\nlb text\n")
+    assert splice(text, _result()) == text  # a second run replaces its own section
+
+
+def test_splice_inserts_when_scenario_one_is_missing() -> None:
+    doc = DOC.replace("## 1. Old overhead\n\nold text\n\n", "").replace(
+        "| 1. Old overhead | p99 | +3 ms | ≤ +1 ms | **MISS** |  |\n", "")
+    text = splice(doc, _result())
+    assert text.index("## Summary") < text.index("## 1. Data plane: new") < text.index("## 2. Load balancing")
