@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test prepare install lint unit testenv image e2e bench bench-quick bench-adaptive soak clean
+.PHONY: demo test prepare install lint unit testenv image e2e bench bench-quick bench-dataplane bench-adaptive soak clean
 
 $(STAMP): pyproject.toml emulator/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,12 +64,20 @@ bench-adaptive: install
 soak: install
 	$(PY) -m tests.soak.run_soak --seconds 600
 
+# Scenario 1 (the data plane vs a hand-written minimal Envoy, its cost table, 1 and 2 workers) is a step of
+# its own, about 7 minutes: bench/results/dataplane.json; bench.run's page renders it from there.
+bench-dataplane: install
+	scripts/bench/build-tools.sh
+	$(PY) -m bench.dataplane_bench
+
 bench: install testenv
 	scripts/bench/build-tools.sh
+	$(PY) -m bench.dataplane_bench
 	$(PY) -m bench.run
 
 bench-quick: install
 	scripts/bench/build-tools.sh
+	$(PY) -m bench.dataplane_bench --quick
 	$(PY) -m bench.run --quick
 
 clean:
