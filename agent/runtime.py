@@ -13,6 +13,7 @@ from agent.adaptive.runner import AdaptiveRunner
 from agent.admin_server import AdminServer
 from agent.clock import SYSTEM_CLOCK
 from agent.config import AgentConfig
+from agent.envoy.auth import watched_files
 from agent.errors import ConfigError
 from agent.file_watch import ConfigWatcher, FileWatcher
 from agent.metrics import POLLERS
@@ -21,7 +22,6 @@ from agent.modelarts.client import allowed_networks, build_client
 from agent.modelarts.credentials import check_sources, credentials_from_config
 from agent.modelarts.host_state import host_state_for
 from agent.sinks import Sink
-from agent.sinks.envoy.auth import watched_files
 from agent.sinks.runner import SinkRunner
 from agent.sinks.state_file import StateFileSink, load_state
 from agent.snapshot import SnapshotStore

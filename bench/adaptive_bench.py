@@ -46,11 +46,11 @@ from modelarts_emulator.client import EmulatorAdmin
 
 from agent.adaptive.runner import AdaptiveRunner
 from agent.config import AgentConfig, parse_config
+from agent.envoy.ads_bootstrap import AdsBootstrap, build_ads_bootstrap
+from agent.envoy.bootstrap import build_bootstrap
+from agent.envoy.serialize import to_yaml
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
-from agent.sinks.envoy.bootstrap import build_bootstrap
 from agent.sinks.envoy.files import EnvoyFileSink
-from agent.sinks.envoy.serialize import to_yaml
-from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
 from agent.sinks.xds.sink import XdsSink
 from bench.adaptive_report import update_doc
 from bench.env import machine_facts_date, taskset_prefix

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import AgentConfig
+from agent.envoy.nodes import ALL
 from agent.model import Snapshot
 from agent.sinks.xds.cache import XdsCache
-from agent.sinks.xds.nodes import ALL
 from agent.sinks.xds.resource import Resource
 from agent.sinks.xds.types import CDS, EDS
 from bench.xds_scenario import Scenario, bench_config, bench_snapshot

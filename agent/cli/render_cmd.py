@@ -50,8 +50,8 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
 def _ads_bootstrap(args: argparse.Namespace) -> str:
     from agent.config import EnvoyConfig
-    from agent.sinks.envoy.serialize import to_yaml
-    from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
+    from agent.envoy.ads_bootstrap import AdsBootstrap, build_ads_bootstrap
+    from agent.envoy.serialize import to_yaml
 
     envoy = load_config(args.config).envoy if args.config is not None else EnvoyConfig()
     services = None if args.services is None else tuple(s.strip() for s in args.services.split(",") if s.strip())
@@ -79,10 +79,10 @@ def _write(args: argparse.Namespace, text: str) -> int:
 
 
 def _file_bootstrap(args: argparse.Namespace) -> int:
-    from agent.sinks.envoy.bootstrap import build_bootstrap
+    from agent.envoy.bootstrap import build_bootstrap
+    from agent.envoy.layout import FileLayout
+    from agent.envoy.serialize import to_yaml
     from agent.sinks.envoy.files import prepare_output_dir
-    from agent.sinks.envoy.layout import FileLayout
-    from agent.sinks.envoy.serialize import to_yaml
 
     config = load_config(args.config)
     text = to_yaml(build_bootstrap(config.envoy))

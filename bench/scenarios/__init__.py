@@ -23,10 +23,10 @@ from typing import Any
 from rich.console import Console
 
 from agent.config import AgentConfig, parse_config
+from agent.envoy.bootstrap import build_bootstrap
+from agent.envoy.serialize import to_yaml
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
-from agent.sinks.envoy.bootstrap import build_bootstrap
 from agent.sinks.envoy.files import EnvoyFileSink
-from agent.sinks.envoy.serialize import to_yaml
 from bench.env import ENVOY_CPU, envoy_binary, taskset_prefix
 from demo.processes import ChildProcess
 

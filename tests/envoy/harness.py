@@ -37,9 +37,9 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig, parse_config
+from agent.envoy.bootstrap import build_bootstrap
+from agent.envoy.serialize import to_yaml
 from agent.model import Endpoint, Schema, ServiceSnapshot, Snapshot
-from agent.sinks.envoy.bootstrap import build_bootstrap
-from agent.sinks.envoy.serialize import to_yaml
 
 ENVOY_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 

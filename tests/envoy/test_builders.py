@@ -10,13 +10,13 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from agent.envoy import clusters as clusters_module
+from agent.envoy.bootstrap import build_bootstrap, ensure_loopback
+from agent.envoy.layout import FileLayout
+from agent.envoy.resources import EnvoyResources, build_resources
+from agent.envoy.serialize import to_dict
 from agent.errors import ConfigError
 from agent.model import Endpoint
-from agent.sinks.envoy import clusters as clusters_module
-from agent.sinks.envoy.bootstrap import build_bootstrap, ensure_loopback
-from agent.sinks.envoy.layout import FileLayout
-from agent.sinks.envoy.resources import EnvoyResources, build_resources
-from agent.sinks.envoy.serialize import to_dict
 from tests.envoy.harness import make_config, make_snapshot
 
 EP1 = Endpoint("10.0.0.1", 8080)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.envoy.serialize import parse_discovery_response
 from agent.model import Endpoint, Snapshot
 from agent.sinks.envoy.files import EnvoyFileSink
-from agent.sinks.envoy.serialize import parse_discovery_response
 from agent.sinks.factory import sinks_for
 from tests.envoy.harness import make_config, make_snapshot
 

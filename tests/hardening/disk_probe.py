@@ -13,9 +13,9 @@ from typing import Any
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from agent.envoy.serialize import parse_discovery_response
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
-from agent.sinks.envoy.serialize import parse_discovery_response
 from tests.envoy.harness import make_config, make_snapshot
 
 SERVICES = [{"name": "alpha", "listen_port": 8001}, {"name": "beta", "listen_port": 8002}]

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig, parse_config
+from agent.envoy.serialize import parse_discovery_response
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
-from agent.sinks.envoy.serialize import parse_discovery_response
 from tests.envoy.conftest import StartEnvoy
 from tests.envoy.harness import free_port, make_snapshot, send_requests, wait_until
 

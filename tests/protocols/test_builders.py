@@ -10,10 +10,10 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 
 from agent.config import parse_config
+from agent.envoy.gateway import GatewayTarget, gateway_listener
+from agent.envoy.serialize import to_dict
 from agent.errors import ConfigError
 from agent.model import Endpoint
-from agent.sinks.envoy.serialize import to_dict
-from agent.sinks.xds.gateway import GatewayTarget, gateway_listener
 from tests.envoy.harness import make_config
 from tests.envoy.test_builders import cluster, hcm, render, route
 

@@ -22,12 +22,12 @@ from agent.controller.credentials import CredentialsProblem, parse_secret
 from agent.controller.objects import Owner, port_name
 from agent.controller.sink import KubernetesSink, endpoints_manifest
 from agent.controller.status import Problem, StatusInput, build_status, events_for
+from agent.envoy.resources import build_resources
 from agent.errors import ConfigError
 from agent.kube.client import KubeApiError, KubeClient
 from agent.kube.leader import LeaderElector, LeaseConfig
 from agent.logs import redact
 from agent.model import Endpoint, ServiceSnapshot, Snapshot, effective_protocol
-from agent.sinks.envoy.resources import build_resources
 from agent.snapshot import SnapshotStore, SyncStatus
 from agent.sources.kubernetes import KubernetesSource, slice_schema
 from agent.sources.slices import endpoints_from_slices

@@ -19,10 +19,10 @@ from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import DiscoveryConfig, LbPolicy
 from agent.controller.crd import parse_resource
 from agent.controller.sink import KubernetesSink
+from agent.envoy.resources import build_resources
 from agent.kube import LB_ANNOTATION
 from agent.kube.client import KubeClient
 from agent.model import Endpoint, ServiceSnapshot
-from agent.sinks.envoy.resources import build_resources
 from agent.sinks.xds.views import _as_gateway, ads_source
 from agent.snapshot import SnapshotStore
 from agent.sources.kubernetes import KubernetesSource

@@ -14,8 +14,8 @@ import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from agent.config import AgentConfig
-from agent.sinks.envoy.serialize import to_yaml
-from agent.sinks.xds.bootstrap import AdsBootstrap, build_ads_bootstrap
+from agent.envoy.ads_bootstrap import AdsBootstrap, build_ads_bootstrap
+from agent.envoy.serialize import to_yaml
 from agent.sinks.xds.sink import XdsSink
 from tests.envoy.conftest import Instances, instances  # noqa: F401  (the fixture, shared with tests/envoy)
 from tests.envoy.harness import EnvoyProcess, free_port, require_envoy

@@ -15,10 +15,10 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from agent.config import AgentConfig
+from agent.envoy.nodes import node_metadata
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.delta import DeltaSession
 from agent.sinks.xds.encode import ResponseEncoder
-from agent.sinks.xds.nodes import node_metadata
 from agent.sinks.xds.sotw import SotwSession
 from agent.sinks.xds.types import CDS, EDS, LDS, RDS
 from tests.envoy.harness import free_port, make_config

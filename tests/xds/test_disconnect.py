@@ -25,9 +25,9 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 
 from agent.config import AgentConfig
+from agent.envoy.nodes import ALL, NodeView
 from agent.metrics import REGISTRY
 from agent.model import Endpoint, Snapshot
-from agent.sinks.xds.nodes import ALL, NodeView
 from agent.sinks.xds.server import XdsServer
 from agent.sinks.xds.sink import XdsSink
 from agent.sinks.xds.types import CDS, EDS

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+from agent.envoy.resources import EnvoyResources
 from agent.metrics import REGISTRY
-from agent.sinks.envoy.resources import EnvoyResources
 from agent.sinks.xds.types import CDS
 from agent.sinks.xds.views import build_view
 from tests.envoy.conftest import Instances

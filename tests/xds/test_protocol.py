@@ -13,11 +13,11 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from agent.config import AgentConfig
+from agent.envoy.nodes import ALL
 from agent.metrics import REGISTRY
 from agent.model import Endpoint
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.encode import ResponseEncoder
-from agent.sinks.xds.nodes import ALL
 from agent.sinks.xds.types import CDS, EDS, LDS, RDS
 from tests.envoy.harness import make_snapshot
 from tests.xds.helpers import DeltaClient, SotwClient, names, unpack, xds_config
@@ -238,7 +238,7 @@ def test_gateway_routes_carry_the_services_policies_and_splits(tmp_path: Path) -
                                  "backends": [{"service": "a", "weight": 90}, {"service": "b", "weight": 10}]}],
         gateway={"route_by_path": False})
     cache = XdsCache()
-    from agent.sinks.xds.nodes import NodeView
+    from agent.envoy.nodes import NodeView
 
     view = cache.set_snapshot(make_snapshot(config, {"a": [ep(1)], "b": [ep(3)]}), config).view(
         NodeView(role="gateway", listen_address="127.0.1.9"))

@@ -27,12 +27,10 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from agent.config import AgentConfig
-from agent.errors import ConfigError
-from agent.model import Snapshot
-from agent.sinks.envoy.clusters import EndpointWeights, build_load_assignment
-from agent.sinks.envoy.layout import SUFFIX, TEMP_SUFFIX, FileLayout
-from agent.sinks.envoy.resources import EnvoyResources, build_resources
-from agent.sinks.envoy.serialize import (
+from agent.envoy.clusters import EndpointWeights, build_load_assignment
+from agent.envoy.layout import SUFFIX, TEMP_SUFFIX, FileLayout
+from agent.envoy.resources import EnvoyResources, build_resources
+from agent.envoy.serialize import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
     LOAD_ASSIGNMENT_TYPE,
@@ -40,6 +38,8 @@ from agent.sinks.envoy.serialize import (
     parse_discovery_response,
     to_json,
 )
+from agent.errors import ConfigError
+from agent.model import Snapshot
 
 log = logging.getLogger(__name__)
 

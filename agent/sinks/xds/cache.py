@@ -16,10 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from agent.config import AgentConfig
+from agent.envoy.clusters import EndpointWeights
+from agent.envoy.nodes import ALL, NodeView
 from agent.model import Snapshot
-from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.xds.metrics import CACHE_VERSION
-from agent.sinks.xds.nodes import ALL, NodeView
 from agent.sinks.xds.resource import Resource, ResourcePool
 from agent.sinks.xds.views import ViewBuilder, ViewResources, build_view
 

@@ -14,10 +14,10 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from google.rpc import status_pb2
 
+from agent.envoy.nodes import NodeView, node_view
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.encode import ResponseEncoder
 from agent.sinks.xds.metrics import NACKS, PUSHED
-from agent.sinks.xds.nodes import NodeView, node_view
 from agent.sinks.xds.plan import Planner
 from agent.sinks.xds.resource import Resource
 from agent.sinks.xds.state import TypeState

@@ -12,9 +12,9 @@ import logging
 import threading
 
 from agent.config import AgentConfig
+from agent.envoy.clusters import EndpointWeights
 from agent.errors import AgentError
 from agent.model import Snapshot
-from agent.sinks.envoy.clusters import EndpointWeights
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.server import XdsServer
 from agent.sinks.xds.session import AckListener

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.sinks.envoy.serialize import CLUSTER_TYPE, LISTENER_TYPE, LOAD_ASSIGNMENT_TYPE, type_url
+from agent.envoy.serialize import CLUSTER_TYPE, LISTENER_TYPE, LOAD_ASSIGNMENT_TYPE, type_url
 
 CDS = type_url(CLUSTER_TYPE)
 EDS = type_url(LOAD_ASSIGNMENT_TYPE)

@@ -19,18 +19,16 @@ from typing import Protocol
 from envoy.config.core.v3 import config_source_pb2
 
 from agent.config import AgentConfig, TrafficSplit
+from agent.envoy.ads_bootstrap import ADS_SOURCE
+from agent.envoy.clusters import EndpointWeights
+from agent.envoy.gateway import GatewayTarget, gateway_listener, gateway_routes
+from agent.envoy.listeners import Backend
+from agent.envoy.nodes import NodeView
+from agent.envoy.resources import EnvoyResources, build_resources
 from agent.model import ServiceSnapshot, Snapshot
-from agent.sinks.envoy.clusters import EndpointWeights
-from agent.sinks.envoy.listeners import Backend
-from agent.sinks.envoy.resources import EnvoyResources, build_resources
-from agent.sinks.xds.gateway import GatewayTarget, gateway_listener, gateway_routes
-from agent.sinks.xds.nodes import NodeView
 from agent.sinks.xds.refs import listener_refs, route_clusters
 from agent.sinks.xds.resource import Resource, ResourcePool
 from agent.sinks.xds.types import CDS, EDS, LDS, ORDER, RDS
-
-ADS_SOURCE = config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
-                                            resource_api_version=config_source_pb2.ApiVersion.V3)
 
 
 def ads_source(_cluster: str) -> config_source_pb2.ConfigSource:

@@ -21,9 +21,9 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from agent.config import GatewayConfig, ServiceSpec, Timeouts
-from agent.sinks.envoy.access_log import stream_stats_logs
-from agent.sinks.envoy.clusters import socket_address, u32
-from agent.sinks.envoy.listeners import (
+from agent.envoy.access_log import stream_stats_logs
+from agent.envoy.clusters import socket_address, u32
+from agent.envoy.listeners import (
     BUFFER_FILTER,
     HCM_FILTER,
     ROUTER_FILTER,
@@ -32,7 +32,7 @@ from agent.sinks.envoy.listeners import (
     http_filter,
     route_action,
 )
-from agent.sinks.envoy.serialize import duration, pack
+from agent.envoy.serialize import duration, pack
 
 GATEWAY_NAME = "modelarts-gateway"  # the listener and its route configuration
 

@@ -16,7 +16,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
 from agent.config import AccessLog
-from agent.sinks.envoy.serialize import pack
+from agent.envoy.serialize import pack
 
 FILE_LOGGER = "envoy.access_loggers.file"
 STATS_LOGGER = "envoy.access_loggers.stats"

@@ -24,11 +24,11 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from agent.config import LbPolicy, Retries, ServiceSpec
+from agent.envoy.access_log import access_logs, stream_stats_logs
+from agent.envoy.auth import auth_filter
+from agent.envoy.clusters import socket_address, u32
+from agent.envoy.serialize import duration, pack
 from agent.model import Schema
-from agent.sinks.envoy.access_log import access_logs, stream_stats_logs
-from agent.sinks.envoy.auth import auth_filter
-from agent.sinks.envoy.clusters import socket_address, u32
-from agent.sinks.envoy.serialize import duration, pack
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"

@@ -10,11 +10,11 @@ from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 
 from agent.config import EnvoyConfig
+from agent.envoy.clusters import socket_address
+from agent.envoy.layout import FileLayout
+from agent.envoy.serialize import pack
+from agent.envoy.stats import stats_resources
 from agent.errors import ConfigError
-from agent.sinks.envoy.clusters import socket_address
-from agent.sinks.envoy.layout import FileLayout
-from agent.sinks.envoy.serialize import pack
-from agent.sinks.envoy.stats import stats_resources
 
 # Envoy warns at start-up when nothing bounds downstream connections; this bound is far above what a
 # sidecar sees, and keeps a connection flood from exhausting file descriptors.

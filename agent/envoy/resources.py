@@ -17,9 +17,9 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
 from agent.config import AgentConfig, TrafficSplit
+from agent.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
+from agent.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 from agent.model import ServiceSnapshot, Snapshot
-from agent.sinks.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
-from agent.sinks.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 
 log = logging.getLogger(__name__)
 

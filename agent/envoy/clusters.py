@@ -37,9 +37,9 @@ from agent.config import (
     Retries,
     UpstreamTls,
 )
+from agent.envoy.serialize import duration, pack
 from agent.errors import ConfigError
 from agent.model import Schema, ServiceSnapshot
-from agent.sinks.envoy.serialize import duration, pack
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from agent.sinks.envoy.clusters import socket_address
-from agent.sinks.envoy.serialize import duration, pack
+from agent.envoy.clusters import socket_address
+from agent.envoy.serialize import duration, pack
 
 ADMIN_CLUSTER = "envoy_admin_stats"
 STATS_LISTENER = "envoy_prometheus_stats"

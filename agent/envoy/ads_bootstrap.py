@@ -25,15 +25,17 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from agent.envoy.bootstrap import ensure_loopback, overload_manager
+from agent.envoy.clusters import HTTP_PROTOCOL_OPTIONS, TLS_SOCKET, socket_address
+from agent.envoy.nodes import Role, node_metadata
+from agent.envoy.serialize import duration, pack
+from agent.envoy.stats import stats_resources
 from agent.errors import ConfigError
-from agent.sinks.envoy.bootstrap import ensure_loopback, overload_manager
-from agent.sinks.envoy.clusters import HTTP_PROTOCOL_OPTIONS, TLS_SOCKET, socket_address
-from agent.sinks.envoy.serialize import duration, pack
-from agent.sinks.envoy.stats import stats_resources
-from agent.sinks.xds.nodes import Role, node_metadata
-from agent.sinks.xds.views import ADS_SOURCE
 
 XDS_CLUSTER = "modelarts_xds"
+# Every resource over the one ADS stream (the bootstrap's CDS/LDS and the resources' EDS/RDS).
+ADS_SOURCE = config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
+                                            resource_api_version=config_source_pb2.ApiVersion.V3)
 
 
 @dataclass(frozen=True)
