@@ -46,12 +46,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="Envoy GET /stats/prometheus (default %(default)s)")
     parser.add_argument("--envoy-admin-port", type=_port, default=InjectOptions.envoy_admin_port,
                         help="Envoy admin API, loopback only (default %(default)s)")
+    parser.add_argument("--envoy-concurrency", type=_workers, default=InjectOptions.envoy_concurrency,
+                        help="Envoy worker threads (default %(default)s; see the README's sizing section)")
     parser.set_defaults(handler=run)
 
 
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of worker threads (1-64)")
     return int(text)
 
 
@@ -89,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     options = InjectOptions(
         services=tuple(args.service), base_config=_base_config(args.config), image=args.image,
         service_account=args.service_account, native_sidecars=args.native, admin_port=args.admin_port,
-        stats_port=args.stats_port, envoy_admin_port=args.envoy_admin_port)
+        stats_port=args.stats_port, envoy_admin_port=args.envoy_admin_port,
+        envoy_concurrency=args.envoy_concurrency)
     source = "stdin" if args.filename == "-" else args.filename
     result = inject_text(_read(args.filename), options, source)
     for warning in result.warnings:

@@ -175,6 +175,17 @@ def test_native_sidecars_start_before_the_app_with_a_restricted_security_context
     assert any("db-reader" in w for w in inject_text(STATEFULSET, LLM).warnings)
 
 
+def test_envoy_runs_a_fixed_number_of_workers_not_one_per_node_cpu(tmp_path: Path) -> None:
+    # Without --concurrency Envoy starts a worker per CPU of the node: 64 on a 64-core node, in every pod.
+    envoy = pod_spec(documents(inject(POD))[0])["initContainers"][2]
+    assert envoy["args"][-2:] == ["--concurrency", "2"]
+    out = tmp_path / "out.yaml"
+    assert main(["inject", "-f", str(APP), "--service", "llm=10080", "--envoy-concurrency", "4", "-o", str(out)]) == 0
+    deployment = next(d for d in documents(out.read_text()) if d["kind"] == "Deployment")
+    envoy = next(c for c in pod_spec(deployment)["initContainers"] if c["name"] == "modelarts-envoy")
+    assert envoy["args"][-2:] == ["--concurrency", "4"]
+
+
 def test_classic_mode_appends_ordinary_containers() -> None:
     spec = pod_spec(documents(inject(POD, InjectOptions(services=(("llm", 10080),), native_sidecars=False)))[0])
     assert [c["name"] for c in spec["initContainers"]] == ["modelarts-bootstrap"]
@@ -257,7 +268,9 @@ def test_bad_input_is_a_clear_error(source: str, options: InjectOptions, message
     (["--service", "llm=10080"], "error: document 1 of {path}: DaemonSet ds is not supported"),
     (["--service", "llm"], "argument --service: 'llm': expected NAME=PORT"),
     (["--service", "llm=http"], "argument --service: 'http' is not a port"),
-], ids=["unsupported-kind", "service-without-port", "service-bad-port"])
+    (["--service", "llm=10080", "--envoy-concurrency", "0"],
+     "argument --envoy-concurrency: '0' is not a number of worker threads (1-64)"),
+], ids=["unsupported-kind", "service-without-port", "service-bad-port", "bad-concurrency"])
 def test_cli_errors_are_one_line_without_a_traceback(tmp_path: Path, args: list[str], message: str) -> None:
     source = tmp_path / "ds.yaml"
     source.write_text("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: ds}\nspec: {}\n")
