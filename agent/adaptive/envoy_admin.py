@@ -1,10 +1,14 @@
-"""Reads per-host request counters from Envoy's admin `/clusters?format=json`, one or several Envoys.
+"""Reads per-host request counters from Envoy's admin, one or several Envoys.
 
-Why the admin API and not access logs: it needs no change to the data path (no access-log filter in
-LDS, no per-request work in Envoy, nothing written to disk), it works for any Envoy whose admin we can
-reach (a sidecar's own, or gateway Envoys), and one read costs about 0.1 ms of Envoy CPU and 0.15 ms of
-ours for a 4-host cluster (see docs/adaptive-lb.md). Per-host latency is not exported by Envoy, so the
-estimator derives it from these counters with Little's law.
+Two sources, both plain admin GETs (nothing written to disk, works for any Envoy whose admin we can
+reach: a sidecar's own, or gateway Envoys):
+
+- `/clusters?format=json`: per host, requests sent, answered and in flight (Envoy's own counters);
+- `/stats?filter=^modelarts.adaptive_`: per host, answered requests with a first body byte and the sum
+  of their times to that byte in microseconds, two counters a stats access logger keeps on the agent's
+  adaptive listeners (agent/envoy/access_log.py `adaptive_timing_logs`). Envoy exports no per-host
+  latency of its own; with these the estimator has each request's exact time to first byte, not just
+  Little's law over sampled in-flight counts. An Envoy without them (an older config) reads as none.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import http.client
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -28,8 +32,10 @@ class HostCounters:
     rq_active: int = 0  # requests in flight right now, queued at the host included (gauge)
     rq_success: int = 0  # counter
     rq_error: int = 0  # counter: 5xx answers, resets, connect failures
-
-
+    # From the timing access logger (None: the Envoy has none for this host): 2xx answers with a body,
+    # and the sum of their times from the request to the first body byte (for a stream: the first token).
+    timed: int | None = None
+    timed_us: int | None = None
 
 # cluster name -> host address ("ip:port", "[v6]:port") -> counters
 ClusterHosts = dict[str, dict[str, HostCounters]]
@@ -66,6 +72,39 @@ def parse_clusters(data: Any, wanted: Iterable[str] | None = None) -> ClusterHos
                 rq_success=_int(values.get("rq_success")), rq_error=_int(values.get("rq_error")))
         result[name] = hosts
     return result
+
+
+TIMING_PREFIX = "modelarts.adaptive_"
+TIMING_FILTER = "/stats?format=json&filter=%5Emodelarts%5C.adaptive_"  # ^modelarts\.adaptive_
+_TIMING_STATS = {"answers": "timed", "ttfb_us": "timed_us"}
+
+
+def parse_timing(data: Any) -> dict[str, dict[str, dict[str, int]]]:
+    """`/stats?format=json` -> cluster -> host -> {"timed", "timed_us"}. Stat names are
+    `modelarts.adaptive_<answers|ttfb_us>.cluster.<cluster>.instance.<host>` (the logger's tags)."""
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for stat in (data or {}).get("stats", []) if isinstance(data, dict) else []:
+        name = stat.get("name") if isinstance(stat, dict) else None
+        if not isinstance(name, str) or not name.startswith(TIMING_PREFIX):
+            continue
+        kind, _, rest = name[len(TIMING_PREFIX):].partition(".cluster.")
+        cluster, _, host = rest.rpartition(".instance.")
+        field = _TIMING_STATS.get(kind)
+        if field is None or not cluster or not host:
+            continue
+        result.setdefault(cluster, {}).setdefault(host, {})[field] = _int(stat.get("value"))
+    return result
+
+
+def with_timing(hosts: ClusterHosts, timing: Mapping[str, Mapping[str, Mapping[str, int]]]) -> ClusterHosts:
+    """The counters of `hosts`, with the timing counters of the hosts that have both."""
+    out: ClusterHosts = {}
+    for cluster, members in hosts.items():
+        timed = timing.get(cluster, {})
+        out[cluster] = {address: replace(c, timed=t["timed"], timed_us=t["timed_us"])
+                        if (t := timed.get(address)) and "timed" in t and "timed_us" in t else c
+                        for address, c in members.items()}
+    return out
 
 
 def _int(value: Any) -> int:
@@ -139,9 +178,15 @@ class AdminReader:
         errors: list[str] = []
         for conn in self._connections:
             try:
-                answers[conn.url] = parse_clusters(conn.get_json("/clusters?format=json"), wanted)
+                hosts = parse_clusters(conn.get_json("/clusters?format=json"), wanted)
             except AdminReadError as exc:
                 errors.append(str(exc))
+                continue
+            try:
+                timing = parse_timing(conn.get_json(TIMING_FILTER))
+            except AdminReadError:
+                timing = {}  # counters only: the estimator falls back to Little's law
+            answers[conn.url] = with_timing(hosts, timing)
         if not answers:
             raise AdminReadError("; ".join(errors))
         return answers

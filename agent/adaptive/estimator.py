@@ -29,6 +29,10 @@ from dataclasses import dataclass
 
 from agent.adaptive.sampling import HostSample
 
+# A horizon's latency comes from the per-request times when they cover at least this share of its answers
+# (2xx with a body are timed, other successes are not: a HEAD, a trailers-only gRPC answer).
+TIMED_SHARE = 0.5
+
 
 @dataclass(frozen=True)
 class EstimatorParams:
@@ -64,32 +68,67 @@ class EstimatorParams:
 
 
 class _Decayed:
-    """Exponentially decayed sums over one horizon."""
+    """Exponentially decayed sums over one horizon.
 
-    __slots__ = ("busy", "done", "sent", "span", "succeeded", "tau")
+    `timed`/`timed_sum`: answers with a measured time to first byte and the sum of those times (the timing
+    access logger, when Envoy has it); `timed_sq`/`timed_reads`: the sum over reads of (read's sum)^2 / (its
+    count) and the number of reads with any, for the per-request variance by batch means.
+    """
+
+    __slots__ = ("busy", "done", "sent", "span", "succeeded", "tau", "timed", "timed_reads", "timed_sq",
+                 "timed_sum")
 
     def __init__(self, tau: float) -> None:
         self.tau = tau
         self.sent = self.succeeded = self.done = self.busy = self.span = 0.0
+        self.timed = self.timed_sum = self.timed_sq = self.timed_reads = 0.0
 
-    def add(self, dt: float, sample: HostSample, busy: float) -> None:
+    def add(self, dt: float, sample: HostSample, busy: float, timed_sum: float) -> None:
         keep = math.exp(-dt / self.tau)
         self.sent = self.sent * keep + sample.sent
         self.succeeded = self.succeeded * keep + sample.succeeded
         self.done = self.done * keep + sample.succeeded + sample.failed
         self.busy = self.busy * keep + busy
         self.span = self.span * keep + dt
+        self.timed = self.timed * keep + sample.timed
+        self.timed_sum = self.timed_sum * keep + timed_sum
+        self.timed_sq = self.timed_sq * keep + (timed_sum * timed_sum / sample.timed if sample.timed else 0.0)
+        self.timed_reads = self.timed_reads * keep + (1.0 if sample.timed else 0.0)
 
     def throughput(self) -> float:
         return self.done / self.span if self.span > 0 else 0.0
 
     def adopt(self, other: _Decayed, max_busy: float | None) -> None:
         """Take `other`'s figures (the long horizon jumping to what the short one saw)."""
-        self.sent, self.succeeded, self.done, self.span = other.sent, other.succeeded, other.done, other.span
+        for name in ("sent", "succeeded", "done", "span", "timed", "timed_sum", "timed_sq", "timed_reads"):
+            setattr(self, name, getattr(other, name))
         self.busy = other.busy if max_busy is None else min(other.busy, max_busy)
 
+    @property
+    def is_timed(self) -> bool:
+        """Per-request times cover most answers here: they, not Little's law, give the latency."""
+        return self.timed >= 1.0 and self.timed >= TIMED_SHARE * self.succeeded
+
     def latency(self) -> float | None:
+        """Seconds per successful answer: time to first byte per timed answer when timed (a failure counts
+        as one more request at that latency), else Little's law (in-flight time per success)."""
+        if self.is_timed:
+            return self.timed_sum / self.timed * (self.done / self.succeeded if self.succeeded > 0 else 1.0)
         return self.busy / self.succeeded if self.succeeded > 0 else None
+
+    def evidence(self) -> tuple[float, float]:
+        """(seconds, answers) behind `latency()`, for blending with a prior."""
+        if self.is_timed:
+            return self.timed_sum * (self.done / self.succeeded if self.succeeded > 0 else 1.0), self.timed
+        return self.busy, self.succeeded
+
+    def cv2(self) -> float | None:
+        """Squared coefficient of variation of the per-request times (batch means), if there are enough."""
+        if self.timed_reads < 10 or self.timed <= 0 or self.timed_sum <= 0:
+            return None
+        mean = self.timed_sum / self.timed
+        var = max(self.timed_sq - self.timed_sum * mean, 0.0) / (self.timed_reads - 1)
+        return var / (mean * mean)
 
 
 class _Recent:
@@ -164,6 +203,7 @@ class EndpointEstimator:
         self._recent = _Recent(self.params.recent_requests, self.params.recent_tau)
         self._last_time: float | None = None
         self._last_active = 0
+        self._timing = False
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
         """One read of the host: `sample` holds the counts since the previous read.
@@ -181,15 +221,48 @@ class EndpointEstimator:
         busy = dt * (self._last_active + sample.active) / 2.0
         prior = _positive(prior)
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
-        self._slow.add(dt, sample, capped)
-        self._fast.add(dt, sample, busy)
-        self._recent.add(dt, sample.succeeded, busy)
+        timed = sample.timed_seconds
+        capped_timed = timed if prior is None else min(timed, sample.timed * p.cap_factor * prior)
+        self._slow.add(dt, sample, capped, capped_timed)
+        self._fast.add(dt, sample, busy, timed)
+        self._timing = sample.timing
+        if sample.timing:
+            self._recent.add(dt, sample.timed, timed)  # exact: each answer's time to first byte
+        else:
+            self._recent.add(dt, sample.succeeded, busy)
         fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
-        if self._fast.succeeded >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \
+        if self._fast_count() >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \
                 and fast_latency > p.peak_factor * slow_latency:
             # Peak: the host got clearly slower; what the long horizon remembers no longer applies.
             self._slow.adopt(self._fast, None if prior is None else self._fast.succeeded * p.cap_factor * prior)
         self._last_time, self._last_active = now, sample.active
+
+    def _fast_count(self) -> float:
+        return self._fast.timed if self._fast.is_timed else self._fast.succeeded
+
+    def adopt_fast(self) -> None:
+        """The drift detector found the host slower: the slow horizon keeps only what the fast one saw."""
+        self._slow.adopt(self._fast, None)
+
+    @property
+    def timing(self) -> bool:
+        """The last read had per-request times for this host (Envoy's timing logger)."""
+        return self._timing
+
+    def drift_view(self) -> tuple[float, float] | None:
+        """(service time, fast-horizon throughput) from per-request times, when the fast horizon has
+        `fast_min_requests` of them; the service time is the larger of the fast and the slow horizon's
+        (service_time at each one's throughput). The drift detector's references are made of these."""
+        fast, slow = self._fast, self._slow
+        if not self._timing or not fast.is_timed or fast.timed < self.params.fast_min_requests:
+            return None
+        fast_latency, slow_latency = fast.latency(), slow.latency() if slow.is_timed else None
+        if fast_latency is None:
+            return None
+        service = service_time(fast_latency, fast.throughput())
+        if slow_latency is not None:
+            service = max(service, service_time(slow_latency, slow.throughput()))
+        return service, fast.throughput()
 
     def pause(self, now: float) -> None:
         """The whole service was idle since the last read: let no time pass for this estimate.
@@ -209,7 +282,7 @@ class EndpointEstimator:
             return None
         pooled = cls(items[0].params)
         for e in items:
-            for name in ("sent", "succeeded", "done", "busy"):
+            for name in ("sent", "succeeded", "done", "busy", "timed", "timed_sum", "timed_sq", "timed_reads"):
                 setattr(pooled._slow, name, getattr(pooled._slow, name) + getattr(e._slow, name))
         return pooled
 
@@ -231,8 +304,11 @@ class EndpointEstimator:
         return self._slow.span
 
     def measured_latency(self) -> float | None:
-        """Slow-horizon latency when there is enough evidence for it to be a prior for others."""
+        """Slow-horizon latency when there is enough evidence for it to be a prior for others: enough timed
+        answers (exact), or enough answers and sampled in-flight time (Little's law)."""
         slow, p = self._slow, self.params
+        if slow.is_timed:
+            return _positive(slow.latency()) if slow.timed >= p.confident_requests else None
         if slow.succeeded < p.confident_requests or slow.busy < p.confident_busy_seconds:
             return None
         return _positive(slow.latency())
@@ -247,11 +323,16 @@ class EndpointEstimator:
         slow = self._slow
         # Pseudo-requests at the prior: little evidence -> close to the prior; lots -> the measurement.
         fast = self._fast
-        latency = (slow.busy + p.prior_requests * prior) / (slow.succeeded + p.prior_requests)
+        seconds, answers = slow.evidence()
+        latency = (seconds + p.prior_requests * prior) / (answers + p.prior_requests)
         if self.measured_latency() is None:
             latency = max(latency, prior)  # thin evidence cannot beat the best confident measurement
         throughput = slow.throughput()
-        if fast.succeeded < p.fast_min_requests and fast.busy >= p.stuck_busy_seconds:
+        # Requests in flight for long with few answers: stuck. With per-request times, only if it also keeps
+        # getting requests: an open stream is in flight, unanswered, for as long as the client reads
+        # (issue 16), and that is load (Envoy's least_request counts it), not slowness.
+        may_be_stuck = not self._timing or fast.sent >= p.fast_min_requests
+        if may_be_stuck and fast.succeeded < p.fast_min_requests and fast.busy >= p.stuck_busy_seconds:
             # Requests in flight but few answered lately: a stuck or very slow host; count the time so far.
             stuck = fast.busy / max(fast.succeeded, 1.0)
             if stuck > latency:
@@ -260,9 +341,9 @@ class EndpointEstimator:
         recent = None
         if self._recent.succeeded >= p.recent_min_requests:
             recent = max(prior, self._recent.busy / self._recent.succeeded)  # no prior: it would flatter
-        fast_latency = fast.latency() if fast.succeeded >= p.fast_min_requests else None
+        fast_latency = fast.latency() if self._fast_count() >= p.fast_min_requests else None
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
-                        in_flight=slow.busy / span, evidence=slow.succeeded, measured=slow.latency(), recent=recent,
+                        in_flight=slow.busy / span, evidence=answers, measured=slow.latency(), recent=recent,
                         fast=None if fast_latency is None else max(prior, fast_latency))
 
     def trust_recent(self, fast: bool = False) -> None:
@@ -273,9 +354,15 @@ class EndpointEstimator:
             self._slow.adopt(self._fast, None)
             return
         recent, slow = self._recent, self._slow
-        if recent.succeeded <= 0 or slow.succeeded <= 0:
+        timed = slow.is_timed
+        base = slow.timed if timed else slow.succeeded
+        if recent.succeeded <= 0 or base <= 0:
             return
-        scale = min(1.0, recent.succeeded / slow.succeeded)
-        slow.sent, slow.done, slow.span = slow.sent * scale, slow.done * scale, slow.span * scale
-        slow.succeeded, slow.busy = recent.succeeded, recent.busy
+        scale = min(1.0, recent.succeeded / base)
+        for name in ("sent", "done", "span", "timed_sq", "timed_reads", *(("succeeded", "busy") if timed else ())):
+            setattr(slow, name, getattr(slow, name) * scale)
+        if timed:
+            slow.timed, slow.timed_sum = recent.succeeded, recent.busy
+        else:
+            slow.succeeded, slow.busy = recent.succeeded, recent.busy
         self._fast.adopt(slow, None)

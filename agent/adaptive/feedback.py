@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from agent.adaptive import metrics
+from agent.adaptive.drift import DriftDetector, DriftParams, Reference, common_mode, references
 from agent.adaptive.envoy_admin import AdminReader, AdminReadError, CounterReader
 from agent.adaptive.estimator import EndpointEstimator, EstimatorParams
 from agent.adaptive.health import SEVERITY, STALE_SECONDS, STATES, ServiceHealth, estimated_latency, raw_latency
@@ -71,6 +72,15 @@ class _Service:
         self.prior: float | None = None  # best measured latency in the service, seconds
         self.last_traffic: float | None = None  # when a read last showed requests sent, answered or in flight
         self.health = ServiceHealth()
+        # Early drift detection (agent/adaptive/drift.py), for hosts with per-request times: per host its
+        # CUSUMs, the reference it is compared with and its own fast-horizon throughput (set every update).
+        self.drift: dict[str, DriftDetector] = {}
+        self.references: dict[str, Reference] = {}
+        self.throughput: dict[str, float] = {}
+        self.last_read: dict[str, float] = {}
+
+    def slow_hosts(self) -> set[str]:
+        return {address for address, d in self.drift.items() if d.slow}
 
 
 class FeedbackLoop:
@@ -82,6 +92,7 @@ class FeedbackLoop:
         self._clock = clock
         self._given_params = estimator_params
         self._estimator_params = estimator_params or EstimatorParams()
+        self._drift_params = DriftParams()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -250,6 +261,7 @@ class FeedbackLoop:
                 continue  # cluster not (yet) in Envoy
             for gone in [a for a in service.estimators if a not in hosts]:
                 del service.estimators[gone]
+                service.drift.pop(gone, None)
                 metrics.forget(name, gone)
             quiet = all(s.sent == 0 and s.active == 0 and s.succeeded == 0 and s.failed == 0 for s in hosts.values())
             if not quiet or service.last_traffic is None:
@@ -264,8 +276,18 @@ class FeedbackLoop:
                     estimator = service.estimators[address] = EndpointEstimator(self._estimator_params)
                 if idle:
                     estimator.pause(now)
-                else:
-                    estimator.observe(now, sample, service.prior)
+                    service.last_read.pop(address, None)
+                    continue
+                estimator.observe(now, sample, service.prior)
+                reference = service.references.get(address)
+                last = service.last_read.get(address)
+                service.last_read[address] = now
+                if reference is not None and sample.timing and last is not None:
+                    detector = service.drift.setdefault(address, DriftDetector(self._drift_params))
+                    expected = reference.expected(service.throughput.get(address, 0.0))
+                    if detector.observe(now - last, sample.timed, sample.timed_seconds, expected, reference.cv2) \
+                            and detector.slow:
+                        estimator.adopt_fast()  # its long horizon keeps only the slower recent requests
         self.idle = all_idle
 
     def _update(self, now: float) -> bool:
@@ -281,7 +303,8 @@ class FeedbackLoop:
             estimates = {address: e.estimate(prior)
                          for address, e in service.estimators.items()}
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
-            proposed = service.weights.propose(estimates, all_equal=warming)
+            self._refresh_drift(service)
+            proposed = service.weights.propose(estimates, all_equal=warming, below=service.slow_hosts())
             for address in service.weights.lifted:
                 service.estimators[address].trust_recent(fast=service.weights.evidence.get(address) == "fast")
             if proposed is not None:
@@ -299,6 +322,17 @@ class FeedbackLoop:
                 if address in estimates:
                     metrics.ENDPOINT_LATENCY.labels(name, address).set(estimates[address].latency)
         return changed
+
+    def _refresh_drift(self, service: _Service) -> None:
+        """The references and throughputs the next reads' drift tests use (from the fast horizons)."""
+        common_mode(service.drift, len(service.estimators))
+        views = {a: v for a, e in service.estimators.items() if (v := e.drift_view()) is not None}
+        variances = {a: var for a, d in service.drift.items() if (var := d.variance_estimate()) is not None}
+        service.references = references(views, variances, service.slow_hosts(), self._drift_params)
+        service.throughput = {a: v[1] for a, v in views.items()}
+        for address in [a for a in service.drift if a not in views]:
+            # No fast view (too little traffic: floored, or idle): the test has nothing to go on; forget it.
+            del service.drift[address]
 
     def _safe_publish(self) -> None:
         try:

@@ -20,10 +20,16 @@ class HostSample:
     succeeded: int = 0
     failed: int = 0
     active: int = 0  # in flight now
+    # From the timing access logger, when Envoy has it: 2xx answers with a body since the previous read,
+    # and the sum of their times to first body byte (seconds). Exact per-request evidence.
+    timed: int = 0
+    timed_seconds: float = 0.0
+    timing: bool = False  # this Envoy has the timing counters for the host (then `timed` is evidence)
 
     def __add__(self, other: HostSample) -> HostSample:
         return HostSample(self.sent + other.sent, self.succeeded + other.succeeded, self.failed + other.failed,
-                          self.active + other.active)
+                          self.active + other.active, self.timed + other.timed,
+                          self.timed_seconds + other.timed_seconds, self.timing or other.timing)
 
 
 # cluster -> host address -> sample
@@ -35,8 +41,13 @@ def _delta(now: HostCounters, before: HostCounters | None) -> HostSample:
             or now.rq_error < before.rq_error:
         # First sight of this host, or its counters went back (Envoy restarted, host re-added): no rates yet.
         return HostSample(active=now.rq_active)
+    timed, timed_seconds, timing = 0, 0.0, False
+    if now.timed is not None and now.timed_us is not None and before.timed is not None \
+            and before.timed_us is not None and now.timed >= before.timed and now.timed_us >= before.timed_us:
+        timed, timed_seconds, timing = now.timed - before.timed, (now.timed_us - before.timed_us) / 1e6, True
     return HostSample(sent=now.rq_total - before.rq_total, succeeded=now.rq_success - before.rq_success,
-                      failed=now.rq_error - before.rq_error, active=now.rq_active)
+                      failed=now.rq_error - before.rq_error, active=now.rq_active, timed=timed,
+                      timed_seconds=timed_seconds, timing=timing)
 
 
 class DeltaTracker:

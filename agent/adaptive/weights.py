@@ -55,11 +55,13 @@ class WeightParams:
 
 
 def snap_capacities(capacity: Mapping[str, float], tolerance: float,
-                    top: Collection[str] = ()) -> dict[str, float]:
+                    top: Collection[str] = (), below: Collection[str] = ()) -> dict[str, float]:
     """Hosts close to the best count as the best. Hysteresis: a host in `top` (the best until now) only
-    leaves at twice the tolerance, so a host near the line does not flap between the two."""
+    leaves at twice the tolerance, so a host near the line does not flap between the two. Hosts in `below`
+    (the drift detector found them slower than the others, agent/adaptive/drift.py) keep their own."""
     best = max(capacity.values(), default=0.0)
-    return {host: best if value * (1.0 + (2 * tolerance if host in top else tolerance)) >= best else value
+    return {host: best if host not in below
+            and value * (1.0 + (2 * tolerance if host in top else tolerance)) >= best else value
             for host, value in capacity.items()}
 
 
@@ -109,11 +111,12 @@ def probe_weight(others: float, floored: int, params: WeightParams) -> int:
 
 
 def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
-                   top: Collection[str] = ()) -> dict[str, int]:
-    """The weights these estimates call for, before smoothing (`top`: hosts at the heaviest weight now)."""
+                   top: Collection[str] = (), below: Collection[str] = ()) -> dict[str, int]:
+    """The weights these estimates call for, before smoothing (`top`: hosts at the heaviest weight now;
+    `below`: hosts found slower than the others, which are not snapped to the best)."""
     if not estimates:
         return {}
-    capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top)
+    capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
     demand = sum(e.rate for e in estimates.values())
     return shares_to_weights(square_root_split(capacity, demand, params.overload), params)
 
@@ -167,10 +170,12 @@ class ServiceWeights:
         self.lifted: set[str] = set()  # hosts that climbed at the last update (the loop trusts their recent view)
         self.evidence: dict[str, str] = {}  # low host -> "recent" (floored) or "fast": the view it is judged by
 
-    def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False) -> dict[str, int] | None:
+    def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False,
+                below: Collection[str] = ()) -> dict[str, int] | None:
         """New weights worth publishing, or None to keep the current ones. Call once per update interval.
 
         `all_equal`: too little evidence yet to tell hosts apart (every host at the heaviest weight).
+        `below`: hosts the drift detector found slower than the others (judged by their own capacity).
         """
         params = self.params
         top = {h for h, w in self.published.items() if w >= params.max_weight}
@@ -192,7 +197,7 @@ class ServiceWeights:
         # Climbing hosts are presumed back (their recent requests said so): they join the best at the
         # top group's tolerance, or fresh, thin evidence would stall them below it.
         target = dict.fromkeys(estimates, params.max_weight) if all_equal \
-            else target_weights(judged, params, top | self.climbing)
+            else target_weights(judged, params, top | self.climbing, below)
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()

@@ -66,6 +66,8 @@ class Instance:
     queue: list[float] = field(default_factory=list)  # arrival times of queued requests
     total: int = 0
     success: int = 0
+    timed: int = 0  # what Envoy's timing access logger counts: answers, and their times in microseconds
+    timed_us: int = 0
     served: list[tuple[float, float, float]] = field(default_factory=list)  # (end, duration, service)
 
     def draw(self, now: float, rng: random.Random) -> float:
@@ -81,13 +83,14 @@ class ClusterSim:
     """Hosts behind one simulated Envoy; also the `CounterReader` the feedback loop reads."""
 
     def __init__(self, instances: Mapping[str, Instance], rate: float | Callable[[float], float],
-                 seed: int = 1, sample_interval: float = 0.05) -> None:
+                 seed: int = 1, sample_interval: float = 0.05, timing: bool = True) -> None:
         self.instances = dict(instances)
         self.rate = rate if callable(rate) else (lambda _t, r=rate: r)
         self.weights: dict[str, int] = {}
         self.now = 0.0
         self.rng = random.Random(seed)
         self.sample_interval = sample_interval
+        self.timing = timing  # the Envoy has the agent's timing logger (per-request times to first byte)
         self.reset_at: set[str] = set()  # hosts whose counters go back to 0 at the next read (Envoy restart)
         self._events: list[tuple[float, int, str, str, float]] = []  # (time, seq, kind, host, arrival)
         self._seq = 0
@@ -104,9 +107,11 @@ class ClusterSim:
     def read(self, clusters: Iterable[str]) -> dict[str, ClusterHosts]:
         for host in self.reset_at:
             inst = self.instances[host]
-            inst.total = inst.success = 0
+            inst.total = inst.success = inst.timed = inst.timed_us = 0
         self.reset_at = set()
-        hosts = {h: HostCounters(rq_total=i.total, rq_active=i.active, rq_success=i.success)
+        hosts = {h: HostCounters(rq_total=i.total, rq_active=i.active, rq_success=i.success,
+                                 timed=i.timed if self.timing else None,
+                                 timed_us=i.timed_us if self.timing else None)
                  for h, i in self.instances.items()}
         return {URL: {SERVICE: hosts}} if SERVICE in set(clusters) else {URL: {}}
 
@@ -166,6 +171,8 @@ class ClusterSim:
             inst.busy -= 1
             inst.active -= 1
             inst.success += 1
+            inst.timed += 1
+            inst.timed_us += round((self.now - arrival) * 1e6)
             self.latencies.append((arrival, self.now - arrival, host))
             if inst.queue:
                 self._start(host, inst.queue.pop(0))

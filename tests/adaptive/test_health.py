@@ -90,8 +90,8 @@ def test_the_latch_of_issue_17_would_have_been_reported(monkeypatch: pytest.Monk
         busy = dt * (self._last_active + sample.active) / 2.0
         p = self.params
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
-        self._slow.add(dt, sample, capped)
-        self._fast.add(dt, sample, busy)
+        self._slow.add(dt, sample, capped, 0.0)
+        self._fast.add(dt, sample, busy, 0.0)
         fast, slow = self._fast.latency(), self._slow.latency()
         if self._fast.succeeded >= p.fast_min_requests and fast is not None and slow is not None \
                 and fast > p.peak_factor * slow:
