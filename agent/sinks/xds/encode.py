@@ -14,12 +14,14 @@ import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from agent.sinks.xds.resource import Resource
 
 Encoded = tuple[bytes, str]  # (the serialized response, its nonce)
+SHARED_CAPACITY = 4096  # distinct stream states remembered per cache version (a bound, not a tuning knob)
 
 
 def state_version(resources: Iterable[Resource]) -> str:
@@ -46,6 +48,15 @@ class ResponseEncoder:
         self._capacity = capacity
         self._responses: OrderedDict[tuple[object, ...], Encoded] = OrderedDict()
         self._ids = itertools.count(1)
+        self._shared: dict[tuple[object, ...], Any] = {}
+        self._shared_version = -1
+
+    def shared(self, cache_version: int) -> dict[tuple[object, ...], Any]:
+        """A memo for the sessions' per-state answers, emptied when the cache version moves."""
+        if cache_version != self._shared_version or len(self._shared) >= SHARED_CAPACITY:
+            self._shared = {}
+            self._shared_version = cache_version
+        return self._shared
 
     def sotw(self, type_url: str, version_info: str, resources: Sequence[Resource]) -> Encoded:
         key = ("sotw", type_url, version_info, *((r.name, r.version) for r in resources))

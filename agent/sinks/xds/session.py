@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -20,7 +21,7 @@ from agent.sinks.xds.encode import ResponseEncoder
 from agent.sinks.xds.metrics import NACKS, PUSHED
 from agent.sinks.xds.plan import Planner
 from agent.sinks.xds.resource import Resource
-from agent.sinks.xds.state import TypeState
+from agent.sinks.xds.state import Sent, TypeState
 from agent.sinks.xds.types import CDS, EDS, LDS, ORDER, RDS, short
 from agent.sinks.xds.views import ViewResources
 
@@ -101,7 +102,10 @@ class Session:
             inputs = self._inputs(type_url, view)
             if self._settled.get(type_url) == inputs:
                 continue  # nothing this type depends on moved since it last had nothing to send
-            result = self._respond(state, planner.desired(type_url), view, current.version)
+            if type_url == EDS:
+                result = self._respond_shared(state, planner, view, current.version)
+            else:
+                result = self._respond(state, planner.desired(type_url), view, current.version)
             if result is None:
                 self._settled[type_url] = inputs
                 continue
@@ -130,6 +134,32 @@ class Session:
         """The response to send for this type, with the resources it (re)sends; None if nothing."""
         raise NotImplementedError
 
+    def _respond_shared(self, state: TypeState, planner: Planner, view: ViewResources,
+                        cache_version: int) -> tuple[bytes, list[Resource]] | None:
+        """`_respond` for EDS, worked out once per cache version for all streams in the same state.
+
+        EDS is what every endpoint change pushes to every stream, and what it sends depends only on
+        the view and on the EDS state (subscription, what Envoy holds: `names_key`, `known_key`), not
+        on the other types. Streams of one view in equal states get the same response, so the first
+        one's answer (the bytes, and the record of what was sent) is replayed for the others.
+        """
+        memo = self._encoder.shared(cache_version)
+        key = (self.api, id(view), state.wildcard, state.names_key, state.known_key)
+        hit = memo.get(key)
+        if hit is not None and hit[0] is view:  # the view itself pins its id while the entry lives
+            answer: _Answer | None = hit[1]
+            if answer is None:
+                return None
+            state.record(answer.nonce, answer.sent, answer.known_key)
+            return answer.body, answer.changed
+        result = self._respond(state, planner.desired(EDS), view, cache_version)
+        if result is not None:
+            answer = _Answer(result[0], result[1], state.nonce, state.inflight[state.nonce], state.known_key)
+        else:
+            answer = None
+        memo[key] = (view, answer)
+        return result
+
     def _invalidate(self, type_url: str, changed: list[Resource]) -> None:
         """A changed cluster is re-warmed by Envoy and needs its endpoints again (likewise a changed
         listener its routes): forget them, so this pass re-sends them right after."""
@@ -145,6 +175,17 @@ class Session:
         if self.view is not None:
             self._cache.release(self.view)
             log.info("xDS stream closed", extra={"node": self.node_id, "api": self.api, "peer": self.peer})
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One EDS response as `_respond` made and recorded it (shared read-only by the streams replaying it)."""
+
+    body: bytes
+    changed: list[Resource]
+    nonce: str
+    sent: Sent
+    known_key: str
 
 
 def changed_resources(desired: Mapping[str, Resource], known: Mapping[str, Resource]) -> list[Resource]:

@@ -11,6 +11,7 @@ Every change goes through a method that bumps `changes` (subscription or `known`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ class TypeState:
         self._names: set[str] = set()
         self._known: dict[str, Resource] = {}
         self._acked: dict[str, Resource] = {}
+        # Tokens of the subscription and of `known` (None: recompute): streams in equal states have equal
+        # tokens, so the session can reuse one stream's answer for all of them (see Session.responses).
+        self._names_key: frozenset[str] | None = None
+        self._known_key: str | None = None
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -65,12 +70,30 @@ class TypeState:
     def wants(self, name: str) -> bool:
         return self._wildcard or name in self._names
 
+    @property
+    def names_key(self) -> frozenset[str]:
+        if self._names_key is None:
+            self._names_key = frozenset(self._names)
+        return self._names_key
+
+    @property
+    def known_key(self) -> str:
+        """A digest of `known`: (name, version, whether it is a version-only placeholder) of each."""
+        if self._known_key is None:
+            digest = hashlib.sha256()
+            for name in sorted(self._known):
+                resource = self._known[name]
+                digest.update(f"{name}\x00{resource.version}\x00{int(bool(resource.body))}\x00".encode())
+            self._known_key = digest.hexdigest()[:24]
+        return self._known_key
+
     # -- subscription ------------------------------------------------------------------------------------
 
     def subscribe_only(self, wildcard: bool, names: set[str]) -> None:
         """State of the world: each request states the whole subscription."""
         if wildcard != self._wildcard or names != self._names:
             self._wildcard, self._names = wildcard, set(names) - {WILDCARD}
+            self._names_key = None
             self.changes += 1
             self._forget_unwanted()
 
@@ -80,6 +103,7 @@ class TypeState:
         if wildcard != self._wildcard or added:
             self._wildcard = wildcard
             self._names |= added
+            self._names_key = None
             self.changes += 1
 
     def unsubscribe(self, names: set[str]) -> None:
@@ -88,6 +112,7 @@ class TypeState:
         if WILDCARD in names:
             self._wildcard = False
         self._names -= names
+        self._names_key = None
         self.changes += 1
         self._forget_unwanted()
 
@@ -96,6 +121,7 @@ class TypeState:
         for table in (self._known, self._acked):
             for name in [n for n in table if not self.wants(n)]:
                 del table[name]
+        self._known_key = None
 
     # -- what Envoy has ----------------------------------------------------------------------------------
 
@@ -103,15 +129,18 @@ class TypeState:
         """A reconnecting delta client's `initial_resource_versions`."""
         self._known.update(held)
         self._acked.update(held)
+        self._known_key = None
         self.changes += 1
         self.ack_changes += 1
 
     def forget(self, name: str) -> None:
         """Make the next pass send `name` again (Envoy needs it again, e.g. to warm a changed cluster)."""
         if self._known.pop(name, None) is not None:
+            self._known_key = None
             self.changes += 1
 
-    def record(self, nonce: str, sent: Sent) -> None:
+    def record(self, nonce: str, sent: Sent, known_key: str | None = None) -> None:
+        """`known_key`: the token `known` has after this response, if the caller knows it already."""
         self.nonce = nonce
         self.answered = True
         self.inflight.pop(nonce, None)  # an identical response re-sent: it is now the newest
@@ -124,6 +153,7 @@ class TypeState:
             self._known.update(sent.resources)
             for name in sent.removed:
                 self._known.pop(name, None)
+        self._known_key = known_key
         self.changes += 1
 
     def settle(self, nonce: str, accepted: bool) -> Sent | None:
