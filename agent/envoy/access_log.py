@@ -11,6 +11,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stats.v3 import stats_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
@@ -86,3 +87,29 @@ def stream_stats_logs(service: str) -> list[accesslog_pb2.AccessLog]:
             prefix="application/grpc"))))
     return [accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(timings)),
             accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(statuses), filter=is_grpc)]
+
+
+# Per-host counters for the adaptive loop (agent/adaptive/envoy_admin.py reads them from /stats):
+# `modelarts.adaptive_answers.cluster.<c>.instance.<host>` and `...adaptive_ttfb_us...`, the count of 2xx
+# answers with a body and the sum of their times to the first body byte in microseconds. Envoy keeps no
+# per-host latency; with these the loop has every request's exact time, readable at any moment (counters,
+# not histograms, which only move at the stats flush). Time to first byte is the speed of a stream too
+# (its length is the client's choice, issue 16). Only answers with a body: a HEAD or a trailers-only gRPC
+# error has no first byte, and counting it would make the host look faster.
+TIMING_FILTER = "response.code >= 200 && response.code < 300 && response.size > 0"
+FIRST_BODY_BYTE_US = "%COMMON_DURATION(DS_RX_BEG:US_RX_BODY_BEG:us)%"
+
+
+def adaptive_timing_logs() -> list[accesslog_pb2.AccessLog]:
+    tags = [stats_pb2.Config.Tag(name="cluster", value_format="%UPSTREAM_CLUSTER%"),
+            stats_pb2.Config.Tag(name="instance", value_format="%UPSTREAM_HOST%")]
+    counters = stats_pb2.Config(stat_prefix=STATS_PREFIX, counters=[
+        stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name="adaptive_answers", tags=tags),
+                                 value_fixed={"value": 1}),
+        stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name="adaptive_ttfb_us", tags=tags),
+                                 value_format=FIRST_BODY_BYTE_US),
+    ])
+    answered = accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel",
+        typed_config=pack(cel_pb2.ExpressionFilter(expression=TIMING_FILTER))))
+    return [accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=pack(counters), filter=answered)]

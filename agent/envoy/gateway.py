@@ -21,7 +21,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from agent.config import GatewayConfig, ServiceSpec, Timeouts
-from agent.envoy.access_log import stream_stats_logs
+from agent.envoy.access_log import adaptive_timing_logs, stream_stats_logs
 from agent.envoy.clusters import socket_address, u32
 from agent.envoy.listeners import (
     BUFFER_FILTER,
@@ -58,6 +58,8 @@ def gateway_listener(gateway: GatewayConfig, targets: Sequence[GatewayTarget],
     manager.rds.CopyFrom(hcm_pb2.Rds(config_source=rds, route_config_name=GATEWAY_NAME))
     # First-byte and duration histograms, gRPC statuses; routes are named after their service.
     manager.access_log.extend(stream_stats_logs("%ROUTE_NAME%"))
+    if any(t.policy.adaptive_lb for t in targets):
+        manager.access_log.extend(adaptive_timing_logs())  # per-host times to first byte for the loop
     # Clients send "llm:8080"; domains name services without ports.
     manager.strip_any_host_port = True
     return listener_pb2.Listener(

@@ -24,7 +24,7 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from agent.config import LbPolicy, Retries, ServiceSpec
-from agent.envoy.access_log import access_logs, stream_stats_logs
+from agent.envoy.access_log import access_logs, adaptive_timing_logs, stream_stats_logs
 from agent.envoy.auth import auth_filter
 from agent.envoy.clusters import socket_address, u32
 from agent.envoy.serialize import duration, pack
@@ -111,6 +111,8 @@ def _http_manager(name: str, target: Target, policy: ServiceSpec,
     manager = http_connection_manager(name, filters, policy.timeouts.idle_seconds)
     manager.access_log.extend(access_logs(name, policy.access_log))
     manager.access_log.extend(stream_stats_logs(name))
+    if policy.adaptive_lb:
+        manager.access_log.extend(adaptive_timing_logs())  # per-host times to first byte for the loop
     if rds is None:
         manager.route_config.CopyFrom(route_configuration(name, target, policy))
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.adaptive.envoy_admin import AdminReader
 from agent.adaptive.runner import AdaptiveRunner
 from agent.sinks.envoy.files import EnvoyFileSink
 from tests.envoy.conftest import Instances, StartEnvoy
@@ -59,3 +60,35 @@ def test_slow_upstream_gets_a_low_weight_and_few_requests(out_dir: Path, admin_p
         assert rows[slow.address]["latency_ms"] > rows[fast[0].address]["latency_ms"]
     finally:
         runner.stop()
+
+
+def test_envoy_counts_each_hosts_answers_and_their_time_to_first_byte(out_dir: Path, admin_port: int,
+                                                                       instances: Instances,
+                                                                       start_envoy: StartEnvoy) -> None:
+    """The timing access logger on an adaptive listener: per host, 2xx answers with a body and the sum of
+    their times to first byte, read by the loop's AdminReader next to /clusters (issue 17: exact
+    per-request evidence instead of sampled in-flight counts)."""
+    port = free_port()
+    while port == admin_port:
+        port = free_port()
+    config = make_config(out_dir, admin_port, [{"name": "llm", "listen_port": port,
+                                                "lb": {"policy": "least_request", "adaptive": True}}])
+    fast, slow = instances.http("fast", delay=0.002), instances.http("slow", delay=0.040)
+    sink = EnvoyFileSink(config)
+    sink.publish(make_snapshot(config, {"llm": [endpoint(u) for u in (fast, slow)]}))
+    envoy = start_envoy(config)
+    envoy.wait_for_hosts({"llm": [u.address for u in (fast, slow)]})
+    assert send_requests(port, 80, concurrency=2).failures == []
+    reader = AdminReader([f"http://127.0.0.1:{admin_port}"])
+    try:
+        hosts = next(iter(reader.read(["llm"]).values()))["llm"]
+    finally:
+        reader.close()
+    means = {}
+    for upstream, delay in ((fast, 0.002), (slow, 0.040)):
+        counters = hosts[upstream.address]
+        assert counters.timed == counters.rq_success == upstream.total > 0, counters
+        assert counters.timed_us is not None
+        means[upstream] = counters.timed_us / counters.timed / 1e6
+        assert means[upstream] >= delay, (upstream.address, means)  # queueing at the instance included
+    assert means[slow] > 1.5 * means[fast], means  # (the test instances share one thread: the fast one waits too)
