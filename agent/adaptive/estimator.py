@@ -116,8 +116,12 @@ class _Decayed:
             return self.timed_sum / self.timed * (self.done / self.succeeded if self.succeeded > 0 else 1.0)
         return self.busy / self.succeeded if self.succeeded > 0 else None
 
-    def evidence(self) -> tuple[float, float]:
-        """(seconds, answers) behind `latency()`, for blending with a prior."""
+    def evidence(self, timing: bool = False) -> tuple[float, float]:
+        """(seconds, answers) behind `latency()`, for blending with a prior. With per-request times on
+        (`timing`) and nothing answered, none: time in flight with no answer is an open stream's as much
+        as a slow host's, and it is load (least_request counts it), not evidence of speed."""
+        if timing and self.succeeded < 1.0 and self.timed < 1.0:
+            return 0.0, 0.0
         if self.is_timed:
             return self.timed_sum * (self.done / self.succeeded if self.succeeded > 0 else 1.0), self.timed
         return self.busy, self.succeeded
@@ -323,7 +327,7 @@ class EndpointEstimator:
         slow = self._slow
         # Pseudo-requests at the prior: little evidence -> close to the prior; lots -> the measurement.
         fast = self._fast
-        seconds, answers = slow.evidence()
+        seconds, answers = slow.evidence(self._timing)
         latency = (seconds + p.prior_requests * prior) / (answers + p.prior_requests)
         if self.measured_latency() is None:
             latency = max(latency, prior)  # thin evidence cannot beat the best confident measurement
