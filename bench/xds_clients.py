@@ -189,9 +189,14 @@ async def _delta_marked(call: Any, index: int, node: base_pb2.Node, marks: Marks
             marks.hit(index, len(body))
 
 
+# Like Envoy's HTTP/2 client: no BDP pings, and a large fixed window (Envoy's default is 256 MiB), so a
+# server is not made to answer pings or wait for window updates that a real Envoy would not cause.
+ENVOY_LIKE = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 64 << 20)]
+
+
 async def _marked_stream(target: str, api: str, index: int, local: int, marks: Marks,
                          opened: asyncio.Event) -> None:
-    async with grpc.aio.insecure_channel(target, options=[("bench.stream", index)]) as channel:
+    async with grpc.aio.insecure_channel(target, options=[("bench.stream", index), *ENVOY_LIKE]) as channel:
         node = base_pb2.Node(id=f"bench-{index}", cluster="bench")
         if api == "delta":
             call = channel.stream_stream(
