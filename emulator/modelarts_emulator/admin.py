@@ -21,7 +21,7 @@ were given plus `fault_id`, `kind`, `armed_at`, `remaining`, `hits`.
     GET    /admin/instances/stats[?service_id=] -> {"instances": [instance...]}  (also retired ones)
     POST   /admin/instances/{instance_id}/kill|revive|unhealthy|healthy|remove  {} -> instance
            (remove takes an optional {"wait": bool} like scale)
-    POST   /admin/instances/{instance_id}/latency     {"base_ms", "jitter_ms", "distribution"} -> instance
+    POST   /admin/instances/{instance_id}/latency     {"base_ms", "jitter_ms", "distribution", "sigma"} -> instance
     POST   /admin/instances/{instance_id}/error_rate  {"error_rate": x} -> instance
     POST   /admin/instances/{instance_id}/stream      {"tokens", "first_token_ms", "interval_ms",
                                                        "reset_after"} -> instance (StreamConfig)

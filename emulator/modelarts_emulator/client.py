@@ -106,10 +106,11 @@ class EmulatorAdmin:
         return self._action(instance_id, "remove", {"wait": wait})
 
     def set_latency(
-        self, instance_id: str, base_ms: float, jitter_ms: float = 0.0, distribution: str = "exponential"
+        self, instance_id: str, base_ms: float, jitter_ms: float = 0.0, distribution: str = "exponential",
+        sigma: float = 0.5,
     ) -> InstanceInfo:
         latency = LatencyConfig.model_validate(
-            {"base_ms": base_ms, "jitter_ms": jitter_ms, "distribution": distribution}
+            {"base_ms": base_ms, "jitter_ms": jitter_ms, "distribution": distribution, "sigma": sigma}
         )
         return self._action(instance_id, "latency", latency.model_dump())
 

@@ -81,13 +81,16 @@ class LimitsConfig(_Model):
     window_seconds: float = Field(default=60.0, gt=0)
 
 
-Distribution = Literal["exponential", "uniform", "normal", "constant"]
+Distribution = Literal["exponential", "lognormal", "uniform", "normal", "constant"]
 
 
 class LatencyConfig(_Model):
     base_ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
     distribution: Distribution = "exponential"
+    # lognormal: the jitter is jitter_ms x a lognormal factor with mean 1 and this shape (the sigma of its
+    # log; 0.5 is a CV of ~0.53, the long right tail of real inference times without exponential's mass at 0)
+    sigma: float = Field(default=0.5, gt=0, le=3)
 
 
 class StreamConfig(_Model):

@@ -203,6 +203,8 @@ def draw_latency(latency: LatencyConfig, rng: random.Random) -> float:
     if jitter > 0:
         if latency.distribution == "exponential":
             extra = rng.expovariate(1.0 / jitter)
+        elif latency.distribution == "lognormal":
+            extra = jitter * rng.lognormvariate(-latency.sigma ** 2 / 2, latency.sigma)  # mean = jitter
         elif latency.distribution == "uniform":
             extra = rng.uniform(0.0, 2.0 * jitter)  # mean = jitter, like the exponential
         elif latency.distribution == "normal":
