@@ -250,6 +250,9 @@ class Rig:
         "oracle": {"policy": "least_request", "adaptive": False},
         "adaptive": {"policy": "least_request", "adaptive": True},
         "choice4": {"policy": "least_request", "choice_count": 4, "adaptive": False},
+        # Weights the bench sets itself (StaticWeights): the ideal static split, or an oracle that knows
+        # the true service times as they change.
+        "static": {"policy": "least_request", "adaptive": False},
     }
 
     def __init__(self, workdir: Path, transport: str = "files", concurrency: int = 1) -> None:
@@ -308,6 +311,7 @@ class Rig:
             self.sink = EnvoyFileSink(self.config)
             bootstrap.write_text(to_yaml(build_bootstrap(self.config.envoy)))
         self.sink.publish(self._snapshot())
+        self.weight_sink = StaticWeights(self.sink)
         envoy = ChildProcess("envoy", [*taskset_prefix(PROXY_CPU), str(ENVOY), "-c", str(bootstrap),
                                        "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn",
                                        "--drain-time-s", "1"], self.workdir)
@@ -321,7 +325,7 @@ class Rig:
         # bind would send one policy's load somewhere else, silently.
         wait_for(lambda: self._listening(admin), 30, "Envoy listening on every policy's port")
         # The agent's feedback loop, exactly as AgentRuntime runs it (in this process, pinned with Envoy).
-        self.runner = AdaptiveRunner(lambda: [self.sink])
+        self.runner = AdaptiveRunner(lambda: [self.weight_sink])
         self.runner.apply(self.config)
 
     def _listening(self, admin: str) -> bool:
@@ -415,6 +419,29 @@ class Rig:
             self.xds.close(grace=0)
         with contextlib.suppress(Exception):
             self.emulator.close()
+
+
+class StaticWeights:
+    """The sink the adaptive runner publishes to, with the `static` listener's weights merged in."""
+
+    def __init__(self, sink: EnvoyFileSink | XdsSink) -> None:
+        self.sink = sink
+        self.static: dict[str, int] = {}
+        self._adaptive: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def update_weights(self, weights: Mapping[str, Mapping[str, int]]) -> None:
+        with self._lock:
+            self._adaptive = {k: dict(v) for k, v in weights.items()}
+            self._push()
+
+    def set_static(self, weights: Mapping[str, int]) -> None:
+        with self._lock:
+            self.static = dict(weights)
+            self._push()
+
+    def _push(self) -> None:
+        self.sink.update_weights({**self._adaptive, **({"static": self.static} if self.static else {})})
 
 
 # --- scenarios -------------------------------------------------------------------------------------------
@@ -769,6 +796,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(results to bench/results/adaptive-ads.json unless --output is given)")
     parser.add_argument("--classic", action="store_true",
                         help="the four earlier scenarios instead of the issue-17 matrix (bench/adaptive_matrix.py)")
+    parser.add_argument("--cells", default="a,b,c",
+                        help="the matrix's groups to run, comma-separated (a: 1-slot steady cells, spell, breaker; "
+                             "b: drift, cold starts; c: 4 slots and streams); each fits one 12-minute locked run, "
+                             "and the results of the groups not run are kept from earlier runs")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the section of docs/benchmarks.md from the last results")
     args = parser.parse_args(argv)
@@ -846,20 +877,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def matrix_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    from bench.adaptive_matrix import run_matrix
+    from bench.adaptive_matrix import GROUPS, run_matrix
 
+    groups = tuple(g.strip() for g in str(args.cells).split(",") if g.strip())
+    if not groups or any(g not in GROUPS for g in groups):
+        print(f"--cells: expected a comma-separated subset of {','.join(GROUPS)}, got {args.cells!r}",
+              file=sys.stderr)
+        return 2
     started = time.time()
     load0 = os.getloadavg()
     with pinned({int(PROXY_CPU)}):
-        scenarios, facts = run_matrix(args.img_dir, log, "ads" if args.ads else "files")
+        scenarios, facts = run_matrix(args.img_dir, log, "ads" if args.ads else "files", groups)
     load1 = os.getloadavg()
     shared = max(load0[0], load1[0], load0[1], load1[1]) >= (os.cpu_count() or 1)
+    run = {"groups": list(groups), **machine(), "load_average_start": load0, "load_average_end": load1,
+           "shared_machine_busy": shared, "wall_seconds": round(time.time() - started, 1),
+           "skipped": facts["skipped"]}
+    # Groups run separately (one locked run each) are merged: the others' cells are kept from their run.
+    earlier = _load(args.output) or {}
+    kept = [sc for sc in earlier.get("scenarios", []) if sc.get("group") and sc.get("group") not in groups]
+    runs = [r for r in earlier.get("runs", []) if not set(r.get("groups", [])) & set(groups)] + [run]
     result = {"benchmark": "adaptive load balancing (issue 17 matrix)", "transport": "ads" if args.ads else "files",
               "quick": False, "machine": {**machine(), "load_average_start": load0, "load_average_end": load1,
                                           "shared_machine_busy": shared},
-              "seconds_per_segment": facts["segment"], "rounds": facts["rounds"],
-              "wall_seconds": round(time.time() - started, 1), "feedback_loop_cost": facts["feedback_loop_cost"],
-              "skipped": facts["skipped"], "scenarios": [s.as_dict() for s in scenarios]}
+              "runs": runs, "seconds_per_segment": facts["segment"], "rounds": facts["rounds"],
+              "wall_seconds": sum(r.get("wall_seconds", 0) for r in runs),
+              "feedback_loop_cost": facts["feedback_loop_cost"] or earlier.get("feedback_loop_cost", {}),
+              "skipped": [n for r in runs for n in r.get("skipped", [])],
+              "scenarios": kept + [s.as_dict() for s in scenarios]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     for sc in scenarios:

@@ -14,14 +14,18 @@ END = "<!-- adaptive:end -->"
 
 
 def _rows(result: dict[str, Any]) -> list[str]:
-    lines = ["| scenario | figure | measured | target | verdict |", "|---|---|---|---|---|"]
+    lines = ["| scenario | figure | measured | target | verdict | run, load avg before/after |",
+             "|---|---|---|---|---|---|"]
     for scenario in result.get("scenarios", []):
+        load = scenario.get("load_average_before_after") or []
+        where = (f"{scenario.get('group', '')} " if scenario.get("group") else "") \
+            + " / ".join(f"{v:.1f}" for v in load)
         for check in scenario["checks"]:
             sign = "≥" if check.get("target_is") == "floor" else "≤"
             target = "= 0" if check["target"] == 0 else f"{sign} {check['target']:g}"
             detail = f" ({check['detail']})" if check.get("detail") else ""
             lines.append(f"| {scenario['title']} | {check['what']} | {check['value']:g}{detail} | {target} | "
-                         f"**{check['status']}** |")
+                         f"**{check['status']}** | {where} |")
     return lines
 
 
@@ -57,6 +61,13 @@ def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
         lines += ["", f"Taken on a shared 2-core machine that was busy (load averages 1/5/15 min {start} at the start, "
                   f"{end} at the end): other engineers' tests ran alongside, and their stalls hit whichever "
                   "policy was running."]
+    for run in result.get("runs", []):
+        start, end = (" / ".join(f"{v:.1f}" for v in run.get(k) or []) for k in ("load_average_start",
+                                                                              "load_average_end"))
+        lines += ["",
+                  f"Run {','.join(run.get('groups', []))}: {run.get('date', '?')} at `{run.get('git_commit', '?')}`, "
+                  f"{run.get('wall_seconds', 0) / 60:.1f} minutes under the bench lock, load averages 1/5/15 min "
+                  f"{start} at the start, {end} at the end."]
     if result.get("skipped"):
         lines += ["", f"Skipped for the 15-minute bound: {', '.join(result['skipped'])}."]
     lines += ["", "Plots (weights and latency over time): " + (", ".join(f"`{p}`" for p in plots) or "none") + "."]
