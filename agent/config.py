@@ -482,6 +482,10 @@ class AgentConfig(Strict):
                 raise ValueError(f"split {split.name!r}: weights must not all be 0")
         return self
 
+    def with_service(self, spec: ServiceSpec) -> AgentConfig:
+        """This config with the service of `spec`'s name replaced by `spec` (a policy learned at run time)."""
+        return self.model_copy(update={"services": tuple(spec if s.name == spec.name else s for s in self.services)})
+
     def poll_interval(self, spec: ServiceSpec) -> float:
         return spec.poll_interval_seconds or self.discovery.default_poll_interval_seconds
 

@@ -1,5 +1,9 @@
 """The data model every sink reads: validated endpoints grouped per service, in an immutable snapshot.
 
+Discovery data only (which services, their ModelArts ids, endpoints and whether they synced): how a
+sink renders a service (Envoy policy, the Kubernetes Service shape) comes from that sink's own
+config, joined by service name. This module imports nothing else of `agent`.
+
 Like go-control-plane's snapshot cache, a `Snapshot` is never mutated: a change produces a new
 snapshot with a higher version, and every sink renders from whichever snapshot it holds.
 """
@@ -10,10 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from agent.config import ServiceSpec
+from typing import Literal
 
 Schema = Literal["http", "https", "grpc", "tcp"]
 SCHEMAS: tuple[Schema, ...] = ("http", "https", "grpc", "tcp")
@@ -53,21 +54,13 @@ def effective_protocol(spec_protocol: str, endpoints: Iterable[Endpoint]) -> Sch
 
 @dataclass(frozen=True)
 class ServiceSnapshot:
-    """What sinks need for one configured service: its spec and its current endpoint set."""
+    """One configured service as discovery sees it: name, ModelArts service id, endpoints, sync state."""
 
-    spec: ServiceSpec
+    name: str
+    service_id: str
     endpoints: tuple[Endpoint, ...] = ()
-    # None until the first successful sync; sinks may render an empty cluster meanwhile.
+    # False until the first successful sync; sinks may render an empty cluster meanwhile.
     synced: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def protocol(self) -> Schema:
-        """The protocol Envoy and Kubernetes speak to this service (`effective_protocol`)."""
-        return effective_protocol(self.spec.protocol, self.endpoints)
 
 
 def _frozen(services: Mapping[str, ServiceSnapshot]) -> Mapping[str, ServiceSnapshot]:

@@ -137,9 +137,9 @@ class SnapshotStore:
             services: dict[str, ServiceSnapshot] = {}
             for spec in specs:
                 old = current.get(spec.name)
-                keep = old is not None and old.spec.service_id == spec.service_id
+                keep = old is not None and old.service_id == spec.service_id
                 services[spec.name] = ServiceSnapshot(
-                    spec=spec,
+                    name=spec.name, service_id=spec.service_id,
                     endpoints=old.endpoints if keep and old else (),
                     synced=bool(keep and old and old.synced),
                 )
@@ -149,16 +149,6 @@ class SnapshotStore:
             for gone in set(self._status) - set(services):
                 del self._status[gone]
                 self._remove_gauges(gone)
-            self._publish(services)
-
-    def update_spec(self, spec: ServiceSpec) -> None:
-        """Replace one service's spec (same name and service id), keeping its endpoints and sync status."""
-        with self._cond:
-            current = self._snapshot.services.get(spec.name)
-            if current is None or current.spec.service_id != spec.service_id:
-                raise ValueError(f"update_spec: no service {spec.name} with service id {spec.service_id}")
-            services = dict(self._snapshot.services)
-            services[spec.name] = replace(current, spec=spec)
             self._publish(services)
 
     def load_last_known_good(self, endpoints: Mapping[str, tuple[Endpoint, ...]]) -> None:

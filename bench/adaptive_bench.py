@@ -340,7 +340,7 @@ class Rig:
             chosen = [i for i in self.instances if name != "oracle" or i.instance_id not in self.oracle_out]
             return tuple(sorted(Endpoint(ip=i.ip, port=i.port) for i in chosen))
 
-        services = {spec.name: ServiceSnapshot(spec=spec, synced=True, endpoints=endpoints(spec.name))
+        services = {spec.name: ServiceSnapshot(spec.name, spec.service_id, synced=True, endpoints=endpoints(spec.name))
                     for spec in self.config.services}
         return Snapshot(version=1, services=MappingProxyType(dict(sorted(services.items()))))
 

@@ -112,7 +112,7 @@ def bench_snapshot(config: AgentConfig, scenario: Scenario, generation: int, cha
             continue
         endpoints = tuple(sorted(Endpoint(ip=f"10.{index}.{i // 250}.{i % 250 + 1}", port=8000 + generation)
                                  for i in range(scenario.endpoints_per_service)))
-        services[spec.name] = ServiceSnapshot(spec=spec, endpoints=endpoints, synced=True)
+        services[spec.name] = ServiceSnapshot(spec.name, spec.service_id, endpoints=endpoints, synced=True)
     return Snapshot(version=version, services=MappingProxyType(services))
 
 

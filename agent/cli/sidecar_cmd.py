@@ -22,7 +22,7 @@ import yaml
 
 from agent.admin_server import AdminServer
 from agent.cli.options import port_number, with_admin_port
-from agent.config import AgentConfig, apply_env_overrides, parse_config
+from agent.config import AgentConfig, ServiceSpec, apply_env_overrides, parse_config
 from agent.errors import ConfigError
 from agent.model import ServiceSnapshot
 
@@ -76,11 +76,11 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
 def run(args: argparse.Namespace) -> int:
     from agent.adaptive.runner import AdaptiveRunner
     from agent.kube.client import KubeClient, default_namespace
-    from agent.modelarts.client import allowed_networks
     from agent.sinks.factory import sinks_for
     from agent.sinks.runner import SinkRunner
     from agent.snapshot import SnapshotStore
     from agent.sources.kubernetes import KubernetesSource
+    from agent.validation import parse_networks
 
     config = load_sidecar_config(args.config, args.service)
     config = with_admin_port(config, args.admin_port)
@@ -93,8 +93,23 @@ def run(args: argparse.Namespace) -> int:
     kube = KubeClient.connect(args.kubeconfig)
     stop = threading.Event()
     store = SnapshotStore(config.services, config.discovery)
-    sources = [KubernetesSource(kube, namespace, spec, store, allowed_networks(config),
-                                config.discovery.max_endpoints, stop) for spec in followed]
+    rendering = threading.Lock()
+    rendered = [config]  # what the sinks render: the config, with each CR's announced load balancing
+
+    def on_policy(spec: ServiceSpec) -> None:
+        """A CR's load balancing, read from its slices: the sinks render that service with it from now on."""
+        with rendering:
+            rendered[0] = rendered[0].with_service(spec)
+            for sink in sinks:
+                updater = getattr(sink, "update_config", None)
+                if updater is not None:
+                    updater(rendered[0])
+        for runner in runners:
+            runner.republish()
+
+    sources = [KubernetesSource(kube, namespace, spec, store, parse_networks(config.discovery.allowed_cidrs),
+                                config.discovery.max_endpoints, stop, on_policy) for spec in followed]
+    by_name = {source.spec.name: source for source in sources}
     try:
         sinks = list(sinks_for(config))  # binds the xDS port now, when enabled
     except Exception:
@@ -106,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     adaptive = AdaptiveRunner(lambda: sinks)
 
     def service_status(svc: ServiceSnapshot) -> dict[str, Any]:
-        weights = adaptive.status_rows(svc.spec)
+        weights = adaptive.status_rows(by_name[svc.name].policy)
         extra = {"weights": weights} if weights is not None else {}
         return {"endpoints": [e.address for e in svc.endpoints], **extra}
 

@@ -27,7 +27,7 @@ from agent.controller.objects import Owner, endpoint_slices, lb_annotation, port
 from agent.controller.status import Problem
 from agent.kube import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from agent.kube.client import KubeApiError, KubeClient, collection_path, object_path
-from agent.model import Endpoint, ServiceSnapshot, Snapshot
+from agent.model import Endpoint, ServiceSnapshot, Snapshot, effective_protocol
 from agent.sinks import SinkError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class KubernetesSink:
 
     def _publish_one(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot) -> None:
         owner = Owner(resource.name, resource.uid)
-        protocol = svc.protocol  # agent.model.effective_protocol: the same rule as Envoy's
+        protocol = effective_protocol(resource.spec.protocol, svc.endpoints)  # the same rule as Envoy's
         self._check_service_owner(resource)
         # spec.loadBalancing travels to sidecars and gateways on the objects they read (controller/objects.py).
         lb = lb_annotation(resource.spec.load_balancing.policy.value, resource.spec.load_balancing.hash_header)

@@ -1,5 +1,8 @@
 """Snapshot + config -> the Envoy resources that describe it, as typed messages.
 
+The snapshot says which services exist and where their endpoints are; each service's Envoy policy
+(listener, LB, retries, timeouts, TLS, auth) is its `ServiceSpec` in the config, joined by name.
+
 Free of any file concern, so an xDS (ADS) server can serve the same bundle: only the `EdsSource`
 (where a cluster's endpoints come from) differs between the two modes, plus, over ADS, an RDS
 config source that moves each HTTP listener's routes into a separate `RouteConfiguration`.
@@ -16,10 +19,10 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
-from agent.config import AgentConfig, TrafficSplit
+from agent.config import AgentConfig, ServiceSpec, TrafficSplit
 from agent.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
 from agent.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
-from agent.model import ServiceSnapshot, Snapshot
+from agent.model import Schema, ServiceSnapshot, Snapshot, effective_protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +50,23 @@ def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSour
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     weights: EndpointWeights | None = None) -> EnvoyResources:
     """`weights` (service -> endpoint address -> weight, from agent.adaptive) only touches EDS."""
-    services = sorted(snapshot.services.values(), key=lambda s: s.name)
-    clusters = [build_cluster(svc, svc.protocol, eds_source) for svc in services]
+    specs = policies(config)
+    # A service the config does not name (yet) is left out: mid-reload the next publish brings it.
+    services = sorted((s for s in snapshot.services.values() if s.name in specs), key=lambda s: s.name)
+    clusters = [build_cluster(specs[svc.name], protocol_of(specs[svc.name], svc), eds_source) for svc in services]
     assignments = [build_load_assignment(svc, (weights or {}).get(svc.name)) for svc in services]
     listeners: list[listener_pb2.Listener] = []
     routes: list[route_pb2.RouteConfiguration] = []
     for svc in services:
-        if svc.spec.listen_port is not None:
-            protocol = svc.protocol
-            listeners.append(service_listener(svc.spec, protocol, rds_source))
+        spec = specs[svc.name]
+        if spec.listen_port is not None:
+            protocol = protocol_of(spec, svc)
+            listeners.append(service_listener(spec, protocol, rds_source))
             if rds_source is not None and protocol != "tcp":
-                routes.append(route_configuration(svc.name, svc.name, svc.spec))
+                routes.append(route_configuration(svc.name, svc.name, spec))
     by_name = {svc.name: svc for svc in services}
     for split in config.splits:
-        built = _split_listener(split, by_name, rds_source)
+        built = _split_listener(split, by_name, specs, rds_source)
         if built is not None:
             listeners.append(built[0])
             if built[1] is not None:
@@ -73,7 +79,17 @@ def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSour
     )
 
 
-def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot],
+def policies(config: AgentConfig) -> dict[str, ServiceSpec]:
+    """Each service's Envoy policy, by name (the join key with the snapshot)."""
+    return {spec.name: spec for spec in config.services}
+
+
+def protocol_of(spec: ServiceSpec, service: ServiceSnapshot) -> Schema:
+    """The protocol Envoy speaks to this service: `agent.model.effective_protocol`, the one rule."""
+    return effective_protocol(spec.protocol, service.endpoints)
+
+
+def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot], specs: dict[str, ServiceSpec],
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     ) -> tuple[listener_pb2.Listener, route_pb2.RouteConfiguration | None] | None:
     """Weighted clusters over the named services; retries, timeouts and protocol follow the first backend.
@@ -88,11 +104,11 @@ def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot],
                     extra={"split": split.name, "missing": missing})
     if not backends:
         return None
-    primary = services[backends[0].cluster]
-    protocol = primary.protocol
-    listener = build_listener(split.name, split.listen_address, split.listen_port, backends, primary.spec,
+    primary = specs[backends[0].cluster]
+    protocol = protocol_of(primary, services[backends[0].cluster])
+    listener = build_listener(split.name, split.listen_address, split.listen_port, backends, primary,
                               protocol, rds_source)
     target: Target = backends
-    routes = route_configuration(split.name, target, primary.spec) \
+    routes = route_configuration(split.name, target, primary) \
         if rds_source is not None and protocol != "tcp" else None
     return listener, routes

@@ -31,7 +31,7 @@ class StateFileSink:
             "format": FORMAT_VERSION,
             "snapshot_version": snapshot.version,
             "services": {
-                name: {"service_id": svc.spec.service_id,
+                name: {"service_id": svc.service_id,
                        "endpoints": [{"ip": e.ip, "port": e.port, "schema": e.schema} for e in svc.endpoints]}
                 for name, svc in snapshot.services.items() if svc.synced
             },

@@ -5,13 +5,16 @@ ModelArts (the source has no client and no credentials), they only watch their n
 slices (label `kubernetes.io/service-name`). The addresses are checked again against the
 allowed CIDRs before they enter the store: a slice is just an object that anyone with write
 access to EndpointSlices could have edited.
+
+The CR's load balancing, announced on the slices, is policy, not discovery data: it goes to
+`on_policy` (the sidecar hands it to its sinks' config), never into the snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.config import ServiceSpec
@@ -46,8 +49,12 @@ def slice_schema(spec_protocol: str, slices: Sequence[Mapping[str, Any]]) -> Sch
 
 class KubernetesSource:
     def __init__(self, kube: KubeClient, namespace: str, spec: ServiceSpec, store: SnapshotStore,
-                 allowed: tuple[IPNetwork, ...], max_endpoints: int, stop: threading.Event) -> None:
+                 allowed: tuple[IPNetwork, ...], max_endpoints: int, stop: threading.Event,
+                 on_policy: Callable[[ServiceSpec], None] | None = None) -> None:
         self.spec = spec
+        # The service's policy as rendered: the config's, with the CR's announced load balancing.
+        self.policy = spec
+        self._on_policy = on_policy
         self._store = store
         self._allowed = allowed
         self._max = max_endpoints
@@ -77,10 +84,11 @@ class KubernetesSource:
     def _on_change(self, objects: Mapping[str, dict[str, Any]]) -> None:
         slices = list(objects.values())
         # The ModelArtsService's spec.loadBalancing, announced on the slices (unless this config sets lb).
-        spec = with_announced_lb(self.spec, lb_from_objects(slices, self.spec.name))
-        current = self._store.snapshot.services.get(self.spec.name)
-        if current is not None and current.spec != spec:
-            self._store.update_spec(spec)
+        policy = with_announced_lb(self.spec, lb_from_objects(slices, self.spec.name))
+        if policy != self.policy:
+            self.policy = policy
+            if self._on_policy is not None:
+                self._on_policy(policy)
         candidates = endpoints_from_slices(slices, slice_schema(self.spec.protocol, slices))
         accepted, rejected = self._validated(candidates)
         name = self.spec.name

@@ -200,7 +200,7 @@ def agent_config(output_dir: Path, envoy_admin_port: int, services: Iterable[Map
 
 def snapshot(config: AgentConfig, endpoints: Mapping[str, Sequence[tuple[str, int]]], version: int = 1) -> Snapshot:
     services = {
-        spec.name: ServiceSnapshot(spec=spec, synced=True, endpoints=tuple(sorted(
+        spec.name: ServiceSnapshot(spec.name, spec.service_id, synced=True, endpoints=tuple(sorted(
             Endpoint(ip=ip, port=port) for ip, port in endpoints.get(spec.name, ()))))
         for spec in config.services
     }

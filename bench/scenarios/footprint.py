@@ -190,7 +190,7 @@ def _slices_case(ctx: Ctx, rounds: int) -> dict[str, Any]:
         endpoints = tuple(sorted(Endpoint(ip=f"10.{10 + generation % 2}.{i // 250}.{i % 250 + 1}", port=8080)
                                  for i in range(1000)))
         snap = Snapshot(version=generation + 1, services=MappingProxyType(
-            {resource.key: ServiceSnapshot(spec=spec, endpoints=endpoints, synced=True)}))
+            {resource.key: ServiceSnapshot(spec.name, spec.service_id, endpoints=endpoints, synced=True)}))
         began = time.monotonic()
         sink.publish(snap)
         return time.monotonic() - began

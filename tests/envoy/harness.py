@@ -516,7 +516,8 @@ def make_snapshot(config: AgentConfig, endpoints: Mapping[str, Iterable[Endpoint
                   unsynced: Iterable[str] = ()) -> Snapshot:
     """Every configured service, with the given endpoints (none if absent); `unsynced` ones marked so."""
     skip = set(unsynced)
-    services = {spec.name: ServiceSnapshot(spec=spec, endpoints=tuple(sorted(endpoints.get(spec.name, ()))),
+    services = {spec.name: ServiceSnapshot(spec.name, spec.service_id,
+                                           endpoints=tuple(sorted(endpoints.get(spec.name, ()))),
                                            synced=spec.name not in skip)
                 for spec in config.services}
     return Snapshot(version=version, services=MappingProxyType(dict(sorted(services.items()))))

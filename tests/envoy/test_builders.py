@@ -13,7 +13,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from agent.envoy import clusters as clusters_module
 from agent.envoy.bootstrap import build_bootstrap, ensure_loopback
 from agent.envoy.layout import FileLayout
-from agent.envoy.resources import EnvoyResources, build_resources
+from agent.envoy.resources import EnvoyResources, build_resources, protocol_of
 from agent.envoy.serialize import to_dict
 from agent.errors import ConfigError
 from agent.model import Endpoint
@@ -174,11 +174,11 @@ def test_auto_protocol_follows_endpoint_schema() -> None:
     config = make_config(Path("/tmp/x"), 9901, [{"name": "svc"}])
     snap = make_snapshot(config, {"svc": [Endpoint("10.0.0.1", 1, "https"), Endpoint("10.0.0.2", 1, "https"),
                                           Endpoint("10.0.0.3", 1, "http")]})
-    assert snap.services["svc"].protocol == "https"
+    assert protocol_of(config.services[0], snap.services["svc"]) == "https"
     empty = make_snapshot(config, {})
-    assert empty.services["svc"].protocol == "http"
+    assert protocol_of(config.services[0], empty.services["svc"]) == "http"
     tie = make_snapshot(config, {"svc": [Endpoint("10.0.0.1", 1, "tcp"), Endpoint("10.0.0.2", 1, "grpc")]})
-    assert tie.services["svc"].protocol == "grpc"  # ties follow the fixed schema order
+    assert protocol_of(config.services[0], tie.services["svc"]) == "grpc"  # ties follow the fixed schema order
 
 
 def test_upstream_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,7 +65,7 @@ def test_same_snapshot_gives_byte_identical_files_and_no_rewrite(tmp_path: Path)
     inodes = {p: p.stat().st_ino for p in tmp_path.rglob("*.json")}
     # Same content, higher version, services and endpoints given in another order.
     shuffled = Snapshot(version=7, services=MappingProxyType({
-        name: svc.__class__(spec=svc.spec, endpoints=tuple(reversed(svc.endpoints)), synced=True)
+        name: svc.__class__(svc.name, svc.service_id, endpoints=tuple(reversed(svc.endpoints)), synced=True)
         for name, svc in reversed(list(first.services.items()))}))
     sink.publish(shuffled)
     assert sink.last_changed == ()

@@ -41,8 +41,8 @@ SPEC = ServiceSpec(name="ns--llm", service_id="sid")
 def synced(endpoints: tuple[Endpoint, ...], **status: Any) -> StatusInput:
     sync = SyncStatus(name="ns--llm", service_id="sid", endpoint_count=len(endpoints), synced=True,
                       last_success=1.9e9, last_attempt=1.9e9, **status)
-    return StatusInput(generation=2, sync=sync, service=ServiceSnapshot(SPEC, endpoints, synced=True),
-                       effective_interval=3.1)
+    return StatusInput(generation=2, sync=sync, effective_interval=3.1,
+                       service=ServiceSnapshot(SPEC.name, SPEC.service_id, endpoints, synced=True))
 
 
 EPS = (Endpoint("192.168.0.1", 80), Endpoint("192.168.0.2", 80))
@@ -294,9 +294,9 @@ def test_protocol_auto_is_one_rule_for_run_controller_and_sidecar(endpoints: lis
                          "spec": {"projectId": "p", "serviceId": "s", "modelartsUrl": "https://m.example.com",
                                   "credentialsSecretRef": {"name": "c"}}})
     spec = cr.service_spec(15).model_copy(update={"listen_port": 10080})
-    svc = ServiceSnapshot(spec=spec, endpoints=tuple(sorted(endpoints)), synced=True)
+    svc = ServiceSnapshot(spec.name, spec.service_id, endpoints=tuple(sorted(endpoints)), synced=True)
     run_protocol = effective_protocol("auto", endpoints)
-    assert svc.protocol == run_protocol
+    assert effective_protocol(spec.protocol, svc.endpoints) == run_protocol
     # What `run` builds: an HTTP connection manager, or a TCP proxy for tcp.
     config = parse_config({"modelarts": {"iam_url": "http://127.0.0.1:9", "modelarts_url": "http://127.0.0.1:9",
                                          "project_id": "p"}, "auth": {"mode": "token"},
@@ -314,8 +314,8 @@ def test_protocol_auto_is_one_rule_for_run_controller_and_sidecar(endpoints: lis
         sidecar_schema = slice_schema("auto", slices)
         assert sidecar_schema == run_protocol
         read_back = endpoints_from_slices(slices, sidecar_schema)
-        sidecar_svc = ServiceSnapshot(spec=spec, endpoints=read_back, synced=True)
-        assert sidecar_svc.protocol == run_protocol
+        sidecar_svc = ServiceSnapshot(spec.name, spec.service_id, endpoints=read_back, synced=True)
+        assert effective_protocol(spec.protocol, sidecar_svc.endpoints) == run_protocol
         sidecar_listener = build_resources(Snapshot(1, {spec.name: sidecar_svc}), config, ADS).listeners[0]
         assert sidecar_listener.filter_chains[0].filters[0].name == run_filter
 

@@ -40,7 +40,7 @@ def controller_objects(load_balancing: dict[str, Any] | None) -> list[dict[str, 
         spec["loadBalancing"] = load_balancing
     cr = parse_resource({"metadata": {"name": "chat", "namespace": "apps", "uid": "u1"}, "spec": spec})
     kube = ApplyRecorder()
-    svc = ServiceSnapshot(spec=cr.service_spec(15), endpoints=EPS, synced=True)
+    svc = ServiceSnapshot(cr.key, cr.spec.service_id, endpoints=EPS, synced=True)
     KubernetesSink(kube, lambda: {cr.key: cr}, lambda: True, threading.Event())._publish_one(cr, svc)
     kube.close()
     return kube.applied
@@ -81,7 +81,8 @@ def test_a_sidecar_renders_the_crs_policy_for_its_listener_and_the_gateway(tmp_p
     source._on_change(slices)
     snapshot = store.snapshot
     assert snapshot.version > version
-    spec = snapshot.services["chat"].spec
+    spec = source.policy  # what the sidecar hands its sinks (on_policy); the snapshot holds discovery only
+    config = config.with_service(spec)
     assert spec.lb.policy is LbPolicy.maglev and spec.lb.hash_key is not None and spec.lb.hash_key.header == "x-user"
     assert snapshot.services["chat"].endpoints == EPS
     built = build_resources(snapshot, config, ads_source)
@@ -102,9 +103,9 @@ def test_a_sidecar_renders_the_crs_policy_for_its_listener_and_the_gateway(tmp_p
 def test_an_lb_written_in_the_sidecar_config_wins_over_the_cr(tmp_path: Path) -> None:
     slices = {f"apps/{o['metadata']['name']}": o for o in controller_objects(
         {"policy": "ring_hash", "hashHeader": "x-user"}) if o["kind"] == "EndpointSlice"}
-    store, source, _ = sidecar(tmp_path, "    lb: {policy: round_robin}\n")
+    _, source, _ = sidecar(tmp_path, "    lb: {policy: round_robin}\n")
     source._on_change(slices)
-    assert store.snapshot.services["chat"].spec.lb.policy is LbPolicy.round_robin
+    assert source.policy.lb.policy is LbPolicy.round_robin
 
 
 def test_the_default_policy_and_a_bad_annotation() -> None:

@@ -83,7 +83,7 @@ def test_config_reload_keeps_endpoints_of_surviving_services() -> None:
     store.set_specs([ServiceSpec(name="llm", service_id="sid", listen_port=10000),
                      ServiceSpec(name="new", service_id="other")])
     assert endpoints(store) == EPS
-    assert store.snapshot.services["llm"].spec.listen_port == 10000
+    assert store.snapshot.services["llm"].service_id == "sid"
     assert store.snapshot.services["new"].endpoints == ()
     store.set_specs([ServiceSpec(name="llm", service_id="changed")])
     assert endpoints(store) == ()

@@ -12,19 +12,19 @@ waits for real data (its initial fetch timeout) instead of being told "no endpoi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
 from envoy.config.core.v3 import config_source_pb2
 
-from agent.config import AgentConfig, TrafficSplit
+from agent.config import AgentConfig, ServiceSpec, TrafficSplit
 from agent.envoy.ads_bootstrap import ADS_SOURCE
 from agent.envoy.clusters import EndpointWeights
 from agent.envoy.gateway import GatewayTarget, gateway_listener, gateway_routes
 from agent.envoy.listeners import Backend
 from agent.envoy.nodes import NodeView
-from agent.envoy.resources import EnvoyResources, build_resources
+from agent.envoy.resources import EnvoyResources, build_resources, policies, protocol_of
 from agent.model import ServiceSnapshot, Snapshot
 from agent.sinks.xds.refs import listener_refs, route_clusters
 from agent.sinks.xds.resource import Resource, ResourcePool
@@ -102,29 +102,33 @@ def _select(snapshot: Snapshot, config: AgentConfig,
     # A split belongs to a view only if the node sees every service it spreads over.
     splits = tuple(s for s in config.splits if all(view.selects(b.service) for b in s.backends))
     address = view.listen_address
-    if address is not None:
-        services = {name: replace(svc, spec=svc.spec.model_copy(update={"listen_address": address}))
-                    for name, svc in services.items()}
-        splits = tuple(s.model_copy(update={"listen_address": address}) for s in splits)
     update: dict[str, object] = {"splits": splits}
     if address is not None:
+        update["services"] = tuple(s.model_copy(update={"listen_address": address}) for s in config.services)
+        update["splits"] = tuple(s.model_copy(update={"listen_address": address}) for s in splits)
         update["gateway"] = config.gateway.model_copy(update={"listen_address": address})
     return services, config.model_copy(update=update)
 
 
 def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
                 config: AgentConfig) -> EnvoyResources:
-    targets = [GatewayTarget(name, name, svc.spec) for name, svc in services.items()
-               if svc.protocol != "tcp"]
-    targets.extend(t for t in (_split_target(s, services) for s in config.splits) if t is not None)
+    specs = policies(config)
+    targets = [GatewayTarget(name, name, specs[name]) for name, svc in services.items()
+               if name in specs and protocol_of(specs[name], svc) != "tcp"]
+    targets.extend(t for t in (_split_target(s, services, specs) for s in config.splits) if t is not None)
     targets.sort(key=lambda t: t.name)
     return EnvoyResources(clusters=built.clusters, load_assignments=built.load_assignments,
                           listeners=(gateway_listener(config.gateway, targets, ADS_SOURCE),),
                           routes=(gateway_routes(config.gateway, targets),))
 
 
-def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot]) -> GatewayTarget | None:
-    backends = [Backend(b.service, b.weight) for b in split.backends if b.weight > 0 and b.service in services]
-    if not backends or services[backends[0].cluster].protocol == "tcp":
+def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot],
+                  specs: Mapping[str, ServiceSpec]) -> GatewayTarget | None:
+    backends = [Backend(b.service, b.weight) for b in split.backends
+                if b.weight > 0 and b.service in services and b.service in specs]
+    if not backends:
         return None
-    return GatewayTarget(split.name, backends, services[backends[0].cluster].spec)
+    primary = backends[0].cluster
+    if protocol_of(specs[primary], services[primary]) == "tcp":
+        return None
+    return GatewayTarget(split.name, backends, specs[primary])
