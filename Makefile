@@ -77,16 +77,28 @@ bench-dataplane: install
 bench-pod: install testenv
 	scripts/vpc-netns $(PY) -m bench.pod_bench
 
+# The agent's xDS server beside go-control-plane (LinearCache, SnapshotCache; scripts/bench/xds-reference), SotW
+# and delta, 100/1,000 streams x 10/1,000/10,000 endpoints: about 11 minutes, bounded; bench/results/xds-compare.json,
+# its section of docs/benchmarks.md and docs/img/xds-compare-*.png. Also a step of `make bench`.
+.PHONY: bench-xds
+bench-xds: install
+	scripts/bench/build-tools.sh
+	$(PY) -m bench.xds_compare
+	$(PY) -m bench.xds_compare_report
+
 bench: install testenv
 	scripts/bench/build-tools.sh
 	$(PY) -m bench.dataplane_bench
 	$(PY) -m bench.run
+	$(PY) -m bench.xds_compare
+	$(PY) -m bench.xds_compare_report
 	scripts/vpc-netns $(PY) -m bench.pod_bench
 
 bench-quick: install
 	scripts/bench/build-tools.sh
 	$(PY) -m bench.dataplane_bench --quick
 	$(PY) -m bench.run --quick
+	$(PY) -m bench.xds_compare --quick --output .cache/bench/xds-compare-quick.json
 
 clean:
 	rm -rf run .pytest_cache .mypy_cache .ruff_cache
