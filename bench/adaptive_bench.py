@@ -347,9 +347,9 @@ class Rig:
     # -- controls ---------------------------------------------------------------------------------------
 
     def set_latency(self, instance_id: str, ms: float, distribution: str = "constant") -> None:
-        """Constant `ms`, or exponential service times with mean `ms` (`distribution="exponential"`)."""
-        if distribution == "exponential":
-            self.emulator.set_latency(instance_id, 0.0, ms, "exponential")
+        """Constant `ms`, or exponential / lognormal (sigma 0.5) service times with mean `ms`."""
+        if distribution in ("exponential", "lognormal"):
+            self.emulator.set_latency(instance_id, 0.0, ms, distribution)
         else:
             self.emulator.set_latency(instance_id, ms, 0.0, "constant")
 
@@ -730,6 +730,13 @@ def measure_cost(rig: Rig, log: Callable[[str], None], reads: int = 200) -> dict
         conn.request("GET", "/clusters?format=json")
         conn.getresponse().read()
     envoy_ms = 1000 * (proc_cpu_seconds(pid) - before) / reads
+    from agent.adaptive.envoy_admin import TIMING_FILTER
+
+    before = proc_cpu_seconds(pid)
+    for _ in range(reads):
+        conn.request("GET", TIMING_FILTER)
+        conn.getresponse().read()
+    stats_ms = 1000 * (proc_cpu_seconds(pid) - before) / reads
     conn.close()
     rate = 1 / rig.config.adaptive.sample_interval_seconds
     cost = {"hosts_in_envoy": sum(len(svc.endpoints) for svc in rig._snapshot().services.values()),
@@ -737,6 +744,7 @@ def measure_cost(rig: Rig, log: Callable[[str], None], reads: int = 200) -> dict
             "agent_cpu_ms_per_read": round(agent_ms, 3),
             "agent_cpu_percent_with_traffic": round(agent_ms * rate / 10, 2),
             "envoy_cpu_ms_per_read": round(envoy_ms, 3),
+            "envoy_cpu_ms_per_timing_read": round(stats_ms, 3),  # the /stats read of the timing counters
             "envoy_cpu_percent_with_traffic": round(envoy_ms * rate / 10, 2)}
     log(f"  feedback loop cost: {cost}")
     return cost
