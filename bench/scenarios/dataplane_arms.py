@@ -32,11 +32,18 @@ def _drop_cluster_key(key: str) -> Edit:
     return edit
 
 
+def _stream_stats(log: dict[str, Any]) -> bool:
+    """The first-byte / duration / gRPC-status loggers; not the adaptive loop's own (`adaptive_*` counters)."""
+    counters = log.get("typed_config", {}).get("counters") or [{}]
+    adaptive = str(counters[0].get("stat", {}).get("name", "")).startswith("adaptive_")
+    return log.get("name") == STATS_LOGGER and not adaptive
+
+
 def _drop_stats_loggers(listener: dict[str, Any]) -> None:
     for chain in listener.get("filter_chains", []):
         for network_filter in chain.get("filters", []):
             config = network_filter.get("typed_config", {})
-            config["access_log"] = [a for a in config.get("access_log", []) if a.get("name") != STATS_LOGGER]
+            config["access_log"] = [a for a in config.get("access_log", []) if not _stream_stats(a)]
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class Variant:
 
 GENERATED = Variant("generated", "every default on")
 VARIANTS: tuple[Variant, ...] = (
-    Variant("no-access-log", "access log (JSON line per request)", {"access_log": {"enabled": False}}),
+    Variant("access-log", "JSON access log (off by default: cost of turning it on)", {"access_log": {"enabled": True}},
+            switched_on=True),
     Variant("no-stream-stats", "stats access logger (first-byte / duration histograms)",
             listener_edit=_drop_stats_loggers),
     Variant("no-endpoint-stats", "per-endpoint stats", cluster_edit=_drop_cluster_key("track_cluster_stats")),
@@ -61,7 +69,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("no-outlier", "outlier detection", {"outlier_detection": {"enabled": False}}),
     Variant("no-breakers", "circuit breakers (Envoy's defaults instead)",
             cluster_edit=_drop_cluster_key("circuit_breakers")),
-    Variant("no-adaptive", "adaptive loop (lb.adaptive)", {"lb": {"adaptive": False}}),
+    Variant("no-adaptive", "adaptive loop (lb.adaptive: /clusters reads, its timing access logger)",
+            {"lb": {"adaptive": False}}),
     Variant("health-check", "active health check (off by default: cost of turning it on)",
             {"health_check": {"type": "http", "path": "/health"}}, switched_on=True),
 )

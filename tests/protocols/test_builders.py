@@ -67,7 +67,7 @@ def _stats_loggers(access_logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_listeners_log_first_byte_duration_and_grpc_status() -> None:
-    res = render([{"name": "g", "listen_port": 8000}], {"g": GRPC})
+    res = render([{"name": "g", "listen_port": 8000, "access_log": {"enabled": True}}], {"g": GRPC})
     logs = hcm(res, "g")["access_log"]
     fields = logs[0]["typed_config"]["log_format"]["json_format"]
     assert fields["grpc_status"] == "%GRPC_STATUS_NUMBER%"
@@ -76,8 +76,8 @@ def test_listeners_log_first_byte_duration_and_grpc_status() -> None:
     assert [h["stat"]["name"] for h in timings["typed_config"]["histograms"]] == ["first_byte_ms", "duration_ms"]
     assert statuses["filter"]["header_filter"]["header"] == {
         "name": "content-type", "string_match": {"prefix": "application/grpc"}}
-    # The file access log can be turned off; the metrics stay.
-    quiet = render([{"name": "g", "listen_port": 8000, "access_log": {"enabled": False}}], {"g": GRPC})
+    # The file access log is off by default (agent/config.py AccessLog); the metrics stay.
+    quiet = render([{"name": "g", "listen_port": 8000}], {"g": GRPC})
     # (plus the adaptive loop's timing logger: gRPC least_request is adaptive by default)
     assert len(_stats_loggers(hcm(quiet, "g")["access_log"])) == 2 == len(hcm(quiet, "g")["access_log"]) - 1
 
