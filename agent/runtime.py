@@ -22,7 +22,7 @@ from agent.modelarts.client import allowed_networks, build_client
 from agent.modelarts.credentials import check_sources, credentials_from_config
 from agent.modelarts.host_state import host_state_for
 from agent.sinks import Sink
-from agent.sinks.runner import SinkRunner
+from agent.sinks.runner import SinkSet
 from agent.sinks.state_file import StateFileSink, load_state
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
@@ -34,13 +34,6 @@ SinkFactory = Callable[[AgentConfig], Sequence[Sink]]
 
 def rendered_files(config: AgentConfig) -> list[Path]:
     return [path for spec in config.services for path in watched_files(spec.auth)]
-
-
-def _close(sinks: Sequence[Sink]) -> None:
-    for sink in sinks:
-        closer = getattr(sink, "close", None)
-        if closer is not None:
-            closer()
 
 
 class AgentRuntime:
@@ -61,14 +54,15 @@ class AgentRuntime:
         if config.discovery.state_file is not None:
             self._load_state(config)
             sinks.append(StateFileSink(config.discovery.state_file))
-        self.sinks = [SinkRunner(s, self.store, self.stop_event) for s in sinks]
+        self.sink_set = SinkSet(sinks, self.store, self.stop_event)
+        self.sinks = self.sink_set.runners
         # Latency-aware weights (lb.adaptive): EDS-only updates to the sinks that take them.
-        self.adaptive = AdaptiveRunner(lambda: [runner.sink for runner in self.sinks])
+        self.adaptive = AdaptiveRunner(lambda: self.sink_set.sinks)
         try:
             self.admin = AdminServer(config.admin.address, config.admin.port, self.status, self.ready,
                                      self.not_ready_reason, self.store.refresh_staleness)
         except OSError as exc:  # the port is taken, or the address is not this host's: exit 2, not a traceback
-            _close(sinks)
+            self.sink_set.close()
             raise ConfigError(f"cannot listen on {config.admin.address}:{config.admin.port} (admin.port): "
                               f"{exc.strerror or exc}") from None
         self._watcher = ConfigWatcher(config_path, self.reload) if config_path else None
@@ -90,8 +84,7 @@ class AgentRuntime:
 
     def start(self) -> None:
         self.admin.start()
-        for runner in self.sinks:
-            runner.start()
+        self.sink_set.start()
         self.adaptive.apply(self.config)
         source_thread = threading.Thread(target=self.source.run, name="source-modelarts", daemon=True)
         source_thread.start()
@@ -110,8 +103,7 @@ class AgentRuntime:
         for thread in self._threads:
             thread.join(timeout=10)
         self.adaptive.stop()
-        for runner in self.sinks:
-            runner.thread.join(timeout=10)
+        self.sink_set.join(timeout=10)
         self.admin.stop()
         log.info("agent stopped")
 
@@ -127,17 +119,12 @@ class AgentRuntime:
         self.config = config
         self.store.set_specs(config.services, config.discovery)
         self.source.update_config(config)
-        for runner in self.sinks:
-            updater = getattr(runner.sink, "update_config", None)
-            if updater is not None:
-                updater(config)
-            runner.republish()
+        self.sink_set.apply_config(config)
         self.adaptive.apply(config)
         self._rendered_files.watch(rendered_files(config))
 
     def _republish(self) -> None:
-        for runner in self.sinks:
-            runner.republish()
+        self.sink_set.republish()
 
     def poller_alive(self) -> bool:
         return self._source_thread is not None and self._source_thread.is_alive()
@@ -185,8 +172,7 @@ class AgentRuntime:
             "poller": {"alive": self.poller_alive(),
                        "last_turn_age_seconds": None if self.source.last_turn is None else
                        round(time.monotonic() - self.source.last_turn, 1)},
-            "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
-                      for r in self.sinks],
+            "sinks": self.sink_set.status(),
             "clock": SYSTEM_CLOCK.wall(),
             # The adaptive loop's health (ok, stale, blind, latched), while it runs.
             **({"adaptive": health} if (health := self.adaptive.health()) is not None else {}),

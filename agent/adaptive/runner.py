@@ -15,6 +15,7 @@ from typing import Any
 from agent.adaptive.feedback import FeedbackLoop, adaptive_services
 from agent.adaptive.table import WeightTable
 from agent.config import AgentConfig, ServiceSpec
+from agent.sinks import Weighted
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class AdaptiveRunner:
         return self.loop.health() if self.loop is not None else None
 
     def _weight_sinks(self) -> list[Callable[[Mapping[str, Mapping[str, int]]], None]]:
-        return [update for sink in self._sinks() if (update := getattr(sink, "update_weights", None)) is not None]
+        return [sink.update_weights for sink in self._sinks() if isinstance(sink, Weighted)]
 
     def _publish(self, weights: Mapping[str, Mapping[str, int]]) -> None:
         for update in self._weight_sinks():

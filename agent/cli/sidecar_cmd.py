@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.adaptive.runner import AdaptiveRunner
     from agent.kube.client import KubeClient, default_namespace
     from agent.sinks.factory import sinks_for
-    from agent.sinks.runner import SinkRunner
+    from agent.sinks.runner import SinkSet
     from agent.snapshot import SnapshotStore
     from agent.sources.kubernetes import KubernetesSource
     from agent.validation import parse_networks
@@ -100,12 +100,7 @@ def run(args: argparse.Namespace) -> int:
         """A CR's load balancing, read from its slices: the sinks render that service with it from now on."""
         with rendering:
             rendered[0] = rendered[0].with_service(spec)
-            for sink in sinks:
-                updater = getattr(sink, "update_config", None)
-                if updater is not None:
-                    updater(rendered[0])
-        for runner in runners:
-            runner.republish()
+            sink_set.apply_config(rendered[0])
 
     sources = [KubernetesSource(kube, namespace, spec, store, parse_networks(config.discovery.allowed_cidrs),
                                 config.discovery.max_endpoints, stop, on_policy) for spec in followed]
@@ -115,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         kube.close()
         raise
-    runners = [SinkRunner(sink, store, stop) for sink in sinks]
+    sink_set = SinkSet(sinks, store, stop)
+    runners = sink_set.runners
     xds = next((sink for sink in sinks if sink.name == "xds"), None)
     # Latency-aware weights from this pod's own Envoy, over the same files or ADS (lb.adaptive).
-    adaptive = AdaptiveRunner(lambda: sinks)
+    adaptive = AdaptiveRunner(lambda: sink_set.sinks)
 
     def service_status(svc: ServiceSnapshot) -> dict[str, Any]:
         weights = adaptive.status_rows(by_name[svc.name].policy)
@@ -132,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
             "services": [{**st.__dict__, **service_status(snapshot.services[st.name])}
                          for st in store.statuses() if st.name in snapshot.services],
             "watch_errors": {s.spec.name: s.reflector.last_error for s in sources},
-            "sinks": [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
-                      for r in runners]}
+            "sinks": sink_set.status()}
         if (health := adaptive.health()) is not None:  # the adaptive loop: ok, stale, blind, latched
             body["adaptive"] = health
         files = next((r for r in runners if r.sink.name != "xds"), None)
@@ -143,16 +138,10 @@ def run(args: argparse.Namespace) -> int:
             body["xds"] = _xds_status(xds, config)
         return body
 
-    def close_sinks() -> None:
-        for sink in sinks:
-            closer = getattr(sink, "close", None)
-            if closer is not None:
-                closer()
-
     try:
         admin = AdminServer(config.admin.address, config.admin.port, status, store.ready, store.not_ready_reason)
     except OSError as exc:
-        close_sinks()
+        sink_set.close()
         kube.close()
         raise ConfigError(f"cannot listen on {config.admin.address}:{config.admin.port}: {exc.strerror}") from None
 
@@ -162,17 +151,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     admin.start()
-    for runner in runners:
-        runner.start()
+    sink_set.start()
     for source in sources:
         source.start()
     adaptive.apply(config)
     while not stop.wait(1.0):
         pass
     adaptive.stop()
-    for runner in runners:
-        runner.thread.join(10)
-    close_sinks()
+    sink_set.join(10)
+    sink_set.close()
     admin.stop()
     kube.close()
     return 0

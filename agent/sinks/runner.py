@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent.loops import FailureLog, backoff_seconds
 from agent.metrics import SINK_WRITES
-from agent.sinks import Sink
+from agent.sinks import Closable, Reconfigurable, Sink
 from agent.snapshot import SnapshotStore
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +92,39 @@ class SinkRunner:
         SINK_WRITES.labels(self.sink.name, "success").inc()
         log.info("published snapshot", extra={"sink": self.sink.name, "version": snapshot.version})
         return True
+
+
+class SinkSet:
+    """The sinks of one process, each behind its `SinkRunner`: what `run` and `sidecar` both need."""
+
+    def __init__(self, sinks: Sequence[Sink], store: SnapshotStore, stop: threading.Event) -> None:
+        self.sinks = list(sinks)
+        self.runners = [SinkRunner(sink, store, stop) for sink in self.sinks]
+
+    def start(self) -> None:
+        for runner in self.runners:
+            runner.start()
+
+    def join(self, timeout: float) -> None:
+        for runner in self.runners:
+            runner.thread.join(timeout)
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """A reloaded config (or a learned policy): every sink that takes one renders with it, then all republish."""
+        for sink in self.sinks:
+            if isinstance(sink, Reconfigurable):
+                sink.update_config(config)
+        self.republish()
+
+    def republish(self) -> None:
+        for runner in self.runners:
+            runner.republish()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            if isinstance(sink, Closable):
+                sink.close()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"name": r.sink.name, "published_version": r.published_version, "last_error": r.last_error}
+                for r in self.runners]
