@@ -78,7 +78,6 @@ class ModelArtsClient:
         self._max_body = max_body_bytes
         self._clock = clock
         self._stop = stop
-        self.calls_total = 0
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -117,7 +116,6 @@ class ModelArtsClient:
         """The response (headers read, body not) and the deadline by which its body must be in."""
         if not self.budget.acquire(self._stop):
             raise Stopped()
-        self.calls_total += 1
         try:
             headers = self.auth.headers_for("GET", url, None)
         except DiscoveryError:
