@@ -222,7 +222,8 @@ class Pipeline:
                 ticks += 1
                 self.refresh_secrets()
                 if ticks % resync_every == 0:
-                    self.runner.republish()  # repairs drift, e.g. a slice someone deleted by hand
+                    self.sink.forget()  # every object is written again: repairs drift, e.g. a slice deleted by hand
+                    self.runner.republish()
             except Exception as exc:
                 self._reconcile_failures.failed(exc)
                 self.stop.wait(1.0)
