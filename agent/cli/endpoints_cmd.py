@@ -14,17 +14,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-from rich.console import Console
-from rich.table import Table
-
 from agent.cli.options import add_config_flags, config_from_args
 from agent.config import AgentConfig
 from agent.errors import AgentError, ConfigError, DiscoveryError
-from agent.modelarts.budget import BudgetRegistry
-from agent.modelarts.client import allowed_networks, build_client
-from agent.modelarts.credentials import check_sources, credentials_from_config
-from agent.modelarts.host_state import host_state_for
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def agent_view(config: AgentConfig) -> dict[str, dict[str, Any]]:
     """service_id -> the running agent's synced status entry, read from its admin /status ({} if none)."""
+    import requests
+
     port = config.admin.port
     if not port:
         return {}
@@ -91,6 +85,12 @@ def _from_agent(name: str, service_id: str, entry: dict[str, Any]) -> LookupResu
 
 
 def lookup(args: argparse.Namespace) -> list[LookupResult]:
+    # The ModelArts client (requests, the signer, host state) is imported here, not for every command.
+    from agent.modelarts.budget import BudgetRegistry
+    from agent.modelarts.client import allowed_networks, build_client
+    from agent.modelarts.credentials import check_sources, credentials_from_config
+    from agent.modelarts.host_state import host_state_for
+
     config = config_from_args(args)
     specs = [s for s in config.services if not args.service or s.name in args.service]
     unknown = set(args.service) - {s.name for s in config.services}
@@ -127,6 +127,9 @@ def lookup(args: argparse.Namespace) -> list[LookupResult]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     results = lookup(args)
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))

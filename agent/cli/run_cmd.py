@@ -10,7 +10,6 @@ from types import FrameType
 
 from agent.cli.options import port_number, with_admin_port
 from agent.config import load_config
-from agent.runtime import AgentRuntime
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.runtime import AgentRuntime  # heavy: imported when `run` runs, not for every command
+
     config = load_config(args.config)
     config = with_admin_port(config, args.admin_port)
     from agent.sinks.factory import sinks_for

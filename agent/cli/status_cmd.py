@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
-
-import requests
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:  # imported where used: every other command would pay for rich
+    from rich.console import Group
+    from rich.table import Table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def fetch(admin: str) -> dict[str, Any]:
+    import requests
+
     url = admin.rstrip("/") + "/status"
     try:
         resp = requests.get(url, timeout=5)
@@ -62,6 +63,9 @@ def _state(service: dict[str, Any]) -> str:
 
 
 def render(status: dict[str, Any]) -> Group:
+    from rich.console import Group
+    from rich.table import Table
+
     now = float(status.get("clock") or time.time())
     services = Table(title=f"services (snapshot v{status.get('snapshot_version')}, "
                            f"{'ready' if status.get('ready') else 'NOT ready'})")
@@ -85,6 +89,8 @@ def render(status: dict[str, Any]) -> Group:
 
 def _weights_table(status: dict[str, Any]) -> Table | None:
     """Adaptive load balancing (lb.adaptive): each endpoint's weight and the estimate behind it."""
+    from rich.table import Table
+
     rows = [(svc["name"], row) for svc in status.get("services", []) for row in svc.get("weights") or []]
     if not rows:
         return None
@@ -109,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(fetch(args.admin), indent=2))
         return 0
+    from rich.console import Console
+    from rich.live import Live
+
     console = Console()
     if not args.watch:
         console.print(render(fetch(args.admin)))
