@@ -12,7 +12,9 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.controller.crd import ModelArtsServiceResource, parse_resource
+from agent.controller.pipeline import Pipeline, PipelineSettings
 from agent.controller.sink import KubernetesSink
+from agent.kube.client import EventRecorder
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from tests.unit.test_kube_controller import ApplyRecorder
 
@@ -137,3 +139,30 @@ def test_a_resync_rewrites_only_what_drifted() -> None:
     assert kube.applied == []  # repaired
     kube.close()
 
+
+def test_a_status_only_change_of_the_crs_triggers_no_reconcile() -> None:
+    # Every status write comes back through the CR watch; at 1,000 CRs each of those re-parsed every CR and
+    # rebuilt every group's config, which kept a syncing controller's CPU busy (bench/controller_scale.py).
+    kube = ApplyRecorder()
+    pipeline = Pipeline(kube, PipelineSettings(), lambda: True, EventRecorder(kube, "test", "me"))
+    cr = {"metadata": {"name": "svc-0", "namespace": "apps", "uid": "u1", "generation": 1, "resourceVersion": "5"},
+          "spec": {"projectId": "p", "serviceId": "id-0", "modelartsUrl": "https://m.example.com",
+                   "credentialsSecretRef": {"name": "c"}}}
+    try:
+        pipeline.submit({"apps/svc-0": cr})
+        assert pipeline._dirty.is_set()  # the first set is always reconciled
+        pipeline._dirty.clear()
+        with_status = {**cr, "metadata": {**cr["metadata"], "resourceVersion": "6"}, "status": {"endpointCount": 2}}
+        pipeline.submit({"apps/svc-0": with_status})
+        assert not pipeline._dirty.is_set()
+        assert pipeline._crs["apps/svc-0"]["status"] == {"endpointCount": 2}  # the status writer sees it
+        new_spec = {**with_status, "metadata": {**with_status["metadata"], "generation": 2},
+                    "spec": {**cr["spec"], "serviceId": "id-1"}}
+        pipeline.submit({"apps/svc-0": new_spec})
+        assert pipeline._dirty.is_set()
+        pipeline._dirty.clear()
+        pipeline.submit({})  # a deleted CR is reconciled too
+        assert pipeline._dirty.is_set()
+    finally:
+        pipeline.close(timeout=1)
+        kube.close()
