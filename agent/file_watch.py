@@ -249,9 +249,11 @@ class FileWatcher(FileSystemEventHandler):
 class ConfigWatcher:
     """The agent's own config file: a `FileWatcher` on it that parses each new version first."""
 
-    def __init__(self, path: Path, on_change: Callable[[AgentConfig], None], debounce_seconds: float = 0.2) -> None:
+    def __init__(self, path: Path, on_change: Callable[[AgentConfig], None], debounce_seconds: float = 0.2,
+                 loader: Callable[[Path], AgentConfig] = load_config) -> None:
         self._path = path
         self._on_change = on_change
+        self._load = loader  # `sidecar` reads its own, smaller config shape
         self._files = FileWatcher(self._changed, debounce_seconds, name="config")
         self.applied = False
 
@@ -271,7 +273,7 @@ class ConfigWatcher:
         if not self._path.exists():
             return  # gone for a moment (an editor's delete-then-write): its return is the change
         try:
-            config = load_config(self._path)
+            config = self._load(self._path)
         except ConfigError as exc:
             CONFIG_RELOADS.labels("invalid").inc()
             log.error("new config rejected; keeping the running one: %s", exc)

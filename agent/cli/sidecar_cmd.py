@@ -7,16 +7,22 @@ sections may be left out: the sidecar has no ModelArts client, so they would be 
 
 With `xds.enabled: true` the sidecar also serves ADS (e.g. on loopback to the gateway's Envoy, as
 the chart's gateway pods do); `envoy.files: false` then skips the Envoy files.
+
+The config file is watched like `run`'s: a valid new version re-renders the followed services'
+policies (the CR's announced load balancing re-applied); following another set of services needs a
+restart, since each has its own watch.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,6 +31,11 @@ from agent.cli.options import port_number, with_admin_port
 from agent.config import AgentConfig, ServiceSpec, apply_env_overrides, parse_config
 from agent.errors import ConfigError
 from agent.model import ServiceSnapshot
+
+if TYPE_CHECKING:
+    from agent.sources.kubernetes import KubernetesSource
+
+log = logging.getLogger(__name__)
 
 # Filled in when absent so the shared config model validates; nothing ever connects to them.
 _UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http://unused.invalid",
@@ -73,8 +84,32 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
     return config
 
 
+def follow(config: AgentConfig, services: list[str]) -> AgentConfig:
+    """Only what this sidecar follows is rendered; a split needs all of its backends followed."""
+    followed = tuple(s for s in config.services if not services or s.name in services)
+    names = {s.name for s in followed}
+    return config.model_copy(update={"services": followed, "splits": tuple(
+        t for t in config.splits if all(b.service in names for b in t.backends))})
+
+
+def reloaded(new: AgentConfig, sources: Mapping[str, KubernetesSource]) -> AgentConfig:
+    """A reloaded config as the sinks render it: each followed service's new spec, its CR's load balancing
+    re-applied. The followed set stays (each service has its own watch): a service added or removed is
+    reported and waits for a restart."""
+    specs = {spec.name: spec for spec in new.services}
+    added, removed = sorted(set(specs) - set(sources)), sorted(set(sources) - set(specs))
+    if added or removed:
+        log.warning("the sidecar follows the same services until restart; not applied: %s",
+                    ", ".join([*(f"+{name}" for name in added), *(f"-{name}" for name in removed)]))
+    services = tuple(source.reconfigure(specs[name]) if name in specs else source.policy
+                     for name, source in sources.items())
+    return new.model_copy(update={"services": services, "splits": tuple(
+        t for t in new.splits if all(b.service in sources for b in t.backends))})
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.adaptive.runner import AdaptiveRunner
+    from agent.file_watch import ConfigWatcher
     from agent.kube.client import KubeClient, default_namespace
     from agent.sinks.factory import sinks_for
     from agent.sinks.runner import SinkSet
@@ -82,13 +117,11 @@ def run(args: argparse.Namespace) -> int:
     from agent.sources.kubernetes import KubernetesSource
     from agent.validation import parse_networks
 
-    config = load_sidecar_config(args.config, args.service)
-    config = with_admin_port(config, args.admin_port)
-    followed = tuple(s for s in config.services if not args.service or s.name in args.service)
-    names = {s.name for s in followed}
-    # Only what this sidecar follows is rendered; a split needs all of its backends followed.
-    config = config.model_copy(update={"services": followed, "splits": tuple(
-        t for t in config.splits if all(b.service in names for b in t.backends))})
+    def load(path: Path) -> AgentConfig:
+        return follow(with_admin_port(load_sidecar_config(path, args.service), args.admin_port), args.service)
+
+    config = load(args.config)
+    followed = config.services
     namespace = args.namespace or default_namespace(args.kubeconfig)
     kube = KubeClient.connect(args.kubeconfig)
     stop = threading.Event()
@@ -99,8 +132,15 @@ def run(args: argparse.Namespace) -> int:
     def on_policy(spec: ServiceSpec) -> None:
         """A CR's load balancing, read from its slices: the sinks render that service with it from now on."""
         with rendering:
-            rendered[0] = rendered[0].with_service(spec)
+            # The source's current policy, not `spec`: a reload may have come in between.
+            rendered[0] = rendered[0].with_service(by_name[spec.name].policy)
             sink_set.apply_config(rendered[0])
+
+    def reload(new: AgentConfig) -> None:
+        with rendering:
+            rendered[0] = reloaded(new, by_name)
+            sink_set.apply_config(rendered[0])
+        adaptive.apply(rendered[0])
 
     sources = [KubernetesSource(kube, namespace, spec, store, parse_networks(config.discovery.allowed_cidrs),
                                 config.discovery.max_endpoints, stop, on_policy) for spec in followed]
@@ -155,8 +195,11 @@ def run(args: argparse.Namespace) -> int:
     for source in sources:
         source.start()
     adaptive.apply(config)
+    watcher = ConfigWatcher(args.config, reload, loader=load)
+    watcher.start()
     while not stop.wait(1.0):
         pass
+    watcher.stop()
     adaptive.stop()
     sink_set.join(10)
     sink_set.close()

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.config import ServiceSpec
+from agent.config import LoadBalancing, ServiceSpec
 from agent.errors import DiscoveryError
 from agent.kube import SERVICE_NAME_LABEL
 from agent.kube.client import KubeClient, collection_path
@@ -54,6 +54,8 @@ class KubernetesSource:
         self.spec = spec
         # The service's policy as rendered: the config's, with the CR's announced load balancing.
         self.policy = spec
+        self._announced: LoadBalancing | None = None
+        self._policy_lock = threading.Lock()
         self._on_policy = on_policy
         self._store = store
         self._allowed = allowed
@@ -61,6 +63,13 @@ class KubernetesSource:
         self._seen_endpoints: set[str] = set()
         self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), f"endpointslices-{spec.name}",
                                    self._on_change, stop, label_selector=f"{SERVICE_NAME_LABEL}={spec.name}")
+
+    def reconfigure(self, spec: ServiceSpec) -> ServiceSpec:
+        """A reloaded config's spec for this service; returns the policy to render (the CR's LB re-applied)."""
+        with self._policy_lock:
+            self.spec = spec
+            self.policy = with_announced_lb(spec, self._announced)
+            return self.policy
 
     def start(self) -> KubernetesSource:
         self.reflector.start()
@@ -84,11 +93,12 @@ class KubernetesSource:
     def _on_change(self, objects: Mapping[str, dict[str, Any]]) -> None:
         slices = list(objects.values())
         # The ModelArtsService's spec.loadBalancing, announced on the slices (unless this config sets lb).
-        policy = with_announced_lb(self.spec, lb_from_objects(slices, self.spec.name))
-        if policy != self.policy:
-            self.policy = policy
-            if self._on_policy is not None:
-                self._on_policy(policy)
+        with self._policy_lock:
+            self._announced = lb_from_objects(slices, self.spec.name)
+            policy = with_announced_lb(self.spec, self._announced)
+            changed, self.policy = policy != self.policy, policy
+        if changed and self._on_policy is not None:
+            self._on_policy(policy)
         candidates = endpoints_from_slices(slices, slice_schema(self.spec.protocol, slices))
         accepted, rejected = self._validated(candidates)
         name = self.spec.name
