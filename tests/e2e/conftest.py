@@ -35,7 +35,9 @@ CACHE = Path(os.environ.get("MODELARTS_AGENT_CACHE") or REPO / ".cache")
 IMAGE_REPOSITORY = os.environ.get("E2E_IMAGE_REPOSITORY", "localhost/modelarts-agent")
 IMAGE_TAG = os.environ.get("E2E_IMAGE_TAG", "dev")
 IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
-IMAGE_ARCHIVES = [CACHE / "images" / "pause.tar", CACHE / "images" / "modelarts-agent.tar"]
+# The emulator's own image (the Dockerfile's `emulator` target: the product image plus the emulator).
+EMULATOR_IMAGE = os.environ.get("E2E_EMULATOR_IMAGE", "localhost/modelarts-emulator:dev")
+IMAGE_ARCHIVES = [CACHE / "images" / name for name in ("pause.tar", "modelarts-agent.tar", "modelarts-emulator.tar")]
 
 SYSTEM_NS = "modelarts-system"
 EMULATOR_NS = "modelarts-emu"
@@ -279,7 +281,7 @@ def emulator(kube: Kube) -> ClusterEmulator:
     args = ["--config", "/etc/emulator/scenario.yaml", "--host", "0.0.0.0", "--port", "8000",
             "--admin-port", "8001", "--instance-address", "$(POD_IP)"]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    emu = container("emulator", args, command=["modelarts-emulator"], env=[pod_ip],
+    emu = container("emulator", args, image=EMULATOR_IMAGE, env=[pod_ip],
                     ports=[{"name": "api", "containerPort": 8000}, {"name": "admin", "containerPort": 8001}],
                     readinessProbe={"tcpSocket": {"port": 8000}, "periodSeconds": 2},
                     volumeMounts=[{"name": "scenario", "mountPath": "/etc/emulator"},

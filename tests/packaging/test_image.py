@@ -1,6 +1,6 @@
 """The container image: static checks (hadolint, non-root, the wheel), then, marked e2e, the image built by
-scripts/image/ (buildah, no Docker engine) run as the chart runs it, its cache, the pause image, and both
-archives imported into containerd."""
+scripts/image/ (buildah, no Docker engine) run as the chart runs it, its cache, the emulator's image, the pause
+image, and every archive imported into containerd."""
 
 from __future__ import annotations
 
@@ -36,8 +36,19 @@ def test_runs_as_a_numeric_non_root_user_with_the_agent_entrypoint() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     assert 'ENTRYPOINT ["modelarts-agent"]' in lines
-    # The last stage copies the venv built in the first: no compilers or pip caches in the image.
-    assert sum(1 for line in lines if line.startswith("FROM ")) == 2
+    # Two stages start from the base: the build and the runtime, which copies the venv built in the first
+    # (no compilers or pip caches in the image). The emulator image builds on the runtime, and the default
+    # target, the last stage, is the runtime itself.
+    froms = [line.split()[1:] for line in lines if line.startswith("FROM ")]
+    assert [f for f in froms if f[0] == "${PYTHON_BASE}"] == [["${PYTHON_BASE}", "AS", "build"],
+                                                            ["${PYTHON_BASE}", "AS", "runtime"]]
+    assert ["runtime", "AS", "emulator"] in froms and froms[-1] == ["runtime"]
+
+
+def test_the_base_is_pinned_by_digest_in_a_build_argument() -> None:
+    args = [line.split("=", 1)[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+            if line.startswith("ARG PYTHON_BASE=")]
+    assert len(args) == 1 and re.fullmatch(r"python:3\.11[\w.-]*-slim-bookworm@sha256:[0-9a-f]{64}", args[0]), args
 
 
 def test_wheel_carries_every_package_and_the_console_script(tmp_path: Path) -> None:
@@ -57,6 +68,7 @@ def test_wheel_carries_every_package_and_the_console_script(tmp_path: Path) -> N
 IMAGE_SCRIPTS = ROOT / "scripts" / "image"
 CACHE = Path(os.environ.get("MODELARTS_AGENT_CACHE") or ROOT / ".cache") / "images"
 AGENT_IMAGE = os.environ.get("MODELARTS_AGENT_IMAGE", "localhost/modelarts-agent:dev")
+EMULATOR_IMAGE = os.environ.get("MODELARTS_EMULATOR_IMAGE", "localhost/modelarts-emulator:dev")
 PAUSE_IMAGE = os.environ.get("PAUSE_IMAGE", "registry.k8s.io/pause:3.10")
 BUILD_TIMEOUT = 3600
 # The chart's securityContext and volumes: UID/GID 10001, read-only root, no capabilities, tmpfs scratch.
@@ -111,19 +123,23 @@ def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
     context = tmp_path_factory.mktemp("context")
     for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, context / name)
-    shutil.copytree(ROOT / "agent", context / "agent", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("agent", "emulator", "requirements"):
+        shutil.copytree(ROOT / name, context / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build"))
     return context
 
 
 @pytest.fixture(scope="session")
 def built_images(build_context: Path) -> dict[str, Path]:
-    """Both archives, built (or found current: the hash is the checkout's) by the scripts `make image` runs."""
+    """The archives, built (or found current: the hash is the checkout's) by the scripts `make image` runs."""
     _require_real_root()
     pause = Path(_run_script("pause.sh").stdout.strip())
     agent = Path(_run_script("build.sh", "--context", str(build_context)).stdout.strip())
+    emulator = Path(_run_script("build.sh", "--target", "emulator", "--context", str(build_context)).stdout.strip())
     assert pause == CACHE / "pause.tar" and pause.stat().st_size > 0
     assert agent == CACHE / "modelarts-agent.tar" and agent.stat().st_size > 0
-    return {"pause": pause, "agent": agent}
+    assert emulator == CACHE / "modelarts-emulator.tar" and emulator.stat().st_size > 0
+    return {"pause": pause, "agent": agent, "emulator": emulator}
 
 
 def run_agent_image(*args: str, entrypoint: str | None = None, user: str | None = None,
@@ -149,6 +165,17 @@ def test_every_entry_point_runs_in_the_image_as_the_chart_runs_it(built_images: 
         assert result.stdout.strip() == f"modelarts-agent {__version__}"
     else:
         assert result.stdout.startswith("usage: modelarts-agent"), result.stdout[:500]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_the_emulator_has_its_own_image_and_the_product_image_has_no_emulator(built_images: dict[str, Path]) -> None:
+    emulator = _podman("run", "--rm", *RUN_AS_CHART, EMULATOR_IMAGE, "--help")
+    assert emulator.returncode == 0 and emulator.stdout.startswith("usage: modelarts-emulator"), emulator.stderr
+    probe = ("import importlib.util as u\n"
+             "print(u.find_spec('modelarts_emulator') is None, u.find_spec('cryptography') is None)")
+    product = run_agent_image("-c", probe, entrypoint="python")
+    assert (product.returncode, product.stdout.split()) == (0, ["True", "True"]), product.stdout + product.stderr
 
 
 @pytest.mark.e2e
@@ -242,7 +269,7 @@ def test_the_pause_image_reaps_orphans_and_stops_on_sigterm(built_images: dict[s
 
 @pytest.mark.e2e
 @pytest.mark.timeout(BUILD_TIMEOUT + 300)
-def test_containerd_imports_both_archives_under_their_names(built_images: dict[str, Path], tmp_path: Path) -> None:
+def test_containerd_imports_every_archive_under_its_name(built_images: dict[str, Path], tmp_path: Path) -> None:
     containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
     assert containerd and ctr, "containerd/ctr are missing although scripts/image/deps.sh ran"
     # A private containerd (own root, state and socket; CRI off), so this test touches no other one.
@@ -268,7 +295,7 @@ def test_containerd_imports_both_archives_under_their_names(built_images: dict[s
             imported = ctr_run("images", "import", str(archive))
             assert imported.returncode == 0, f"ctr images import {archive}: {imported.stderr}"
         names = ctr_run("images", "list", "--quiet").stdout.split()
-        assert AGENT_IMAGE in names and PAUSE_IMAGE in names, names
+        assert AGENT_IMAGE in names and EMULATOR_IMAGE in names and PAUSE_IMAGE in names, names
         # Unpacked into the snapshotter the CRI uses: what the kubelet will start from.
         checked = ctr_run("images", "check")
         assert checked.returncode == 0, checked.stderr
