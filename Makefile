@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml emulator/pyproject.toml requirements/dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e ./emulator
+	@$(PY) scripts/proto_stubs.py
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -40,8 +41,9 @@ demo: install
 	$(PY) -m demo
 
 lint: install
-	$(VENV)/bin/ruff check agent emulator demo tests
-	$(VENV)/bin/mypy agent emulator/modelarts_emulator demo
+	$(VENV)/bin/ruff check agent emulator demo tests bench
+	$(PY) scripts/proto_stubs.py
+	$(VENV)/bin/mypy agent emulator/modelarts_emulator demo bench
 	$(VENV)/bin/lint-imports --no-cache
 
 unit: install

@@ -14,7 +14,7 @@ from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.stats.v3 import stats_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from agent.config import AccessLog
 from agent.envoy.serialize import pack
@@ -81,7 +81,8 @@ def stream_stats_logs(service: str) -> list[accesslog_pb2.AccessLog]:
     ])
     status_tags = [*tags, stats_pb2.Config.Tag(name="grpc_status", value_format="%GRPC_STATUS_NUMBER%")]
     statuses = stats_pb2.Config(stat_prefix=STATS_PREFIX, counters=[stats_pb2.Config.Counter(
-        stat=stats_pb2.Config.Stat(name="grpc_responses", tags=status_tags), value_fixed={"value": 1})])
+        stat=stats_pb2.Config.Stat(name="grpc_responses", tags=status_tags),
+        value_fixed=wrappers_pb2.UInt64Value(value=1))])
     is_grpc = accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(
         header=route_components_pb2.HeaderMatcher(name="content-type", string_match=string_pb2.StringMatcher(
             prefix="application/grpc"))))
@@ -105,7 +106,7 @@ def adaptive_timing_logs() -> list[accesslog_pb2.AccessLog]:
             stats_pb2.Config.Tag(name="instance", value_format="%UPSTREAM_HOST%")]
     counters = stats_pb2.Config(stat_prefix=STATS_PREFIX, counters=[
         stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name="adaptive_answers", tags=tags),
-                                 value_fixed={"value": 1}),
+                                 value_fixed=wrappers_pb2.UInt64Value(value=1)),
         stats_pb2.Config.Counter(stat=stats_pb2.Config.Stat(name="adaptive_ttfb_us", tags=tags),
                                  value_format=FIRST_BODY_BYTE_US),
     ])

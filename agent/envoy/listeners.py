@@ -183,8 +183,8 @@ def retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
         policy.retriable_request_headers.append(
             route_components_pb2.HeaderMatcher(name=retries.idempotency_header.lower(), present_match=True))
         policy.retriable_request_headers.extend(
-            route_components_pb2.HeaderMatcher(name=":path", string_match=string_pb2.StringMatcher(
-                **({"prefix": path} if path.endswith("/") else {"exact": path})))
+            route_components_pb2.HeaderMatcher(name=":path", string_match=string_pb2.StringMatcher(prefix=path)
+                                               if path.endswith("/") else string_pb2.StringMatcher(exact=path))
             for path in retries.idempotent_paths)
     return policy
 
