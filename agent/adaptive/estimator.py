@@ -163,6 +163,7 @@ class Estimate:
     measured: float | None  # latency from the slow horizon alone (no prior), if any
     recent: float | None = None  # latency over the last few answered requests (at least the prior), if enough
     fast: float | None = None  # latency over the fast horizon, when it has `fast_min_requests` answers
+    answers: int = 0  # answers (successes and failures) seen so far, a running count: is there news?
 
     @property
     def recent_capacity(self) -> float | None:
@@ -208,6 +209,7 @@ class EndpointEstimator:
         self._last_time: float | None = None
         self._last_active = 0
         self._timing = False
+        self._answers = 0
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
         """One read of the host: `sample` holds the counts since the previous read.
@@ -223,6 +225,7 @@ class EndpointEstimator:
         if dt <= 0:
             return
         busy = dt * (self._last_active + sample.active) / 2.0
+        self._answers += sample.succeeded + sample.failed
         prior = _positive(prior)
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
         timed = sample.timed_seconds
@@ -348,7 +351,7 @@ class EndpointEstimator:
         fast_latency = fast.latency() if self._fast_count() >= p.fast_min_requests else None
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
                         in_flight=slow.busy / span, evidence=answers, measured=slow.latency(), recent=recent,
-                        fast=None if fast_latency is None else max(prior, fast_latency))
+                        fast=None if fast_latency is None else max(prior, fast_latency), answers=self._answers)
 
     def trust_recent(self, fast: bool = False) -> None:
         """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only

@@ -169,6 +169,12 @@ class ServiceWeights:
         self.climbing: set[str] = set()  # hosts back from the floor on recent evidence, not yet at the target
         self.lifted: set[str] = set()  # hosts that climbed at the last update (the loop trusts their recent view)
         self.evidence: dict[str, str] = {}  # low host -> "recent" (floored) or "fast": the view it is judged by
+        # host -> its answer count (Estimate.answers) when its weight last changed: a weight rises again only
+        # after news from the host at the weight it has. Unary answers come within milliseconds, so this costs
+        # nothing there; a token stream answers (and is timed) only when it ends, and without this rule a
+        # slow host starved of evidence by long streams climbed on its prior alone, doubling before any of
+        # the streams the rise sent it could say it was slow (the uneven streams cell).
+        self._answers_at_change: dict[str, int] = {}
 
     def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False,
                 below: Collection[str] = ()) -> dict[str, int] | None:
@@ -209,6 +215,10 @@ class ServiceWeights:
         climbing = self.climbing | {h for h in low if judged[h] is not estimates[h]
                                     and target.get(h, 0) > self.published.get(h, 0)}
         proposed = smooth(self.published, target, params, may_rise, climbing)
+        for h, w in proposed.items():
+            if h in self.published and w > self.published[h] and h in estimates \
+                    and estimates[h].answers <= self._answers_at_change.get(h, -1):
+                proposed[h] = self.published[h]  # no news since its last change: no rise yet
         self.lifted = {h for h in climbing - self.climbing if proposed[h] > self.published[h]}
         # A climb ends at the heaviest weight, or as soon as the host's weight falls (it is not re-judged
         # by its recent view meanwhile: the requests the climb brings decide).
@@ -217,5 +227,9 @@ class ServiceWeights:
         if not material_change(self.published, proposed, params):
             self.lifted = set()
             return None
+        for h, w in proposed.items():
+            if w != self.published.get(h) and h in estimates:
+                self._answers_at_change[h] = estimates[h].answers
+        self._answers_at_change = {h: n for h, n in self._answers_at_change.items() if h in proposed}
         self.published = proposed
         return dict(proposed)

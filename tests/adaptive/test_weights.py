@@ -23,9 +23,14 @@ from agent.adaptive.weights import (
 PARAMS = WeightParams()
 
 
-def est(latency: float, throughput: float = 0.0, rate: float | None = None) -> Estimate:
+_ANSWERS = itertools.count(1)
+
+
+def est(latency: float, throughput: float = 0.0, rate: float | None = None, answers: int | None = None) -> Estimate:
+    """An estimate with news (a new answer count) unless `answers` is given."""
     return Estimate(latency=latency, rate=throughput if rate is None else rate, throughput=throughput,
-                    in_flight=throughput * latency, evidence=100.0, measured=latency)
+                    in_flight=throughput * latency, evidence=100.0, measured=latency,
+                    answers=next(_ANSWERS) if answers is None else answers)
 
 
 def hosts(latencies: list[float], throughput: float = 40.0) -> dict[str, Estimate]:
@@ -142,6 +147,24 @@ def test_a_recovered_instance_is_probed_back_in() -> None:
     service = ServiceWeights()
     service.propose(hosts([0.012, 0.012, 0.012, 0.050], throughput=40))
     assert service.published["10.0.0.3:80"] == probe_weight(3000, 1, PARAMS)
+    for _ in range(15):
+        service.propose(hosts([0.012, 0.012, 0.012, 0.012], throughput=40))
+    assert service.published["10.0.0.3:80"] == PARAMS.max_weight
+
+
+def test_a_weight_rises_only_after_news_from_the_host_at_its_weight() -> None:
+    """A floored host whose estimate looks good again, but which has answered nothing since its weight last
+    changed (a token stream is timed only when it ends), keeps its weight; the first answer lets it rise."""
+    service = ServiceWeights()
+    service.propose(hosts([0.012, 0.012, 0.012, 0.050], throughput=40))
+    floor = service.published["10.0.0.3:80"]
+    good = hosts([0.012, 0.012, 0.012, 0.012], throughput=40)
+    stale = dict(good)
+    for _ in range(8):
+        stale["10.0.0.3:80"] = est(0.012, 40, answers=5)  # the same 5 answers as at its last change
+        service._answers_at_change["10.0.0.3:80"] = 5
+        service.propose(stale)
+        assert service.published["10.0.0.3:80"] == floor
     for _ in range(15):
         service.propose(hosts([0.012, 0.012, 0.012, 0.012], throughput=40))
     assert service.published["10.0.0.3:80"] == PARAMS.max_weight
