@@ -66,7 +66,7 @@ results), or rebuild this page from the last results with `--report-only`.
 """
 
 _INSTANCE_ROWS = [
-    ["1. overhead, 2. load balancing, 3. failover",
+    ["1. data plane, 2. load balancing, 3. failover",
      "Go upstream (`scripts/bench/go/upstream`): fixed service time, N request slots (the rest queue), "
      "`X-Instance-Id` header",
      "tens of thousands of requests/s on one core, so Envoy, not the instance, is what is measured"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,36 @@ def test_splice_inserts_when_scenario_one_is_missing() -> None:
         "| 1. Old overhead | p99 | +3 ms | ≤ +1 ms | **MISS** |  |\n", "")
     text = splice(doc, _result())
     assert text.index("## Summary") < text.index("## 1. Data plane: new") < text.index("## 2. Load balancing")
+
+
+def _sample(p99: float, tput: float, cpu: float, failed: int = 0) -> Any:
+    import numpy as np
+
+    from bench.scenarios.dataplane import Sample
+
+    return Sample(p99_ms=p99, p50_ms=p99 / 4, failed=failed, sent=2000, latency=np.zeros(0), cpu_us_fixed=cpu * 2,
+                  throughput=tput, cpu_us_max=cpu, busy_max=0.95)
+
+
+def test_figures_survive_a_round_trip_through_the_results_file() -> None:
+    from bench.scenarios.dataplane import FULL, Measured, _report, rerender
+
+    m = Measured(
+        head={"direct": [_sample(0.9, 14000, float("nan"))] * 3, "minimal": [_sample(1.7, 10000, 60)] * 3,
+              "generated": [_sample(1.75, 9800, 62, failed=1)] * 3},
+        added={"direct": [0.0] * 3, "minimal": [0.8] * 3, "generated": [0.85] * 3},
+        pairs={v.name: [(_sample(1.75, 9800, 62), _sample(1.7, 9900, 61))] for v in VARIANTS},
+        workers={k: [9000.0] for k in ("minimal", "minimal-2w", "generated", "generated-2w")},
+        worker_busy={k: [0.9] for k in ("minimal", "minimal-2w", "generated", "generated-2w")},
+        worker_cpu={k: [60.0] for k in ("minimal", "minimal-2w", "generated", "generated-2w")},
+        rss_mib={"minimal": 60.0, "generated": 70.0}, nice_share=0.1, busy_before=[0.2])
+    result = ScenarioResult("dataplane", "1. Data plane: new")
+    _report(result, m, FULL)
+    ratio = result.checks[0]
+    assert ratio.value.startswith("1.06x") and ratio.passed is False and "costs Envoy +2 µs" in ratio.note
+    assert result.checks[1].value.startswith("0.98x") and result.checks[1].passed is True
+    assert result.checks[5].passed is False and result.checks[5].note == "generated: 3"
+    stored = ScenarioResult.from_json(json.loads(json.dumps(result.to_json(), default=str)))
+    again = rerender(stored)
+    assert [(c.value, c.passed, c.note) for c in again.checks] == [(c.value, c.passed, c.note) for c in result.checks]
+    assert [t.rows for t in again.tables] == [t.rows for t in result.tables]
