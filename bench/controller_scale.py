@@ -8,7 +8,8 @@ connected to); M Secrets (one IAM user each) spread over 5 namespaces, N CRs spr
 Then `modelarts-agent controller` (one replica, the defaults of its flags) starts, and the benchmark
 measures, from outside:
 
-- time until every CR has `Synced=True` with its 2 endpoints (CRs listed every 3 s);
+- time until every CR has `Synced=True` with its 2 endpoints in its status, and until every
+  Service's EndpointSlices carry its 2 endpoints (CRs and slices listed every 3 s);
 - the controller's RSS and CPU (from /proc) during the sync and at steady state;
 - at steady state (from all-synced + 10 s until 320 s after the start, so one 300 s resync falls
   inside): the controller's apiserver requests and writes per minute by kind (audit log), Lease
@@ -119,6 +120,17 @@ def _synced_count(api: kb.ApiServer) -> int:
     return done
 
 
+def _sliced_count(api: kb.ApiServer) -> int:
+    """Services whose EndpointSlices (written by the controller) carry all their endpoints."""
+    items = api.call("GET", "/apis/discovery.k8s.io/v1/endpointslices?limit=5000&labelSelector="
+                     "endpointslice.kubernetes.io/managed-by%3Dmodelarts-agent", timeout=60)["items"]
+    per_service: Counter[str] = Counter()
+    for item in items:
+        name = (item["metadata"].get("labels") or {}).get("kubernetes.io/service-name", "")
+        per_service[f"{item['metadata']['namespace']}/{name}"] += len(item.get("endpoints") or [])
+    return sum(1 for count in per_service.values() if count == INSTANCES)
+
+
 def busiest_minute(times_by_user: dict[str, list[float]]) -> tuple[str, int]:
     """The user with the most calls in any 60 s window, and that count (sliding window over call times)."""
     best_user, best = "", 0
@@ -183,6 +195,7 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         pid = controller.pid
         synced, synced_at, progress = 0, None, []
+        sliced, sliced_at = 0, None
         sync_deadline = started + SYNC_BOUND
         peak_rss = 0.0
         while time.monotonic() < sync_deadline:
@@ -191,12 +204,17 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
                                    f"{(workdir / 'controller.log').read_text()[-800:]}")
             with contextlib.suppress(Exception):
                 synced = _synced_count(api)
+            with contextlib.suppress(Exception):
+                sliced = _sliced_count(api)
             elapsed = time.monotonic() - started
-            progress.append([round(elapsed, 1), synced])
+            progress.append([round(elapsed, 1), synced, sliced])
             peak_rss = max(peak_rss, kb.rss_mib(pid))
-            log(f"controller: {synced}/{scale.crs} synced after {elapsed:.0f} s")
-            if synced >= scale.crs:
+            log(f"controller: {synced}/{scale.crs} CRs Synced=True, {sliced} with their slices after {elapsed:.0f} s")
+            if synced >= scale.crs and synced_at is None:
                 synced_at = elapsed
+            if sliced >= scale.crs and sliced_at is None:
+                sliced_at = elapsed
+            if synced_at is not None and sliced_at is not None:
                 break
             time.sleep(3.0)
         sync_cpu = kb.cpu_seconds(pid)
@@ -247,6 +265,7 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
         return {
             "crs": scale.crs, "secrets": scale.secrets, "namespaces": NAMESPACES, "instances_per_service": INSTANCES,
             "synced_after_s": round(synced_at, 1) if synced_at is not None else None, "synced_at_bound": synced,
+            "sliced_after_s": round(sliced_at, 1) if sliced_at is not None else None, "sliced_at_bound": sliced,
             "sync_bound_s": round(sync_deadline - started), "sync_progress": progress,
             "sync_cpu_s": round(sync_cpu, 1), "peak_rss_mib": round(peak_rss, 1),
             "sync_requests": sync_requests.to_json(),

@@ -22,7 +22,8 @@ CALLS_TARGET = 20
 SIDECAR_COLUMNS = ["services", "start → Envoy has all", "RSS idle", "anon / PSS", "CPU idle",
                    "CPU under churn (1 change/s)", "RSS max, churn", "open watches", "start-up requests",
                    "requests/min idle", "requests/min churn", "change → Envoy p50 / max", "Envoy RSS"]
-CONTROLLER_COLUMNS = ["CRs / Secrets", "all synced after", "CPU until synced", "RSS peak", "RSS steady", "CPU steady",
+CONTROLLER_COLUMNS = ["CRs / Secrets", "all synced after (CR status; slices)", "CPU until synced", "RSS peak",
+                      "RSS steady", "CPU steady",
                       "requests until synced", "requests/min steady (no Leases)", "Lease requests/min",
                       "objects changed at steady state", "ModelArts calls, busiest user, any 60 s"]
 
@@ -109,8 +110,14 @@ def controller_checks(data: dict[str, Any]) -> list[list[str]]:
 
 def _controller_rows(data: dict[str, Any]) -> list[list[str]]:
     steady = data["steady"]
-    synced = f"{data['synced_after_s']:.0f} s" if data.get("synced_after_s") is not None else \
-        f"not within {data.get('sync_bound_s')} s ({data.get('synced_at_bound')} synced)"
+    def took(key: str, what: str) -> str:
+        if data.get(f"{key}_after_s") is not None:
+            return f"{data[f'{key}_after_s']:.0f} s"
+        if f"{key}_at_bound" not in data:
+            return "not measured"
+        return f"not within {data.get('sync_bound_s')} s ({data.get(f'{key}_at_bound')} {what})"
+
+    synced = f"status {took('synced', 'synced')}, slices {took('sliced', 'with slices')}"
     return [[f"{data['crs']:,} / {data['secrets']}", synced, f"{data['sync_cpu_s']:.0f} s",
              f"{data['peak_rss_mib']:.0f} MiB", f"{steady['rss_mib']:.0f} MiB", f"{steady['cpu_percent']:.1f} %",
              f"{data['sync_requests']['total']:,}",
@@ -180,8 +187,82 @@ def render(results: Path) -> str:
                 out += [f"The run failed: {ctrl['error']}", ""]
             else:
                 out += [*_table(CONTROLLER_COLUMNS, _controller_rows(ctrl)), ""]
+    out += reading(results)
     out.append(END)
     return "\n".join(out)
+
+
+def _package_mib(memory: dict[str, Any], *names: str) -> float:
+    return float(sum(r["rss_kib"] for r in memory.get("packages") or [] if r["package"] in names)) / 1024
+
+
+def reading(results: Path) -> list[str]:
+    """What the figures say (hand-written rules, the numbers from the results)."""
+    side = _load(results, "sidecar-cost.json")
+    before = _load(results, "sidecar-cost-before.json")
+    ctrl = _load(results, "controller-scale.json")
+    out = ["### Reading", ""]
+    if side and not side.get("error") and side.get("cases"):
+        memory = side.get("import_memory") or {}
+        one, ten = side["cases"][0], side["cases"][-1]
+        after_imports = memory.get("total_rss_kib", 0) / 1024
+        out.append(
+            f"- **Sidecar RSS is the interpreter and its imports.** Importing the sidecar's modules alone takes "
+            f"{after_imports:.0f} MiB; the running sidecar holds {one['idle']['rss_mib']:.0f} MiB with 1 Service and "
+            f"{ten['idle']['rss_mib']:.0f} MiB with 10, and churn adds nothing measurable. Of the imports: CPython "
+            f"{memory.get('interpreter_rss_kib', 0) / 1024:.0f} MiB, the kubernetes client "
+            f"{_package_mib(memory, 'kubernetes', 'oauthlib', 'requests_oauthlib', 'six', 'dateutil', 'websocket'):.0f}"
+            f" MiB (its generated API and models load whole), pydantic "
+            f"{_package_mib(memory, 'pydantic', 'pydantic_core', 'annotated_types', 'typing_extensions'):.0f} MiB, "
+            f"protobuf with the Envoy protos {_package_mib(memory, 'google', 'envoy', 'xds', 'udpa', 'validate'):.0f}"
+            f" MiB, TLS {_package_mib(memory, 'ssl', '_ssl', '_hashlib'):.0f} MiB, the agent's own modules "
+            f"{_package_mib(memory, 'agent'):.0f} MiB (mostly its pydantic config models being built). 40 MiB is out "
+            f"of reach with this stack: it would take replacing the kubernetes client by a small REST client on "
+            f"urllib3 and writing the Envoy files without protobuf in file mode, and still leave CPython and "
+            f"pydantic. The ModelArts client, the runtime of `run`, file watching and rich are no longer imported "
+            f"by the sidecar (lazy imports in agent/cli).")
+        if before and before.get("cases"):
+            b1 = before["cases"][0]
+            out.append(f"  Before that (and before the other changes of the session): "
+                       f"{b1['idle']['rss_mib']:.0f} MiB and {b1['envoy_all_clusters_s']:.2f} s with 1 Service.")
+        importtime = side.get("importtime") or {}
+        out.append(
+            f"- **Start-up is imports.** Start → a real Envoy shows every Service's hosts (file mode, measured on "
+            f"Envoy's admin `/clusters`; the first EDS file lands a few ms before): "
+            f"{one['envoy_all_clusters_s']:.2f} s with 1 Service, {ten['envoy_all_clusters_s']:.2f} s with 10; "
+            f"`-X importtime` counts {float(importtime.get('total_ms', 0)) / 1000:.2f} s of imports in a start, so "
+            f"the list, the watch and the first write take the rest. This machine ran at a {_load_text(side)} on "
+            f"2 cores (other helpers' benchmarks): on an idle core both are shorter, but the imports alone stay near "
+            f"the 1 s target.")
+        out.append(
+            f"- **What a sidecar costs the apiserver:** one list and one watch per followed Service at start "
+            f"({ten['startup_requests']['total']} requests for 10), then one re-opened watch per Service about every "
+            f"minute (the reflector's 48-72 s server timeout): {one['idle']['apiserver']['per_minute']:.0f} and "
+            f"{ten['idle']['apiserver']['per_minute']:.0f} requests/min idle. Churn costs nothing more: changes "
+            f"arrive on the open watches. 10 Services hold 10 watches; one namespace watch with a set-based selector "
+            f"(`kubernetes.io/service-name in (...)`) would hold one (not changed here: agent/sources was being "
+            f"reworked).")
+        out.append(
+            f"- **Envoy's own RSS** is {one['envoy']['rss_mib']:.0f} MiB, of which "
+            f"{one['envoy']['memory'].get('RssAnon', 0):.0f} MiB is its own memory; the rest is the binary's code, "
+            f"shared by every Envoy started from the same image file on a node.")
+    if ctrl and not ctrl.get("error"):
+        steady = ctrl["steady"]
+        reads = steady["apiserver_without_leases"]["by_kind"]
+        out.append(
+            f"- **Controller at steady state**: {steady['apiserver_without_leases']['writes_per_minute']:.1f} writes a "
+            f"minute besides the Lease renewals ({steady['lease_requests_per_minute']:.0f} requests/min: the leader "
+            f"renews every 2 s). Reads remain: each referenced Secret is re-read every 10 s "
+            f"({reads.get('get secrets', 0)} GETs in {steady['seconds']:.0f} s; a Secret watch would remove them), "
+            f"and the 5-minute resync reads the slices back (one list per namespace) and each Service (one GET "
+            f"each: the controller's RBAC has no `list` on Services).")
+        out.append(
+            "- **Fixed in this session** (each with a test that fails without it): statuses were rewritten on every "
+            "poll (`lastSyncTime` moved), every snapshot change re-applied every Service and slice, each status "
+            "write re-ran the whole reconcile, the resync re-applied all objects unread, and services were written "
+            "one request after another. Before the fixes 1,000 CRs did not sync within 5 minutes and the controller "
+            "wrote ~1,400 times a minute while it tried (see Before).")
+    return [*out, ""] if len(out) > 2 else []
 
 
 def update_doc(doc: Path, results: Path) -> None:
