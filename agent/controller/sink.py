@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from agent.sinks import SinkError
 log = logging.getLogger(__name__)
 
 SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
+PUBLISH_WORKERS = 4  # services written at the same time (each waits for the apiserver's answers)
 
 Targets = Callable[[], Mapping[str, ModelArtsServiceResource]]
 
@@ -110,9 +112,9 @@ class KubernetesSink:
             return dict(self._problems)
 
     def forget(self) -> None:
-        """The next publish reads our objects back (two lists per namespace) and rewrites every service whose
-        Service or slices differ from what it would write (deleted or edited by hand); the others cost nothing.
-        Re-applying all of them unread was ~2,000 no-op writes per resync at 1,000 CRs."""
+        """The next publish reads our objects back (slices by namespace, Services one by one) and rewrites the
+        services whose Service or slices differ from what it would write (deleted or edited by hand); the others
+        cost no write. Re-applying all of them unread was ~2,000 no-op writes per resync at 1,000 CRs."""
         with self._lock:
             self._verify = True
 
@@ -129,30 +131,49 @@ class KubernetesSink:
             except KubeApiError as exc:  # cannot read back: write everything, as a resync did before
                 log.warning("cannot read our objects back; rewriting them all: %s", exc)
                 written = {}
+        todo: list[tuple[str, ModelArtsServiceResource, ServiceSnapshot, set[str] | None]] = []
         for key, svc in snapshot.services.items():
             resource = targets.get(key)
             if resource is None:
                 continue
-            if written.get(key) == (resource, svc) and (not verify or self._in_place(resource, svc, live)):
+            before = written.get(key)
+            if before == (resource, svc) and (not verify or self._in_place(resource, svc, live)):
                 continue
-            with self._lock:
-                self._written.pop(key, None)  # until this write has worked
-            try:
-                self._publish_one(resource, svc)
-            except ServiceConflict as exc:
-                self._set_problem(key, Problem("ServiceConflict", str(exc)))
-            except KubeApiError as exc:
-                self._set_problem(key, Problem("WriteFailed", f"cannot write the Service or its slices: {exc}"))
-                failures.append(f"{resource.namespace}/{resource.name}: {exc}")
-            else:
-                self._set_problem(key, None)
-                with self._lock:
-                    self._written[key] = (resource, svc)
+            # The slices the last write left (it deleted any others): if they are the ones wanted now, there is
+            # nothing stale to look for. A resync looks anyway (someone may have added one).
+            known = None if verify or before is None else self._slice_names(*before)
+            todo.append((key, resource, svc, known))
+        if todo:
+            # A few services at a time: each write waits for the apiserver, and 1,000 CRs in a row took minutes.
+            with ThreadPoolExecutor(min(PUBLISH_WORKERS, len(todo)), thread_name_prefix="k8s-sink") as pool:
+                failures = [f for f in pool.map(lambda item: self._publish_key(*item), todo) if f]
         with self._lock:
             for gone in set(self._written) - set(snapshot.services):
                 del self._written[gone]
         if failures:
             raise SinkError(f"{len(failures)} service(s) not written: {'; '.join(failures[:3])}")
+
+    def _publish_key(self, key: str, resource: ModelArtsServiceResource, svc: ServiceSnapshot,
+                     known_slices: set[str] | None) -> str | None:
+        """Write one service's objects; a failure's text (for the SinkError), or None."""
+        with self._lock:
+            self._written.pop(key, None)  # until this write has worked
+        try:
+            self._publish_one(resource, svc, known_slices)
+        except ServiceConflict as exc:
+            self._set_problem(key, Problem("ServiceConflict", str(exc)))
+        except KubeApiError as exc:
+            self._set_problem(key, Problem("WriteFailed", f"cannot write the Service or its slices: {exc}"))
+            return f"{resource.namespace}/{resource.name}: {exc}"
+        else:
+            self._set_problem(key, None)
+            with self._lock:
+                self._written[key] = (resource, svc)
+        return None
+
+    def _slice_names(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot) -> set[str] | None:
+        slices = self._desired(resource, svc)[1]
+        return None if slices is None else {item["metadata"]["name"] for item in slices}
 
     def _set_problem(self, key: str, problem: Problem | None) -> None:
         with self._lock:
@@ -194,17 +215,26 @@ class KubernetesSink:
                                         protocol, owner, lb)
 
     def _read_back(self, resources: Iterable[ModelArtsServiceResource]) -> _Live:
+        """Our slices with one list per namespace; each Service with a GET (the controller's RBAC has no
+        `list` on Services, and asking for it would let it read every Service of the cluster)."""
         live = _Live()
+        resources = list(resources)
         for namespace in sorted({r.namespace for r in resources}):
-            services, _ = self._kube.list(collection_path("Service", namespace),
-                                          label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}")
-            for item in services:
-                live.services[(namespace, item["metadata"]["name"])] = item
             slices, _ = self._kube.list(collection_path("EndpointSlice", namespace),
                                         label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")
             for item in slices:
                 owner = str((item["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
+                # The items of a list carry no apiVersion and kind; what we write does.
+                item = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", **item}
                 live.slices.setdefault((namespace, owner), {})[item["metadata"]["name"]] = item
+
+        def service(resource: ModelArtsServiceResource) -> dict[str, Any] | None:
+            return self._kube.get(object_path("Service", resource.namespace, resource.name))
+
+        with ThreadPoolExecutor(PUBLISH_WORKERS, thread_name_prefix="k8s-sink") as pool:
+            for resource, found in zip(resources, pool.map(service, resources), strict=True):
+                if found is not None:
+                    live.services[(resource.namespace, resource.name)] = found
         return live
 
     def _in_place(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot, live: _Live) -> bool:
@@ -221,7 +251,8 @@ class KubernetesSink:
         return set(found) == {s["metadata"]["name"] for s in slices} and \
             all(_holds(found[s["metadata"]["name"]], s) for s in slices)
 
-    def _publish_one(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot) -> None:
+    def _publish_one(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot,
+                     known_slices: set[str] | None = None) -> None:
         owner = Owner(resource.name, resource.uid)
         protocol = effective_protocol(resource.spec.protocol, svc.endpoints)
         self._check_service_owner(resource)
@@ -232,6 +263,9 @@ class KubernetesSink:
         for item in desired:
             self._apply(item)
         names = {item["metadata"]["name"] for item in desired}
+        if known_slices == names:
+            self._apply_legacy(resource, svc, protocol, owner)
+            return
         selector = f"{SERVICE_NAME_LABEL}={resource.name},{MANAGED_BY_LABEL}={MANAGED_BY}"
         existing, _ = self._kube.list(collection_path("EndpointSlice", resource.namespace), label_selector=selector)
         for item in existing:
@@ -241,5 +275,9 @@ class KubernetesSink:
                     return
                 self._kube.delete(object_path("EndpointSlice", resource.namespace, name), "EndpointSlice")
                 log.info("deleted stale EndpointSlice", extra={"slice": f"{resource.namespace}/{name}"})
+        self._apply_legacy(resource, svc, protocol, owner)
+
+    def _apply_legacy(self, resource: ModelArtsServiceResource, svc: ServiceSnapshot, protocol: str,
+                      owner: Owner) -> None:
         if self._legacy:
             self._apply(endpoints_manifest(resource, svc.endpoints, protocol, owner))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from types import MappingProxyType
 from typing import Any
 
@@ -105,8 +106,11 @@ class StoredObjects(ApplyRecorder):
         kind = "Service" if path.endswith("/services") else "EndpointSlice"
         namespace = path.split("/namespaces/")[1].split("/")[0]
         wanted = dict(term.split("=", 1) for term in (label_selector or "").split(",") if term)
-        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace and
-                all((o["metadata"].get("labels") or {}).get(lk) == lv for lk, lv in wanted.items())], "1"
+        found = [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace and
+                 all((o["metadata"].get("labels") or {}).get(lk) == lv for lk, lv in wanted.items())]
+        for item in found:  # as a real list answers: the items carry no apiVersion and kind
+            del item["apiVersion"], item["kind"]
+        return found, "1"
 
     def delete(self, path: str, kind: str) -> bool:
         namespace, name = path.split("/namespaces/")[1].split("/")[0], path.rsplit("/", 1)[1]
@@ -166,3 +170,51 @@ def test_a_status_only_change_of_the_crs_triggers_no_reconcile() -> None:
     finally:
         pipeline.close(timeout=1)
         kube.close()
+
+
+class SlowApiServer(StoredObjects):
+    """Each write takes a while (an apiserver's round trip); counts how many were in flight at once, and lists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lists = 0
+        self._count = threading.Lock()
+
+    def apply(self, obj: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        with self._count:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(0.02)
+        with self._count:
+            self.in_flight -= 1
+            return super().apply(obj, **kwargs)
+
+    def list(self, path: str, label_selector: str | None = None,
+             field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        with self._count:
+            self.lists += 1
+            return super().list(path, label_selector, field_selector)
+
+
+def test_services_are_written_a_few_at_a_time_and_stale_slices_looked_for_once() -> None:
+    # 1,000 CRs written one request after another took minutes to sync (bench/controller_scale.py).
+    crs = {r.key: r for r in (resource(f"svc-{i}") for i in range(8))}
+    kube = SlowApiServer()
+    sink = KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
+    services = {key: ServiceSnapshot(r.key, r.spec.service_id, EPS, synced=True) for key, r in crs.items()}
+    sink.publish(snapshot(1, services))
+    assert written_services(kube.applied) == {f"svc-{i}" for i in range(8)}
+    assert kube.most_in_flight > 1
+    assert kube.lists == 8  # the first write of each service looks for stale slices
+
+    # New endpoints in the same slice: written again, with no list (the last write left exactly that slice).
+    kube.lists = 0
+    first = crs["apps--svc-0"]
+    moved = {**services, first.key: ServiceSnapshot(first.key, first.spec.service_id, EPS[:1], synced=True)}
+    sink.publish(snapshot(2, moved))
+    assert kube.lists == 0
+    [endpoints] = [o["endpoints"] for k, o in kube.objects.items() if k[0] == "EndpointSlice" and "svc-0" in k[2]]
+    assert [e["addresses"] for e in endpoints] == [["192.168.205.1"]]
+    kube.close()
