@@ -51,14 +51,23 @@ def test_the_base_is_pinned_by_digest_in_a_build_argument() -> None:
     assert len(args) == 1 and re.fullmatch(r"python:3\.11[\w.-]*-slim-bookworm@sha256:[0-9a-f]{64}", args[0]), args
 
 
-def test_wheel_carries_every_package_and_the_console_script(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT),
+def test_wheel_carries_every_package_and_the_console_script_and_nothing_else(tmp_path: Path) -> None:
+    # From a copy of the sources: setuptools reuses a checkout's build/lib and never deletes what left the
+    # tree, so a wheel built in place can still carry a package that moved out (agent/emulator did).
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "agent", source / "agent", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
                     "-w", str(tmp_path)], check=True, timeout=300, capture_output=True)
     wheel = next(tmp_path.glob("modelarts_agent-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     packages = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "agent").rglob("__init__.py")}
     for package in packages:
         assert f"{package}/__init__.py" in names, package
+    shipped = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    assert shipped == packages, f"the wheel's packages differ from agent/'s: {sorted(shipped ^ packages)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "modelarts-agent = agent.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
