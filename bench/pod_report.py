@@ -53,6 +53,10 @@ def _header(label: str, data: dict[str, Any]) -> str:
            f"{data.get('seconds')} s, {_load_text(data)}"
 
 
+def _seconds(value: float | None) -> str:
+    return "not seen" if value is None else f"{value:.2f} s"
+
+
 def sidecar_checks(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for case in data.get("cases") or []:
@@ -67,8 +71,8 @@ def sidecar_checks(data: dict[str, Any]) -> list[list[str]]:
         why_start = "" if start <= START_TARGET_S else \
             "interpreter start and imports come first (see the import-time breakdown)"
         rows.append([f"start → a real Envoy shows every cluster's hosts, {n} service(s)",
-                     f"{start:.2f} s (first Envoy file {case['first_file_s']:.2f} s)", f"≤ {START_TARGET_S:.0f} s",
-                     verdict(start <= START_TARGET_S), why_start])
+                     f"{start:.2f} s (first Envoy file {_seconds(case.get('first_file_s'))})",
+                     f"≤ {START_TARGET_S:.0f} s", verdict(start <= START_TARGET_S), why_start])
     return rows
 
 

@@ -171,6 +171,8 @@ def run_case(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, servic
                 envoy_first = now
             if all(hosts.get(n) == wanted[n] for n in names):
                 envoy_all = now
+                if first_file is None:  # it landed between this round's two looks
+                    first_file = now
             time.sleep(0.01)
         if envoy_all is None:
             raise RuntimeError(f"Envoy did not show every Service's hosts within 60 s: "
