@@ -24,6 +24,7 @@ again: the starvation guard. With steady probe traffic the evidence holds and th
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,6 +66,18 @@ class EstimatorParams:
     recent_requests: float = 3.0
     recent_tau: float = 30.0  # ... and what is older than this hardly counts
     recent_min_requests: float = 2.5
+    # Streams (a request holds the instance after its first byte: in-flight time per answer at least
+    # `hold_factor` x its time to first byte): the time to first byte includes waiting for a slot that
+    # other streams hold, which is load (streams in flight), not speed, and differs by chance between
+    # identical hosts. Their speed is the lower `base_quantile` of the last `base_batches` reads' mean
+    # times to first byte (answers that found a free slot), as BBR takes the minimum RTT for the path.
+    # A host counts as streaming until the ratio falls below `hold_exit`: when streams queue for slots the
+    # time to first byte grows towards the time held, and the ratio with it falls (hysteresis).
+    hold_factor: float = 2.0
+    hold_exit: float = 1.25
+    base_batches: int = 40
+    base_min_batches: int = 8
+    base_quantile: float = 0.0
 
 
 class _Decayed:
@@ -210,6 +223,8 @@ class EndpointEstimator:
         self._last_active = 0
         self._timing = False
         self._answers = 0
+        self._batches: deque[float] = deque(maxlen=self.params.base_batches)  # per-read mean times to first byte
+        self._streaming = False  # its requests hold it after their first byte (see `hold_factor`)
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
         """One read of the host: `sample` holds the counts since the previous read.
@@ -235,6 +250,8 @@ class EndpointEstimator:
         self._timing = sample.timing
         if sample.timing:
             self._recent.add(dt, sample.timed, timed)  # exact: each answer's time to first byte
+            if sample.timed:
+                self._batches.append(timed / sample.timed)
         else:
             self._recent.add(dt, sample.succeeded, busy)
         fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
@@ -320,6 +337,22 @@ class EndpointEstimator:
             return None
         return _positive(slow.latency())
 
+    def base_latency(self) -> float | None:
+        """For a host whose requests hold it after their first byte (streams), its time to first byte
+        without waiting for a slot: the lower quantile of recent reads' mean times (see `hold_factor`).
+        None for other hosts (for unary requests queueing at the instance is slowness) or too few reads."""
+        slow, p = self._slow, self.params
+        if not self._timing or not slow.is_timed or slow.done <= 0 or len(self._batches) < p.base_min_batches:
+            return None
+        ttfb = slow.timed_sum / slow.timed
+        held = slow.busy / slow.done  # in-flight time per answer (Little's law): a stream's whole length
+        if slow.timed >= p.confident_requests:
+            self._streaming = held >= (p.hold_exit if self._streaming else p.hold_factor) * ttfb
+        if not self._streaming:
+            return None
+        ordered = sorted(self._batches)
+        return ordered[int(p.base_quantile * (len(ordered) - 1))]
+
     def estimate(self, prior: float) -> Estimate:
         """`prior`: the best confidently measured latency in the service, or an assumed one when there is
         none. A host without a measured latency of its own is never reported faster than the prior: a
@@ -334,6 +367,11 @@ class EndpointEstimator:
         latency = (seconds + p.prior_requests * prior) / (answers + p.prior_requests)
         if self.measured_latency() is None:
             latency = max(latency, prior)  # thin evidence cannot beat the best confident measurement
+        base = self.base_latency()
+        if base is not None:
+            # Streams: waiting for a slot is load, which least_request balances; speed is what remains
+            # (never below the prior, which is the best mean: a lucky low quantile must not lead).
+            latency = min(latency, max(base, prior))
         throughput = slow.throughput()
         # Requests in flight for long with few answers: stuck. With per-request times, only if it also keeps
         # getting requests: an open stream is in flight, unanswered, for as long as the client reads
