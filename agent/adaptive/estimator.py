@@ -177,6 +177,7 @@ class Estimate:
     recent: float | None = None  # latency over the last few answered requests (at least the prior), if enough
     fast: float | None = None  # latency over the fast horizon, when it has `fast_min_requests` answers
     answers: int = 0  # answers (successes and failures) seen so far, a running count: is there news?
+    failed_share: float = 0.0  # share of the slow horizon's answers that failed (0 with too few answers)
 
     @property
     def recent_capacity(self) -> float | None:
@@ -387,9 +388,11 @@ class EndpointEstimator:
         if self._recent.succeeded >= p.recent_min_requests:
             recent = max(prior, self._recent.busy / self._recent.succeeded)  # no prior: it would flatter
         fast_latency = fast.latency() if self._fast_count() >= p.fast_min_requests else None
+        failed = 1.0 - slow.succeeded / slow.done if slow.done >= p.confident_requests else 0.0
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
                         in_flight=slow.busy / span, evidence=answers, measured=slow.latency(), recent=recent,
-                        fast=None if fast_latency is None else max(prior, fast_latency), answers=self._answers)
+                        fast=None if fast_latency is None else max(prior, fast_latency), answers=self._answers,
+                        failed_share=min(max(failed, 0.0), 1.0))
 
     def trust_recent(self, fast: bool = False) -> None:
         """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only

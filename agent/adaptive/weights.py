@@ -48,6 +48,11 @@ class WeightParams:
     # A host the split would give less than this share of the requests goes to the floor: it adds little
     # capacity, and a slow host's few percent of the requests are exactly what sets the p99.
     min_share: float = 0.02
+    # A host failing this share of its answers more than the service's best host is not snapped to the
+    # best (step 1): the top group's tolerance is for noisy latency estimates, and a 30 % failure rate,
+    # which only costs 1/0.7 in latency per success, hid inside it (the breaker mix: 1.36x least_request's
+    # errors). Out of the group the split gives it what its goodput capacity (successes/s of work) earns.
+    error_tolerance: float = 0.05
 
     @property
     def floor(self) -> int:
@@ -116,6 +121,9 @@ def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
     `below`: hosts found slower than the others, which are not snapped to the best)."""
     if not estimates:
         return {}
+    # Failing more than the others: when every host fails alike (a bad request mix), none is singled out.
+    least = min(e.failed_share for e in estimates.values())
+    below = set(below) | {h for h, e in estimates.items() if e.failed_share - least >= params.error_tolerance}
     capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
     demand = sum(e.rate for e in estimates.values())
     return shares_to_weights(square_root_split(capacity, demand, params.overload), params)
@@ -198,6 +206,10 @@ class ServiceWeights:
         for h, kind in self.evidence.items():
             e = estimates[h]
             view = e.recent if kind == "recent" else e.fast
+            if kind == "recent" and view is not None and e.failed_share > 0:
+                # The recent view times the answers that had a body: charge the failures too, or a
+                # floored, failing host would look recovered and climb back at every update.
+                view = view / max(1.0 - e.failed_share, 1e-3)
             if view is not None and view < e.latency and view <= (1 + params.equal_tolerance) * best:
                 judged[h] = replace(e, latency=view)
         # Climbing hosts are presumed back (their recent requests said so): they join the best at the
