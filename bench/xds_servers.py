@@ -33,6 +33,7 @@ from agent.model import Snapshot
 from agent.sinks.xds.cache import XdsCache
 from agent.sinks.xds.resource import Resource
 from agent.sinks.xds.types import CDS, EDS
+from agent.sinks.xds.wire import varint
 from bench.xds_scenario import Scenario, bench_config, bench_snapshot
 
 REPLY_SECONDS = 120  # a stage or commit that takes longer means the server is stuck
@@ -167,24 +168,12 @@ class ResourceBytes:
         return out
 
 
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def records(resources: list[Resource]) -> bytes:
     """The control port's staging format: (uvarint length, name, uvarint length, Any bytes) per resource."""
     parts = []
     for resource in resources:
         name = resource.name.encode()
-        parts += [_uvarint(len(name)), name, _uvarint(len(resource.body)), resource.body]
+        parts += [varint(len(name)), name, varint(len(resource.body)), resource.body]
     return b"".join(parts)
 
 
