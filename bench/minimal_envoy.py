@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.env import ENVOY_CPU, envoy_binary, taskset_prefix
-from bench.scenarios import http_text
-from demo.processes import ChildProcess
+from bench.env import ENVOY_CPU
+from bench.scenarios import EnvoyProcess
 
 MINIMAL_YAML = """\
 admin:
@@ -56,31 +55,11 @@ def minimal_config(listen_port: int, admin_port: int, upstream_ip: str, upstream
                                upstream_port=upstream_port)
 
 
-class MinimalEnvoy:
+class MinimalEnvoy(EnvoyProcess):
     """The hand-written config run by the same Envoy binary, with the same flags as the agent's sidecar."""
 
     def __init__(self, workdir: Path, name: str, listen_port: int, admin_port: int, upstream_ip: str,
                  upstream_port: int, concurrency: int = 1, cpu: str | None = ENVOY_CPU) -> None:
-        self.admin_port = admin_port
-        self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(minimal_config(listen_port, admin_port, upstream_ip, upstream_port))
-        argv = [*(taskset_prefix(cpu) if cpu else []), envoy_binary(), "-c", str(self.config_path),
-                "--disable-hot-restart", "--concurrency", str(concurrency), "--log-level", "warn",
-                "--drain-time-s", "1"]
-        self.child = ChildProcess(name, argv, workdir)
-
-    def start(self) -> MinimalEnvoy:
-        self.child.start()
-        self.child.wait_until(lambda: http_text(self.admin_url("/ready"), 0.5).strip() == "LIVE", 30, "Envoy ready")
-        return self
-
-    def stop(self) -> None:
-        self.child.stop()
-
-    @property
-    def pid(self) -> int:
-        assert self.child.proc is not None
-        return self.child.proc.pid
-
-    def admin_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.admin_port}{path}"
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(minimal_config(listen_port, admin_port, upstream_ip, upstream_port))
+        super().__init__(config_path, admin_port, workdir, name, concurrency, cpu)

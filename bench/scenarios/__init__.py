@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 
@@ -207,21 +207,19 @@ def snapshot(config: AgentConfig, endpoints: Mapping[str, Sequence[tuple[str, in
     return Snapshot(version=version, services=MappingProxyType(dict(sorted(services.items()))))
 
 
-class Envoy:
-    """A real Envoy (the venv's binary) started from the file-mode bootstrap, pinned to its own core."""
+class EnvoyProcess:
+    """One Envoy child run from a config file, with the flags the agent's sidecar uses."""
 
-    def __init__(self, config: AgentConfig, workdir: Path, name: str = "envoy", concurrency: int = 1,
+    def __init__(self, config_path: Path, admin_port: int, workdir: Path, name: str, concurrency: int = 1,
                  cpu: str | None = ENVOY_CPU) -> None:
-        self.config = config
-        self.admin_port = config.envoy.admin_port
-        self.bootstrap = workdir / f"{name}-bootstrap.yaml"
-        self.bootstrap.write_text(to_yaml(build_bootstrap(config.envoy)))
-        argv = [*(taskset_prefix(cpu) if cpu else []), envoy_binary(), "-c", str(self.bootstrap),
+        self.admin_port = admin_port
+        self.config_path = config_path
+        argv = [*(taskset_prefix(cpu) if cpu else []), envoy_binary(), "-c", str(config_path),
                 "--disable-hot-restart", "--concurrency", str(concurrency), "--log-level", "warn",
                 "--drain-time-s", "1"]
         self.child = ChildProcess(name, argv, workdir)
 
-    def start(self) -> Envoy:
+    def start(self) -> Self:
         self.child.start()
         self.child.wait_until(lambda: http_text(self.admin_url("/ready"), 0.5).strip() == "LIVE", 30, "Envoy ready")
         return self
@@ -236,6 +234,15 @@ class Envoy:
 
     def admin_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.admin_port}{path}"
+
+
+class Envoy(EnvoyProcess):
+    def __init__(self, config: AgentConfig, workdir: Path, name: str = "envoy", concurrency: int = 1,
+                 cpu: str | None = ENVOY_CPU) -> None:
+        self.config = config
+        self.bootstrap = workdir / f"{name}-bootstrap.yaml"
+        self.bootstrap.write_text(to_yaml(build_bootstrap(config.envoy)))
+        super().__init__(self.bootstrap, config.envoy.admin_port, workdir, name, concurrency, cpu)
 
     def hosts(self, cluster: str) -> dict[str, dict[str, Any]]:
         """address -> health status for one cluster."""
