@@ -320,10 +320,6 @@ class EndpointEstimator:
         return self._fast.succeeded
 
     @property
-    def evidence(self) -> float:
-        return self._slow.succeeded
-
-    @property
     def span(self) -> float:
         """Decayed seconds of traffic observed (at most about `slow_tau`)."""
         return self._slow.span
