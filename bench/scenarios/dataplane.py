@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import env, report
+from bench import dataplane_throughput, env, report
 from bench.loadgen import Attack, Target, Upstream
 from bench.scenarios import Check, Ctx, ScenarioResult, fmt_ms, proc_cpu_seconds, proc_rss_mib
 from bench.scenarios.dataplane_arms import GENERATED, VARIANTS, Arm, generated_arm, minimal_arm
@@ -382,6 +382,9 @@ def _report(result: ScenarioResult, m: Measured, plan: Plan) -> None:
         f"{SETTLE_BUDGET:.0f} s in all) for other work to calm down. Other sessions' niced work took "
         f"{m.nice_share:.0%} of the machine during this run; the machine was {med(m.busy_before):.0%} busy "
         "(median) just before a block started.")
+    record = dataplane_throughput.load_record()
+    if record is not None:  # the throughput verdict this run's few closed-loop blocks cannot give
+        dataplane_throughput.report_into(result, record, THROUGHPUT_RATIO_TARGET, MAX_WORKERS)
     if noisy_p99 or noisy_tput:
         result.notes.append(
             "**Why a target could not be decided in this run, and the plan.** Other work kept the machine "
@@ -392,7 +395,9 @@ def _report(result: ScenarioResult, m: Measured, plan: Plan) -> None:
             "inflated for both by the contention). A verdict replaces INCONCLUSIVE when the direct arm's block "
             f"p99s agree within {NOISE_SPREAD:g}x (latency) and the minimal Envoy's core is at least "
             f"{ENVOY_BOUND:.0%} busy with per-block ratios within ±0.15 (throughput): `make bench-dataplane` "
-            "on a quiet machine (load average below 1).")
+            "on a quiet machine (load average below 1). For throughput, the dedicated run "
+            "(`python -m bench.dataplane_throughput`: many short interleaved blocks, a 95% interval of the "
+            "ratio) decides instead.")
     if failed:
         result.notes.append(
             f"**Failed requests** ({failed} of {sent}): {where}. They came in single visits, during the stalls "

@@ -80,10 +80,11 @@ class Arm:
     """Something vegeta can be pointed at, with the Envoy (if any) whose CPU time is read."""
 
     def __init__(self, name: str, url: str, pid: int | None = None,
-                 runner: tuple[AdaptiveRunner, AgentConfig] | None = None) -> None:
+                 runner: tuple[AdaptiveRunner, AgentConfig] | None = None, admin: str = "") -> None:
         self.name = name
         self.url = url
         self.pid = pid
+        self.admin = admin  # the Envoy's admin URL ("" for direct)
         self._runner = runner
 
     def __enter__(self) -> Arm:
@@ -130,4 +131,4 @@ def generated_arm(ctx: Ctx, variant: Variant, upstream: tuple[str, int], concurr
     runner = None
     if config.services[0].adaptive_lb:
         runner = (AdaptiveRunner(lambda: [sink]), config)
-    return Arm(name, f"http://127.0.0.1:{port}/v1/infer", envoy.pid, runner)
+    return Arm(name, f"http://127.0.0.1:{port}/v1/infer", envoy.pid, runner, envoy.admin_url(""))
