@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import random
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelarts_emulator.config import EmulatorConfig, LatencyConfig, ServiceConfig, StreamConfig
 from modelarts_emulator.grpc_instance import GrpcListener
+from modelarts_emulator.slot_clock import Hold, SlotClock
 from modelarts_emulator.sse import serve_sse
 from modelarts_emulator.streaming import StreamCounters
 from modelarts_emulator.tls import CertificateAuthority
@@ -45,6 +47,8 @@ from modelarts_emulator.websocket import serve_websocket
 log = logging.getLogger("modelarts_emulator.instances")
 
 InstanceState = Literal["running", "killed", "draining", "stopped"]
+# The slot the current request holds (set by Instance.slot, read by Instance.begin in the same task).
+_HOLD: contextvars.ContextVar[Hold | None] = contextvars.ContextVar("emulator_slot_hold", default=None)
 
 
 class InstanceInfo(BaseModel):
@@ -233,6 +237,7 @@ class Instance:
         self.streams = StreamCounters()
         self.websockets = 0
         self._slots = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency else None
+        self._clock = SlotClock(cfg.concurrency) if cfg.concurrency else None
         self._ca = ca
         self._rng = rng
         self._ssl: ssl.SSLContext | None = None
@@ -319,20 +324,28 @@ class Instance:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one concurrency slot; extra requests queue here instead of being refused."""
+        """Hold one concurrency slot; extra requests queue here instead of being refused. The slots keep an
+        ideal clock (slot_clock.py), so the event loop's lag does not eat the instance's capacity."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         self.queued += 1
         try:
             if self._slots is not None:
                 await self._slots.acquire()
         finally:
             self.queued -= 1
+        hold = self._clock.take(asked) if self._clock is not None else None
+        token = _HOLD.set(hold)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             yield
         finally:
+            _HOLD.reset(token)
             self.in_flight -= 1
             if self._slots is not None:
+                if self._clock is not None and hold is not None:
+                    self._clock.give_back(hold, loop.time())
                 self._slots.release()
 
     async def begin(self, extra_delay_ms: str | None) -> bool:
@@ -341,7 +354,14 @@ class Instance:
         if extra_delay_ms:
             with contextlib.suppress(ValueError):
                 delay += max(0.0, float(extra_delay_ms)) / 1000.0
-        await asyncio.sleep(delay)
+        hold = _HOLD.get()
+        if hold is None:
+            await asyncio.sleep(delay)
+        else:  # due at its ideal start + the service time (slot_clock.py)
+            loop = asyncio.get_running_loop()
+            hold.due = hold.start + delay
+            await asyncio.sleep(max(0.0, hold.due - loop.time()))
+            hold.woke = loop.time()
         self.served += 1
         if self.error_rate and self._rng.random() < self.error_rate:
             self.errors += 1
