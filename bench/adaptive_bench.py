@@ -808,6 +808,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the matrix's groups to run, comma-separated (a: 1-slot steady cells, spell, breaker; "
                              "b: drift, cold starts; c: 4 slots and streams); each fits one 12-minute locked run, "
                              "and the results of the groups not run are kept from earlier runs")
+    parser.add_argument("--cell", action="append", default=[],
+                        help="run only this matrix cell (repeatable; names in bench/adaptive_matrix.CELLS), e.g. "
+                             "to re-measure the cells that missed")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the section of docs/benchmarks.md from the last results")
     args = parser.parse_args(argv)
@@ -885,26 +888,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def matrix_main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
-    from bench.adaptive_matrix import GROUPS, run_matrix
+    from bench.adaptive_matrix import CELLS, GROUPS, run_matrix
 
     groups = tuple(g.strip() for g in str(args.cells).split(",") if g.strip())
     if not groups or any(g not in GROUPS for g in groups):
         print(f"--cells: expected a comma-separated subset of {','.join(GROUPS)}, got {args.cells!r}",
               file=sys.stderr)
         return 2
+    only = frozenset(args.cell)
+    unknown = sorted(only - {c for g in GROUPS for c in CELLS[g]})
+    if unknown:
+        print(f"--cell: unknown cell(s) {unknown}; known: {[c for g in GROUPS for c in CELLS[g]]}", file=sys.stderr)
+        return 2
+    if only:
+        groups = tuple(g for g in GROUPS if only & set(CELLS[g]))
     started = time.time()
     load0 = os.getloadavg()
     with pinned({int(PROXY_CPU)}):
-        scenarios, facts = run_matrix(args.img_dir, log, "ads" if args.ads else "files", groups)
+        scenarios, facts = run_matrix(args.img_dir, log, "ads" if args.ads else "files", groups, only)
     load1 = os.getloadavg()
     shared = max(load0[0], load1[0], load0[1], load1[1]) >= (os.cpu_count() or 1)
-    run = {"groups": list(groups), **machine(), "load_average_start": load0, "load_average_end": load1,
+    run = {"groups": list(groups), **({"cells": sorted(only)} if only else {}), **machine(),
+           "load_average_start": load0, "load_average_end": load1,
            "shared_machine_busy": shared, "wall_seconds": round(time.time() - started, 1),
            "skipped": facts["skipped"]}
     # Groups run separately (one locked run each) are merged: the others' cells are kept from their run.
     earlier = _load(args.output) or {}
-    kept = [sc for sc in earlier.get("scenarios", []) if sc.get("group") and sc.get("group") not in groups]
-    runs = [r for r in earlier.get("runs", []) if not set(r.get("groups", [])) & set(groups)] + [run]
+    # With --cell, only the scenarios re-run are replaced, and every earlier run stays listed.
+    fresh = {s.name for s in scenarios}
+    kept = [sc for sc in earlier.get("scenarios", []) if sc.get("group")
+            and (sc.get("group") not in groups or (only and sc.get("name") not in fresh))]
+    runs = [r for r in earlier.get("runs", []) if only or not set(r.get("groups", [])) & set(groups)] + [run]
     result = {"benchmark": "adaptive load balancing (issue 17 matrix)", "transport": "ads" if args.ads else "files",
               "quick": False, "machine": {**machine(), "load_average_start": load0, "load_average_end": load1,
                                           "shared_machine_busy": shared},

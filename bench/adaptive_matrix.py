@@ -52,6 +52,7 @@ class Sampler:
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.trace: list[tuple[float, dict[str, int], dict[str, Any]]] = []
+        self.detail: list[tuple[float, dict[str, Any]]] = []  # the loop's view per host (loop_detail)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,6 +61,7 @@ class Sampler:
             runner = self.rig.runner
             health = runner.health() if runner is not None else None
             self.trace.append((time.time(), self.rig.weights(), health or {}))
+            self.detail.append((round(time.time(), 3), loop_detail(self.rig)))
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -73,6 +75,24 @@ class Sampler:
         """Lightest / heaviest weight over the trace (1.0: always equal)."""
         ratios = [min(w.values()) / max(w.values()) for _, w, _ in self.trace if w]
         return min(ratios, default=1.0)
+
+
+def loop_detail(rig: Rig) -> dict[str, Any]:
+    """Per host of the adaptive service: weight, estimated latency (ms), rate, and the drift test's
+    state (up / down CUSUMs, marked slow): what explains when a weight moved. Reads the loop's
+    internals (a benchmark's diagnostic, not an interface)."""
+    loop = rig.runner.loop if rig.runner is not None else None
+    if loop is None:
+        return {}
+    service = loop._services.get("adaptive")
+    drift = dict(service.drift) if service is not None else {}
+    out: dict[str, Any] = {}
+    for row in loop.table.rows("adaptive"):
+        address = str(row["address"])
+        d = drift.get(address)
+        out[address] = [row["weight"], row["latency_ms"], row["rate"],
+                        *((round(d.up, 2), round(d.down, 2), d.slow) if d is not None else ())]
+    return out
 
 
 def ideal_weights(rig: Rig, service_ms: dict[str, float], rate: float) -> dict[str, int]:
@@ -190,6 +210,7 @@ def cell_spell(rig: Rig, log: Log) -> tuple[Scenario, dict[str, Any]]:
     sc.checks.append(Check("seconds after recovery until its weight is back at the heaviest",
                            back if back is not None else 99, 10.0, back is not None and back <= 10.0))
     sc.policies = {"adaptive": {**run.summary(), "p99_during_spell_ms": round(run.p(99, (t0, t1)), 2)}}
+    sc.extra["detail"] = [(round(t - t0, 2), d) for t, d in sampler.detail]
     return sc, {"run": run, "trace": sampler.trace, "origin": t0, "victim": address, "marks": [0.0, spell],
                 "title": f"one of 4 instances at {SLOW_MS:g} ms for {spell:g} s (t = 0 .. {spell:g})"}
 
@@ -229,6 +250,7 @@ def cell_drift(rig: Rig, log: Log) -> tuple[Scenario, dict[str, Any]]:
                     + ("never" if late is None else f"{late:.1f} (service time then ~"
                        f"{victim_ms(before + late):.1f} ms, {victim_ms(before + late) / FAST_MS - 1:.0%} slower)"))
     sc.extra["drift_first_fall_seconds"] = late
+    sc.extra["detail"] = [(round(t - start - before, 2), d) for t, d in sampler.detail]
     sc.policies = {p: r[0].summary() for p, r in results.items()}
     return sc, {"run": a, "trace": sampler.trace, "origin": start + before, "victim": address,
                 "marks": [0.0, ramp], "title": f"one of 4 instances drifts from {FAST_MS:g} to "
@@ -419,14 +441,20 @@ def plot_timeline(data: dict[str, Any], path: Path) -> None:
 
 
 GROUPS = ("a", "b", "c")  # one locked run each (12 minutes at most): see run_matrix
+CELLS = {"a": ("identical exponential 1 slot", "identical lognormal 1 slot", "one slow", "two slow", "90 % load",
+               "slow spell", "breaker"),
+         "b": ("drift", "cold"),
+         "c": ("identical exponential 4 slots", "identical lognormal 4 slots", "streams identical",
+               "streams uneven")}
 
 
-def run_matrix(img_dir: Path, log: Log, transport: str = "files",
-               groups: tuple[str, ...] = GROUPS) -> tuple[list[Scenario], dict[str, Any]]:
+def run_matrix(img_dir: Path, log: Log, transport: str = "files", groups: tuple[str, ...] = GROUPS,
+               only: frozenset[str] = frozenset()) -> tuple[list[Scenario], dict[str, Any]]:
     """The cells of `groups`: a = the 1-slot rig's steady cells (identical exponential and lognormal, one
     and two slow, 90 % load with ideal static weights, the slow spell, the breaker mix); b = the drift
     against an oracle and the 20 cold starts; c = the 4-slot rig (identical exponential and lognormal,
-    streams on identical and on uneven instances). Returns the scenarios and extra facts."""
+    streams on identical and on uneven instances). `only`: run just the cells of these names (see CELLS).
+    Returns the scenarios and extra facts."""
     from bench.adaptive_bench import measure_cost, quiet
 
     started = time.monotonic()
@@ -437,6 +465,8 @@ def run_matrix(img_dir: Path, log: Log, transport: str = "files",
     current = {"group": ""}
 
     def cell(name: str, body: Callable[[], Scenario]) -> None:
+        if only and name not in only:
+            return
         if time.monotonic() - started > BUDGET_SECONDS:
             skipped.append(name)
             log(f"cell {name}: skipped (time budget)")
