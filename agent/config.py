@@ -9,10 +9,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -274,11 +275,13 @@ class ListenerAuth(Strict):
         return self
 
 
-class ServiceSpec(Strict):
+class ServicePolicy(Strict):
+    """A service as the data plane sees it: its name (what it is followed by) and its Envoy policy.
+
+    A sidecar's services are these: it follows Kubernetes Services by name and never looks anything
+    up by a ModelArts service id. `ServiceSpec` adds what the ModelArts source needs."""
+
     name: Annotated[str, Field(description="DNS-1123 label; names the Envoy cluster and listener")]
-    service_id: str = Field(min_length=1, max_length=64)
-    project_id: str | None = None
-    poll_interval_seconds: float | None = Field(default=None, ge=1, le=3600)
     listen_port: int | None = Field(default=None, ge=1, le=65535)
     listen_address: str = "127.0.0.1"
     protocol: Literal["auto", "http", "https", "grpc", "tcp"] = "auto"
@@ -292,6 +295,11 @@ class ServiceSpec(Strict):
     access_log: AccessLog = AccessLog()
     # Off by default: the direct path had no auth, and turning it on must be a choice.
     auth: ListenerAuth | None = None
+
+    @property
+    def discovery_id(self) -> str:
+        """The id the snapshot keeps for this service (`ServiceSnapshot.service_id`): here, the name."""
+        return self.name
 
     @property
     def adaptive_lb(self) -> bool:
@@ -313,6 +321,18 @@ class ServiceSpec(Strict):
         return value
 
 
+class ServiceSpec(ServicePolicy):
+    """A service the agent looks up in ModelArts: its policy, plus where and how often to look."""
+
+    service_id: str = Field(min_length=1, max_length=64)
+    project_id: str | None = None
+    poll_interval_seconds: float | None = Field(default=None, ge=1, le=3600)
+
+    @property
+    def discovery_id(self) -> str:
+        return self.service_id
+
+
 class SplitBackend(Strict):
     service: str
     weight: int = Field(ge=0, le=10_000)
@@ -329,7 +349,7 @@ class TrafficSplit(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return ServiceSpec._name(value)
+        return ServicePolicy._name(value)
 
     @field_validator("listen_address")
     @classmethod
@@ -456,12 +476,13 @@ class AdaptiveConfig(Strict):
         return tuple(url.rstrip("/") for url in value)
 
 
-class AgentConfig(Strict):
-    modelarts: ModelArtsEndpoints
-    auth: AuthConfig
-    budget: BudgetConfig = BudgetConfig()
+class DataPlaneConfig(Strict):
+    """What the data plane reads: the services' Envoy policies, splits, Envoy, xDS, the gateway, the admin
+    server, the adaptive loop and the discovery rules the store applies. A sidecar's whole config; the
+    sinks, the Envoy builders and the adaptive loop take this. `AgentConfig` adds the ModelArts side."""
+
     discovery: DiscoveryConfig = DiscoveryConfig()
-    services: tuple[ServiceSpec, ...] = ()
+    services: tuple[ServicePolicy, ...] = ()
     splits: tuple[TrafficSplit, ...] = ()
     envoy: EnvoyConfig = EnvoyConfig()
     admin: AdminConfig = AdminConfig()
@@ -470,7 +491,7 @@ class AgentConfig(Strict):
     gateway: GatewayConfig = GatewayConfig()
 
     @model_validator(mode="after")
-    def _cross(self) -> AgentConfig:
+    def _cross(self) -> Self:
         names = [s.name for s in self.services]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -495,9 +516,18 @@ class AgentConfig(Strict):
                 raise ValueError(f"split {split.name!r}: weights must not all be 0")
         return self
 
-    def with_service(self, spec: ServiceSpec) -> AgentConfig:
+    def with_service(self, spec: ServicePolicy) -> DataPlaneConfig:
         """This config with the service of `spec`'s name replaced by `spec` (a policy learned at run time)."""
         return self.model_copy(update={"services": tuple(spec if s.name == spec.name else s for s in self.services)})
+
+
+class AgentConfig(DataPlaneConfig):
+    """The whole agent (`run`, the controller's pollers): the data plane plus how to reach ModelArts."""
+
+    modelarts: ModelArtsEndpoints
+    auth: AuthConfig
+    budget: BudgetConfig = BudgetConfig()
+    services: tuple[ServiceSpec, ...] = ()
 
     def poll_interval(self, spec: ServiceSpec) -> float:
         return spec.poll_interval_seconds or self.discovery.default_poll_interval_seconds
@@ -565,23 +595,64 @@ def _hide_env_value(err: Any, message: str, overrides: Mapping[tuple[str, ...], 
 
 
 def format_validation_error(exc: ValidationError, source: str,
-                            overrides: Mapping[tuple[str, ...], tuple[str, str]] | None = None) -> str:
+                            overrides: Mapping[tuple[str, ...], tuple[str, str]] | None = None,
+                            prefix: tuple[str, ...] = ()) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
-        location = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        location = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
         message = _hide_env_value(err, err["msg"].removeprefix("Value error, "), overrides or {})
         lines.append(f"  {location}: {message}")
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "config", environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Validate `data`; errors in fields set from `environ` (default: this process's) hide the value."""
+@contextmanager
+def config_errors(source: str, *section: str) -> Iterator[None]:
+    """Models built in code, not parsed: a ValidationError becomes the ConfigError `parse_config` gives for the
+    same fields (named under `section`), so a bad value reads the same whichever way it came in."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, prefix=section)) from None
+
+
+Config = TypeVar("Config", bound=DataPlaneConfig)
+
+
+def parse_as(model: type[Config], data: Any, source: str = "config",
+             environ: Mapping[str, str] | None = None) -> Config:
+    """Validate `data` as `model`; errors in fields set from `environ` (default: this process's) hide the value."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
     try:
-        return AgentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, env_overrides(environ))) from None
+
+
+def parse_config(data: Any, source: str = "config", environ: Mapping[str, str] | None = None) -> AgentConfig:
+    return parse_as(AgentConfig, data, source, environ)
+
+
+# What a data-plane-only process (the sidecar) never reads: AgentConfig's and ServiceSpec's own fields.
+MODELARTS_SECTIONS = tuple(f for f in AgentConfig.model_fields if f not in DataPlaneConfig.model_fields)
+MODELARTS_SERVICE_FIELDS = tuple(f for f in ServiceSpec.model_fields if f not in ServicePolicy.model_fields)
+
+
+def without_modelarts_side(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` without the ModelArts side (`modelarts`, `auth`, `budget`, each service's `service_id`,
+    `project_id`, `poll_interval_seconds`), and the paths it dropped. Anything else unknown is still refused."""
+    dropped = [key for key in MODELARTS_SECTIONS if key in data]
+    kept = {key: value for key, value in data.items() if key not in MODELARTS_SECTIONS}
+    services = kept.get("services")
+    if isinstance(services, list):
+        entries: list[Any] = []
+        for i, entry in enumerate(services):
+            if isinstance(entry, dict):
+                dropped += [f"services.{i}.{key}" for key in MODELARTS_SERVICE_FIELDS if key in entry]
+                entry = {key: value for key, value in entry.items() if key not in MODELARTS_SERVICE_FIELDS}
+            entries.append(entry)
+        kept["services"] = entries
+    return kept, dropped
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:

@@ -27,13 +27,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Generic, overload
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.utils import BaseThread
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, Config, load_config
 from agent.errors import ConfigError
 from agent.metrics import CONFIG_RELOADS
 
@@ -246,14 +247,22 @@ class FileWatcher(FileSystemEventHandler):
             return changed
 
 
-class ConfigWatcher:
+class ConfigWatcher(Generic[Config]):
     """The agent's own config file: a `FileWatcher` on it that parses each new version first."""
 
-    def __init__(self, path: Path, on_change: Callable[[AgentConfig], None], debounce_seconds: float = 0.2,
-                 loader: Callable[[Path], AgentConfig] = load_config) -> None:
+    @overload
+    def __init__(self: ConfigWatcher[AgentConfig], path: Path, on_change: Callable[[AgentConfig], None],
+                 debounce_seconds: float = ...) -> None: ...
+
+    @overload
+    def __init__(self, path: Path, on_change: Callable[[Config], None], debounce_seconds: float = ..., *,
+                 loader: Callable[[Path], Config]) -> None: ...
+
+    def __init__(self, path: Path, on_change: Callable[[Any], None], debounce_seconds: float = 0.2,
+                 loader: Callable[[Path], Any] = load_config) -> None:
         self._path = path
-        self._on_change = on_change
-        self._load = loader  # `sidecar` reads its own, smaller config shape
+        self._on_change: Callable[[Config], None] = on_change
+        self._load: Callable[[Path], Config] = loader  # `sidecar` reads its own config shape (DataPlaneConfig)
         self._files = FileWatcher(self._changed, debounce_seconds, name="config")
         self.applied = False
 

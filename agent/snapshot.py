@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from prometheus_client import Gauge
 
 from agent.clock import SYSTEM_CLOCK, Clock
-from agent.config import DiscoveryConfig, ServiceSpec
+from agent.config import DiscoveryConfig, ServicePolicy
 from agent.errors import DiscoveryError
 from agent.metrics import ENDPOINTS, LAST_SUCCESS, RATE_LIMITED, SNAPSHOT_VERSION, STALE
 from agent.model import EMPTY_SNAPSHOT, Endpoint, ServiceSnapshot, Snapshot
@@ -49,7 +49,7 @@ class SyncStatus:
 
 
 class SnapshotStore:
-    def __init__(self, specs: Iterable[ServiceSpec], discovery: DiscoveryConfig, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, specs: Iterable[ServicePolicy], discovery: DiscoveryConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self._discovery = discovery
         self._clock = clock
         self._cond = threading.Condition()
@@ -128,7 +128,7 @@ class SnapshotStore:
 
     # -- configuration -----------------------------------------------------------------------------
 
-    def set_specs(self, specs: Iterable[ServiceSpec], discovery: DiscoveryConfig | None = None) -> None:
+    def set_specs(self, specs: Iterable[ServicePolicy], discovery: DiscoveryConfig | None = None) -> None:
         """Apply a (re)loaded config: keep endpoints of services that stay, drop removed ones."""
         with self._cond:
             if discovery is not None:
@@ -137,15 +137,15 @@ class SnapshotStore:
             services: dict[str, ServiceSnapshot] = {}
             for spec in specs:
                 old = current.get(spec.name)
-                keep = old is not None and old.service_id == spec.service_id
+                keep = old is not None and old.service_id == spec.discovery_id
                 services[spec.name] = ServiceSnapshot(
-                    name=spec.name, service_id=spec.service_id,
+                    name=spec.name, service_id=spec.discovery_id,
                     endpoints=old.endpoints if keep and old else (),
                     synced=bool(keep and old and old.synced),
                 )
                 status = self._status.get(spec.name)
-                if status is None or status.service_id != spec.service_id:
-                    self._status[spec.name] = SyncStatus(name=spec.name, service_id=spec.service_id)
+                if status is None or status.service_id != spec.discovery_id:
+                    self._status[spec.name] = SyncStatus(name=spec.name, service_id=spec.discovery_id)
             for gone in set(self._status) - set(services):
                 del self._status[gone]
                 self._remove_gauges(gone)

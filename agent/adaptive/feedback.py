@@ -26,7 +26,7 @@ from agent.adaptive.health import SEVERITY, STALE_SECONDS, STATES, ServiceHealth
 from agent.adaptive.sampling import DeltaTracker, Samples
 from agent.adaptive.table import WeightTable
 from agent.adaptive.weights import ServiceWeights, WeightParams
-from agent.config import AgentConfig
+from agent.config import DataPlaneConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ IDLE_SLOWDOWN = 10.0
 IDLE_AFTER_SECONDS = 1.0
 
 
-def adaptive_services(config: AgentConfig) -> tuple[str, ...]:
+def adaptive_services(config: DataPlaneConfig) -> tuple[str, ...]:
     return tuple(sorted(s.name for s in config.services if s.adaptive_lb))
 
 
-def admin_urls(config: AgentConfig) -> tuple[str, ...]:
+def admin_urls(config: DataPlaneConfig) -> tuple[str, ...]:
     """The Envoys to read: `adaptive.envoy_admin_urls`, else this agent's own (sidecar mode)."""
     if config.adaptive.envoy_admin_urls:
         return config.adaptive.envoy_admin_urls
@@ -84,7 +84,7 @@ class _Service:
 
 
 class FeedbackLoop:
-    def __init__(self, config: AgentConfig, table: WeightTable, publish: Publish,
+    def __init__(self, config: DataPlaneConfig, table: WeightTable, publish: Publish,
                  reader: CounterReader | None = None, clock: Callable[[], float] = time.monotonic,
                  estimator_params: EstimatorParams | None = None) -> None:
         self.table = table
@@ -113,7 +113,7 @@ class FeedbackLoop:
 
     # -- configuration -------------------------------------------------------------------------------
 
-    def update_config(self, config: AgentConfig) -> None:
+    def update_config(self, config: DataPlaneConfig) -> None:
         """Hot reload: services that turned adaptive off lose their weights (EDS back to plain)."""
         with self._lock:
             self._config = config

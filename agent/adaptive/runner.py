@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.adaptive.feedback import FeedbackLoop, adaptive_services
 from agent.adaptive.table import WeightTable
-from agent.config import AgentConfig, ServiceSpec
+from agent.config import DataPlaneConfig, ServicePolicy
 from agent.sinks import Weighted
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class AdaptiveRunner:
         self.loop: FeedbackLoop | None = None
         self._sinks = sinks
 
-    def apply(self, config: AgentConfig) -> None:
+    def apply(self, config: DataPlaneConfig) -> None:
         # Without a sink that takes weights (no Envoy: Kubernetes or state file only) there is nothing to steer.
         services = adaptive_services(config) if self._weight_sinks() else ()
         if self.loop is None:
@@ -49,7 +49,7 @@ class AdaptiveRunner:
     def rows(self, service: str) -> list[dict[str, object]]:
         return self.table.rows(service)
 
-    def status_rows(self, spec: ServiceSpec) -> list[dict[str, object]] | None:
+    def status_rows(self, spec: ServicePolicy) -> list[dict[str, object]] | None:
         """What status pages show for a service: its weights while the loop steers it, else None."""
         return self.table.rows(spec.name) if self.loop is not None and spec.adaptive_lb else None
 

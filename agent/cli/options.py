@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from agent.config import (
     AdminConfig,
     AgentConfig,
+    Config,
     apply_env_overrides,
     format_validation_error,
     load_config,
@@ -30,7 +31,7 @@ def port_number(text: str) -> int:
     return value
 
 
-def with_admin_port(config: AgentConfig, port: int | None) -> AgentConfig:
+def with_admin_port(config: Config, port: int | None) -> Config:
     """`config` with admin.port replaced, validated like the file (model_copy alone would not check it)."""
     if port is None:
         return config

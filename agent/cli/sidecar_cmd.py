@@ -2,8 +2,10 @@
 
 The config file is an ordinary agent config for the Envoy side (services with listen ports and
 policies, splits, envoy, admin, discovery.allowed_cidrs, xds, gateway); each service name is the
-name of the Kubernetes Service (= the ModelArtsService) to follow. The `modelarts` and `auth`
-sections may be left out: the sidecar has no ModelArts client, so they would be unused.
+name of the Kubernetes Service (= the ModelArtsService) to follow. It is parsed as a
+`DataPlaneConfig`: no `modelarts`, `auth` or `budget` section and no per-service `service_id`,
+since the sidecar has no ModelArts client. Those keys are ignored with a warning, not refused:
+workloads injected by earlier versions carry placeholders for them in their annotation.
 
 With `xds.enabled: true` the sidecar also serves ADS (e.g. on loopback to the gateway's Envoy, as
 the chart's gateway pods do); `envoy.files: false` then skips the Envoy files.
@@ -28,7 +30,7 @@ import yaml
 
 from agent.admin_server import AdminServer
 from agent.cli.options import port_number, with_admin_port
-from agent.config import AgentConfig, ServiceSpec, apply_env_overrides, parse_config
+from agent.config import DataPlaneConfig, ServicePolicy, apply_env_overrides, parse_as, without_modelarts_side
 from agent.errors import ConfigError
 from agent.model import ServiceSnapshot
 
@@ -36,10 +38,6 @@ if TYPE_CHECKING:
     from agent.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger(__name__)
-
-# Filled in when absent so the shared config model validates; nothing ever connects to them.
-_UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http://unused.invalid",
-                     "project_id": "unused"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(handler=run)
 
 
-def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
+def load_sidecar_config(path: Path, services: list[str]) -> DataPlaneConfig:
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
@@ -66,12 +64,10 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
         raise ConfigError(f"invalid YAML in {path}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
-    data.setdefault("modelarts", dict(_UNUSED_MODELARTS))
-    data.setdefault("auth", {"mode": "token"})
-    for entry in data.get("services") or []:
-        if isinstance(entry, dict) and "name" in entry:
-            entry.setdefault("service_id", str(entry["name"]))  # the sidecar never looks services up by id
-    config = parse_config(apply_env_overrides(data), str(path))
+    data, unused = without_modelarts_side(apply_env_overrides(data))
+    if unused:
+        log.warning("the sidecar never calls ModelArts: ignoring %s in %s", ", ".join(unused), path)
+    config = parse_as(DataPlaneConfig, data, str(path))
     known = {s.name for s in config.services}
     missing = [name for name in services if name not in known]
     if missing:
@@ -84,7 +80,7 @@ def load_sidecar_config(path: Path, services: list[str]) -> AgentConfig:
     return config
 
 
-def follow(config: AgentConfig, services: list[str]) -> AgentConfig:
+def follow(config: DataPlaneConfig, services: list[str]) -> DataPlaneConfig:
     """Only what this sidecar follows is rendered; a split needs all of its backends followed."""
     followed = tuple(s for s in config.services if not services or s.name in services)
     names = {s.name for s in followed}
@@ -92,7 +88,7 @@ def follow(config: AgentConfig, services: list[str]) -> AgentConfig:
         t for t in config.splits if all(b.service in names for b in t.backends))})
 
 
-def reloaded(new: AgentConfig, sources: Mapping[str, KubernetesSource]) -> AgentConfig:
+def reloaded(new: DataPlaneConfig, sources: Mapping[str, KubernetesSource]) -> DataPlaneConfig:
     """A reloaded config as the sinks render it: each followed service's new spec, its CR's load balancing
     re-applied. The followed set stays (each service has its own watch): a service added or removed is
     reported and waits for a restart."""
@@ -117,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.sources.kubernetes import KubernetesSource
     from agent.validation import parse_networks
 
-    def load(path: Path) -> AgentConfig:
+    def load(path: Path) -> DataPlaneConfig:
         return follow(with_admin_port(load_sidecar_config(path, args.service), args.admin_port), args.service)
 
     config = load(args.config)
@@ -129,14 +125,14 @@ def run(args: argparse.Namespace) -> int:
     rendering = threading.Lock()
     rendered = [config]  # what the sinks render: the config, with each CR's announced load balancing
 
-    def on_policy(spec: ServiceSpec) -> None:
+    def on_policy(spec: ServicePolicy) -> None:
         """A CR's load balancing, read from its slices: the sinks render that service with it from now on."""
         with rendering:
             # The source's current policy, not `spec`: a reload may have come in between.
             rendered[0] = rendered[0].with_service(by_name[spec.name].policy)
             sink_set.apply_config(rendered[0])
 
-    def reload(new: AgentConfig) -> None:
+    def reload(new: DataPlaneConfig) -> None:
         with rendering:
             rendered[0] = reloaded(new, by_name)
             sink_set.apply_config(rendered[0])
@@ -208,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _xds_status(sink: Any, config: AgentConfig) -> dict[str, Any]:
+def _xds_status(sink: Any, config: DataPlaneConfig) -> dict[str, Any]:
     """Where the xDS server listens, the cache version it serves and how many Envoy streams are open."""
     server = sink.server
     current = sink.cache.current

@@ -26,7 +26,16 @@ from typing import Any
 
 import requests
 
-from agent.config import AgentConfig, AuthMode, BudgetConfig, DiscoveryConfig, ServiceSpec, parse_config
+from agent.config import (
+    AgentConfig,
+    AuthConfig,
+    AuthMode,
+    BudgetConfig,
+    DiscoveryConfig,
+    ModelArtsEndpoints,
+    ServiceSpec,
+    config_errors,
+)
 from agent.controller.crd import ModelArtsServiceResource, parse_resource
 from agent.controller.credentials import CredentialsProblem, SecretCredentials, SecretRef, SecretStore
 from agent.controller.endpoints import EndpointAllowList
@@ -123,16 +132,19 @@ class _Group:
 
 def group_config(key: GroupKey, creds: SecretCredentials, specs: list[ServiceSpec],
                  settings: PipelineSettings) -> AgentConfig:
-    discovery = settings.discovery.model_dump()
-    discovery["allowed_cidrs"] = list(key.allowed_cidrs)
-    return parse_config({
-        "modelarts": {"iam_url": key.iam_url, "modelarts_url": key.modelarts_url, "project_id": key.project_id,
-                      "timeout_seconds": settings.timeout_seconds},
-        "auth": {"mode": creds.mode.value, "domain": creds.domain, "user": creds.user},
-        "budget": settings.budget.model_dump(),
-        "discovery": discovery,
-        "services": [s.model_dump() for s in specs],
-    }, f"ModelArtsServices using Secret {key.namespace}/{key.secret}")
+    """One group's config, built from typed parts (the CRs' specs as they are, not re-parsed copies).
+    Each part is validated as the YAML would be, and a bad value gives the same error text."""
+    source = f"ModelArtsServices using Secret {key.namespace}/{key.secret}"
+    with config_errors(source, "modelarts"):
+        modelarts = ModelArtsEndpoints(iam_url=key.iam_url, modelarts_url=key.modelarts_url,
+                                       project_id=key.project_id, timeout_seconds=settings.timeout_seconds)
+    with config_errors(source, "auth"):
+        auth = AuthConfig(mode=creds.mode, domain=creds.domain, user=creds.user)
+    with config_errors(source, "discovery"):
+        discovery = DiscoveryConfig(**{**dict(settings.discovery), "allowed_cidrs": key.allowed_cidrs})
+    with config_errors(source):
+        return AgentConfig(modelarts=modelarts, auth=auth, budget=settings.budget, discovery=discovery,
+                           services=tuple(specs))
 
 
 def _what_reconcile_reads(crs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from agent.config import GatewayConfig, ServiceSpec, Timeouts
+from agent.config import GatewayConfig, ServicePolicy, Timeouts
 from agent.envoy.access_log import adaptive_timing_logs, stream_stats_logs
 from agent.envoy.clusters import socket_address, u32
 from agent.envoy.listeners import (
@@ -43,7 +43,7 @@ class GatewayTarget:
 
     name: str
     target: Target
-    policy: ServiceSpec
+    policy: ServicePolicy
 
 
 def gateway_listener(gateway: GatewayConfig, targets: Sequence[GatewayTarget],

@@ -23,7 +23,7 @@ from envoy.type.v3 import hash_policy_pb2
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
-from agent.config import LbPolicy, Retries, ServiceSpec
+from agent.config import LbPolicy, Retries, ServicePolicy
 from agent.envoy.access_log import access_logs, adaptive_timing_logs, stream_stats_logs
 from agent.envoy.auth import auth_filter
 from agent.envoy.clusters import socket_address, u32
@@ -52,14 +52,14 @@ class Backend:
 Target = str | Sequence[Backend]
 
 
-def service_listener(spec: ServiceSpec, protocol: Schema,
+def service_listener(spec: ServicePolicy, protocol: Schema,
                      rds: config_source_pb2.ConfigSource | None = None) -> listener_pb2.Listener:
     if spec.listen_port is None:
         raise ValueError(f"service {spec.name} has no listen_port")
     return build_listener(spec.name, spec.listen_address, spec.listen_port, spec.name, spec, protocol, rds)
 
 
-def build_listener(name: str, address: str, port: int, target: Target, policy: ServiceSpec,
+def build_listener(name: str, address: str, port: int, target: Target, policy: ServicePolicy,
                    protocol: Schema, rds: config_source_pb2.ConfigSource | None = None) -> listener_pb2.Listener:
     """`policy` supplies retries, timeouts and hashing; for a split it is the primary backend's spec.
 
@@ -82,7 +82,7 @@ def build_listener(name: str, address: str, port: int, target: Target, policy: S
 # --- HTTP ------------------------------------------------------------------------------------------
 
 
-def route_configuration(name: str, target: Target, policy: ServiceSpec) -> route_pb2.RouteConfiguration:
+def route_configuration(name: str, target: Target, policy: ServicePolicy) -> route_pb2.RouteConfiguration:
     """The routes of one listener: every request to `target`."""
     route = route_components_pb2.Route(
         name=name,
@@ -97,7 +97,7 @@ def route_configuration(name: str, target: Target, policy: ServiceSpec) -> route
                                             name=name, domains=["*"], routes=[route])])
 
 
-def _http_manager(name: str, target: Target, policy: ServiceSpec,
+def _http_manager(name: str, target: Target, policy: ServicePolicy,
                   rds: config_source_pb2.ConfigSource | None = None) -> hcm_pb2.HttpConnectionManager:
     filters: list[hcm_pb2.HttpFilter] = []
     if policy.timeouts.max_request_bytes is not None:
@@ -138,7 +138,7 @@ def http_filter(name: str, config: Message) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=name, typed_config=pack(config))
 
 
-def route_action(target: Target, policy: ServiceSpec) -> route_components_pb2.RouteAction:
+def route_action(target: Target, policy: ServicePolicy) -> route_components_pb2.RouteAction:
     action = route_components_pb2.RouteAction(
         # Always explicit: an unset timeout means Envoy's 15 s default, and 0s means "no total timeout".
         timeout=duration(policy.timeouts.request_seconds),
@@ -189,7 +189,7 @@ def retry_policy(retries: Retries) -> route_components_pb2.RetryPolicy:
     return policy
 
 
-def _hash_policy(policy: ServiceSpec) -> route_components_pb2.RouteAction.HashPolicy:
+def _hash_policy(policy: ServicePolicy) -> route_components_pb2.RouteAction.HashPolicy:
     key = policy.lb.hash_key
     hashing = route_components_pb2.RouteAction.HashPolicy
     if key is None or key.source_ip:
@@ -204,7 +204,7 @@ def _hash_policy(policy: ServiceSpec) -> route_components_pb2.RouteAction.HashPo
 # --- TCP -------------------------------------------------------------------------------------------
 
 
-def _tcp_proxy(name: str, target: Target, policy: ServiceSpec) -> tcp_proxy_pb2.TcpProxy:
+def _tcp_proxy(name: str, target: Target, policy: ServicePolicy) -> tcp_proxy_pb2.TcpProxy:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, idle_timeout=duration(policy.timeouts.idle_seconds),
                                    access_log=access_logs(name, policy.access_log, tcp=True))
     if isinstance(target, str):

@@ -15,7 +15,7 @@ from agent.errors import AgentError
 from agent.model import Snapshot
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config import DataPlaneConfig
 
 # service -> endpoint address -> weight (agent.adaptive's output; agent.envoy.clusters renders it)
 EndpointWeights = Mapping[str, Mapping[str, int]]
@@ -35,7 +35,7 @@ class Sink(Protocol):
 
 @runtime_checkable
 class Reconfigurable(Protocol):
-    def update_config(self, config: AgentConfig) -> None:
+    def update_config(self, config: DataPlaneConfig) -> None:
         """Hot reload: the new policies apply at the next publish."""
         ...
 

@@ -20,7 +20,7 @@ from agent.sinks import Closable, Reconfigurable, Sink
 from agent.snapshot import SnapshotStore
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config import DataPlaneConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SinkSet:
         for runner in self.runners:
             runner.thread.join(timeout)
 
-    def apply_config(self, config: AgentConfig) -> None:
+    def apply_config(self, config: DataPlaneConfig) -> None:
         """A reloaded config (or a learned policy): every sink that takes one renders with it, then all republish."""
         for sink in self.sinks:
             if isinstance(sink, Reconfigurable):

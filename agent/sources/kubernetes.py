@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.config import LoadBalancing, ServiceSpec
+from agent.config import LoadBalancing, ServicePolicy
 from agent.errors import DiscoveryError
 from agent.kube import SERVICE_NAME_LABEL
 from agent.kube.client import KubeClient, collection_path
@@ -48,9 +48,9 @@ def slice_schema(spec_protocol: str, slices: Sequence[Mapping[str, Any]]) -> Sch
 
 
 class KubernetesSource:
-    def __init__(self, kube: KubeClient, namespace: str, spec: ServiceSpec, store: SnapshotStore,
+    def __init__(self, kube: KubeClient, namespace: str, spec: ServicePolicy, store: SnapshotStore,
                  allowed: tuple[IPNetwork, ...], max_endpoints: int, stop: threading.Event,
-                 on_policy: Callable[[ServiceSpec], None] | None = None) -> None:
+                 on_policy: Callable[[ServicePolicy], None] | None = None) -> None:
         self.spec = spec
         # The service's policy as rendered: the config's, with the CR's announced load balancing.
         self.policy = spec
@@ -64,7 +64,7 @@ class KubernetesSource:
         self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), f"endpointslices-{spec.name}",
                                    self._on_change, stop, label_selector=f"{SERVICE_NAME_LABEL}={spec.name}")
 
-    def reconfigure(self, spec: ServiceSpec) -> ServiceSpec:
+    def reconfigure(self, spec: ServicePolicy) -> ServicePolicy:
         """A reloaded config's spec for this service; returns the policy to render (the CR's LB re-applied)."""
         with self._policy_lock:
             self.spec = spec

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config import HashKey, LbPolicy, LoadBalancing, ServiceSpec
+from agent.config import HashKey, LbPolicy, LoadBalancing, ServicePolicy
 from agent.kube import LB_ANNOTATION
 from agent.model import Endpoint
 
@@ -48,7 +48,7 @@ def lb_from_objects(objects: Iterable[Mapping[str, Any]], service: str) -> LoadB
     return None
 
 
-def with_announced_lb(spec: ServiceSpec, announced: LoadBalancing | None) -> ServiceSpec:
+def with_announced_lb(spec: ServicePolicy, announced: LoadBalancing | None) -> ServicePolicy:
     """`spec` with the CR's load balancing, unless the sidecar config set `lb` itself (or none is announced)."""
     if announced is None or "lb" in spec.model_fields_set:
         return spec

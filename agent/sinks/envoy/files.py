@@ -26,7 +26,7 @@ from pathlib import Path
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
-from agent.config import AgentConfig
+from agent.config import DataPlaneConfig
 from agent.envoy.clusters import EndpointWeights, build_load_assignment
 from agent.envoy.layout import SUFFIX, TEMP_SUFFIX, FileLayout
 from agent.envoy.resources import EnvoyResources, build_resources
@@ -93,7 +93,7 @@ def render(resource_type: str, resources: Iterable[Message]) -> bytes:
 class EnvoyFileSink:
     name = "envoy-files"
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: DataPlaneConfig) -> None:
         self._config = config
         self.layout = FileLayout.for_config(config.envoy)
         self._lock = threading.Lock()
@@ -108,7 +108,7 @@ class EnvoyFileSink:
                               f"{exc.strerror or exc}") from None
         self._remove_temp_files()
 
-    def update_config(self, config: AgentConfig) -> None:
+    def update_config(self, config: DataPlaneConfig) -> None:
         """Hot reload: new policies, splits and listeners apply at the next publish."""
         with self._lock:
             if FileLayout.for_config(config.envoy) != self.layout:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from agent.config import AgentConfig
+from agent.config import DataPlaneConfig
 from agent.envoy.clusters import EndpointWeights
 from agent.errors import AgentError
 from agent.model import Snapshot
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class XdsSink:
     name = "xds"
 
-    def __init__(self, config: AgentConfig, builder: ViewBuilder = build_view,
+    def __init__(self, config: DataPlaneConfig, builder: ViewBuilder = build_view,
                  on_ack: AckListener | None = None) -> None:
         self._config = config
         self.cache = XdsCache(builder)
@@ -54,7 +54,7 @@ class XdsSink:
             self.server.stop(grace)
             self.server = None
 
-    def update_config(self, config: AgentConfig) -> None:
+    def update_config(self, config: DataPlaneConfig) -> None:
         """Hot reload: policies, splits and the gateway apply at the next publish; the port needs a restart."""
         if config.xds != self._config.xds:
             log.warning("xds.* changes (address, port, TLS) take effect on restart; applying the rest")

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from envoy.config.core.v3 import config_source_pb2
 
-from agent.config import AgentConfig, ServiceSpec, TrafficSplit
+from agent.config import DataPlaneConfig, ServicePolicy, TrafficSplit
 from agent.envoy.ads_bootstrap import ADS_SOURCE
 from agent.envoy.clusters import EndpointWeights
 from agent.envoy.gateway import GatewayTarget, gateway_listener, gateway_routes
@@ -56,11 +56,11 @@ _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 class ViewBuilder(Protocol):
-    def __call__(self, snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+    def __call__(self, snapshot: Snapshot, config: DataPlaneConfig, view: NodeView, pool: ResourcePool,
                  weights: EndpointWeights | None = None) -> ViewResources: ...
 
 
-def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+def build_view(snapshot: Snapshot, config: DataPlaneConfig, view: NodeView, pool: ResourcePool,
                weights: EndpointWeights | None = None,
                transform: Callable[[EnvoyResources], EnvoyResources] | None = None) -> ViewResources:
     """`weights` (adaptive LB: service -> endpoint address -> weight) only changes EDS resources.
@@ -96,8 +96,8 @@ def _to_view(built: EnvoyResources, services: Mapping[str, ServiceSnapshot], poo
                                      for t, r_ in by_type.items()})
 
 
-def _select(snapshot: Snapshot, config: AgentConfig,
-            view: NodeView) -> tuple[dict[str, ServiceSnapshot], AgentConfig]:
+def _select(snapshot: Snapshot, config: DataPlaneConfig,
+            view: NodeView) -> tuple[dict[str, ServiceSnapshot], DataPlaneConfig]:
     services = {name: svc for name, svc in snapshot.services.items() if view.selects(name)}
     # A split belongs to a view only if the node sees every service it spreads over.
     splits = tuple(s for s in config.splits if all(view.selects(b.service) for b in s.backends))
@@ -111,7 +111,7 @@ def _select(snapshot: Snapshot, config: AgentConfig,
 
 
 def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
-                config: AgentConfig) -> EnvoyResources:
+                config: DataPlaneConfig) -> EnvoyResources:
     specs = policies(config)
     targets = [GatewayTarget(name, name, specs[name]) for name, svc in services.items()
                if name in specs and protocol_of(specs[name], svc) != "tcp"]
@@ -123,7 +123,7 @@ def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
 
 
 def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot],
-                  specs: Mapping[str, ServiceSpec]) -> GatewayTarget | None:
+                  specs: Mapping[str, ServicePolicy]) -> GatewayTarget | None:
     backends = [Backend(b.service, b.weight) for b in split.backends
                 if b.weight > 0 and b.service in services and b.service in specs]
     if not backends:
