@@ -26,6 +26,7 @@ import pytest
 import yaml
 from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID
 
+from tests import waiting
 from tests.e2e.nodecluster import NodeCluster, leftovers
 from tests.kubeenv import KubectlError, default_bin_dir, ensure_binaries
 
@@ -68,28 +69,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5,
                diagnostics: Callable[[], str] | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the last value after ``timeout``."""
-    timeout *= WAIT_SCALE
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # keep polling; report the last failure
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            extra = ""
-            if diagnostics is not None:
-                try:
-                    extra = "\n" + diagnostics()
-                except Exception as exc:
-                    extra = f"\n(diagnostics failed: {exc!r})"
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"[:4000] + extra[-8000:],
-                        pytrace=False)
-        time.sleep(interval)
+    """tests/waiting.py's poll, stretched by E2E_WAIT_SCALE."""
+    return waiting.wait_until(check, timeout * WAIT_SCALE, what, interval=interval, diagnostics=diagnostics)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from modelarts_emulator.config import (
     DEFAULT_USER,
 )
 
-from tests import kubeenv
+from tests import kubeenv, waiting
 from tests.kubeenv import KubeTestEnv, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,21 +93,8 @@ WAIT_SCALE = float(os.environ.get("KUBE_TESTS_WAIT_SCALE", "3"))
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    timeout *= WAIT_SCALE
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # keep polling; report the last failure
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})"[:3000]
-                        + "\n" + diagnostics(), pytrace=False)
-        time.sleep(interval)
+    """tests/waiting.py's poll, stretched by KUBE_TESTS_WAIT_SCALE, with the running agents' log tails."""
+    return waiting.wait_until(check, timeout * WAIT_SCALE, what, interval=interval, diagnostics=diagnostics)
 
 
 def unique(prefix: str) -> str:
