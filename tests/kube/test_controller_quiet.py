@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.kube.conftest import Agents, Cluster, mas, password_secret, vpc_addresses, wait_until
+from tests.waiting import unchanged_for
 
 pytestmark = pytest.mark.kube
 
@@ -35,7 +36,8 @@ def test_polls_and_resyncs_that_find_nothing_new_write_nothing(cluster: Cluster,
     cluster.apply(password_secret(namespace, "creds"), mas(namespace, "quiet", emu, "svc-quiet", "creds"))
     wait_until(lambda: len(cluster.slice_endpoints(namespace, "quiet")) == 2, 20, "slices with the 2 instances")
     wait_until(lambda: cluster.condition(namespace, "quiet", "Ready").get("status") == "True", 10, "Ready=True")
-    time.sleep(3.0)  # the last writes of the sync (status, events) are done
+    # The last writes of the sync (status, events) are done: no write for 2 s, with polls every second.
+    wait_until(unchanged_for(lambda: writes(controller), 2.0), 20, "the write counters unchanged for 2 s")
 
     before = writes(controller)
     slice_versions = {s["metadata"]["name"]: s["metadata"]["resourceVersion"]
