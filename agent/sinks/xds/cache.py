@@ -15,13 +15,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from agent.config import DataPlaneConfig
+from agent.config import AgentConfig
 from agent.envoy.clusters import EndpointWeights
 from agent.envoy.nodes import ALL, NodeView
 from agent.model import Snapshot
 from agent.sinks.xds.metrics import CACHE_VERSION
-from agent.sinks.xds.resource import Resource, ResourcePool
-from agent.sinks.xds.views import ViewBuilder, ViewResources, build_view
+from agent.sinks.xds.resource import Built, BuiltIndex, Resource, ResourcePool
+from agent.sinks.xds.views import ViewBuilder, ViewResources, build_view, config_file_digests
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,17 @@ Watcher = Callable[["CacheSnapshot"], None]
 class CacheSnapshot:
     """One version of everything served. Immutable once made, apart from the memo of built views."""
 
-    def __init__(self, version: int, snapshot: Snapshot, config: DataPlaneConfig, builder: ViewBuilder,
-                 reuse: dict[tuple[str, str, str], Resource], weights: EndpointWeights | None = None) -> None:
+    def __init__(self, version: int, snapshot: Snapshot, config: AgentConfig, builder: ViewBuilder,
+                 reuse: dict[tuple[str, str, str], Resource], weights: EndpointWeights | None = None,
+                 built: BuiltIndex | None = None) -> None:
         self.version = version
         self.snapshot = snapshot
         self.config = config
         self.weights: EndpointWeights = weights or {}
         self._builder = builder
         self._reuse = reuse
+        self._built = built or {}  # the previous version's per-service builds, reused where unchanged
+        self.files = config_file_digests(config)  # rotated API keys / JWKS are a change, like the config
         self._views: dict[NodeView, ViewResources] = {}
         self._lock = threading.Lock()
 
@@ -49,7 +52,7 @@ class CacheSnapshot:
         with self._lock:  # one build per view, whichever thread asks first
             built = self._views.get(node_view)
             if built is None:
-                built = self._builder(self.snapshot, self.config, node_view, ResourcePool(self._reuse),
+                built = self._builder(self.snapshot, self.config, node_view, ResourcePool(self._reuse, self._built),
                                       self.weights or None)
                 self._views[node_view] = built
             return built
@@ -61,6 +64,17 @@ class CacheSnapshot:
         index: dict[tuple[str, str, str], Resource] = {}
         for built in views:
             index.update(built.index)
+        return index
+
+    def built_index(self) -> BuiltIndex:
+        """Every per-service build made or reused by this version's views (and nothing older)."""
+        with self._lock:
+            views = list(self._views.values())
+        index: dict[str, tuple[Built, ...]] = {}
+        for view in views:
+            for name, entries in view.built.items():
+                known = index.get(name, ())
+                index[name] = (*known, *(e for e in entries if e not in known))
         return index
 
 
@@ -78,17 +92,18 @@ class XdsCache:
     def current(self) -> CacheSnapshot | None:
         return self._current
 
-    def set_snapshot(self, snapshot: Snapshot, config: DataPlaneConfig,
+    def set_snapshot(self, snapshot: Snapshot, config: AgentConfig,
                      weights: EndpointWeights | None = None) -> CacheSnapshot:
         """Make and publish a new version; raises (keeping the current one) if a view cannot be built."""
         frozen = {name: dict(per) for name, per in (weights or {}).items()}
         with self._publishing:
             previous = self._current
             if (previous is not None and previous.snapshot == snapshot and previous.config == config
-                    and previous.weights == frozen):
+                    and previous.weights == frozen and previous.files == config_file_digests(config)):
                 return previous
             candidate = CacheSnapshot(self._version + 1, snapshot, config, self._builder,
-                                      previous.resource_index() if previous is not None else {}, frozen)
+                                      previous.resource_index() if previous is not None else {}, frozen,
+                                      previous.built_index() if previous is not None else None)
             for node_view in {ALL, *self.views_in_use()}:
                 candidate.view(node_view)  # errors surface here, in the publisher, not in the streams
             with self._lock:

@@ -7,6 +7,7 @@ Resources are shared by every stream and every response that carries them: the b
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -51,16 +52,70 @@ def placeholder(type_url: str, name: str, version: str) -> Resource:
     return Resource(type_url=type_url, name=name, version=version, body=b"")
 
 
+@dataclass(frozen=True, eq=False)
+class Built:
+    """One unit's resources (a service's cluster, endpoints, listener, routes) and the inputs they came from."""
+
+    inputs: tuple[object, ...]
+    resources: tuple[Resource, ...]
+    context: object = None  # the config around the unit, when it depends on one (see `ResourcePool.context`)
+
+
+BuiltIndex = Mapping[str, tuple[Built, ...]]  # unit name -> what was built for it (one per distinct inputs)
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    # Identity first: an unchanged service is usually the very same object in the next snapshot.
+    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
 class ResourcePool:
     """Makes `Resource`s, reusing the previous build's object when the content is unchanged.
 
-    Reuse keeps identity (and the cached response fields) stable across snapshot versions, so an
-    endpoint change in one service re-encodes only that service's resources.
+    Reuse keeps identity (and the cached response fields) stable across snapshot versions. The memo
+    (`recall` / `remember`) goes further: a unit whose inputs did not change is not even built or
+    serialized again, so an endpoint change in one service builds and encodes only that service.
     """
 
-    def __init__(self, previous: dict[tuple[str, str, str], Resource] | None = None) -> None:
+    def __init__(self, previous: dict[tuple[str, str, str], Resource] | None = None,
+                 previous_built: BuiltIndex | None = None) -> None:
         self._previous = previous or {}
+        self._previous_built = previous_built or {}
         self.made: dict[tuple[str, str, str], Resource] = {}
+        self.built: dict[str, tuple[Built, ...]] = {}
+        self._contexts: list[object] | None = None
+
+    def context(self, value: object) -> object:
+        """`value`, or an equal context already known to this pool or to the previous build: contexts
+        (the config around a unit) are compared once per build here, and by identity in `recall`."""
+        if self._contexts is None:
+            distinct = {id(e.context): e.context for entries in self._previous_built.values()
+                        for e in entries if e.context is not None}
+            self._contexts = list(distinct.values())
+        for known in self._contexts:
+            if known is value or known == value:
+                return known
+        self._contexts.append(value)
+        return value
+
+    def recall(self, name: str, inputs: tuple[object, ...], context: object = None) -> tuple[Resource, ...] | None:
+        """What was built for `name` from equal inputs, in this build or the previous one; None if nothing."""
+        for entry in (*self.built.get(name, ()), *self._previous_built.get(name, ())):
+            if entry.context is context and _same(entry.inputs, inputs):
+                self._keep(name, entry)
+                return entry.resources
+        return None
+
+    def remember(self, name: str, inputs: tuple[object, ...], resources: tuple[Resource, ...],
+                 context: object = None) -> None:
+        self._keep(name, Built(inputs, resources, context))
+
+    def _keep(self, name: str, entry: Built) -> None:
+        entries = self.built.get(name, ())
+        if entry not in entries:
+            self.built[name] = (*entries, entry)
+        for resource in entry.resources:
+            self.made[(resource.type_url, resource.name, resource.version)] = resource
 
     def make(self, type_url: str, name: str, message: Message, clusters: frozenset[str] = frozenset(),
              routes: frozenset[str] = frozenset()) -> Resource:
