@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 from agent.cli.options import port_number, with_admin_port
 from agent.config import load_config
@@ -20,22 +17,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.runtime import AgentRuntime  # heavy: imported when `run` runs, not for every command
-
-    config = load_config(args.config)
-    config = with_admin_port(config, args.admin_port)
+    # Heavy: imported when `run` runs, not for every command.
+    from agent.app.signals import serve
+    from agent.runtime import AgentRuntime
     from agent.sinks.factory import sinks_for
 
-    runtime = AgentRuntime(config, args.config, sink_factory=sinks_for)
-    stopping = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-        runtime.stop_event.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    runtime.start()
-    runtime.wait()
-    runtime.stop()
-    return 0
+    config = with_admin_port(load_config(args.config), args.admin_port)
+    return serve(AgentRuntime(config, args.config, sink_factory=sinks_for))
