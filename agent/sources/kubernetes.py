@@ -63,6 +63,10 @@ class KubernetesSource:
         self._seen_endpoints: set[str] = set()
         self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), f"endpointslices-{spec.name}",
                                    self._on_change, stop, label_selector=f"{SERVICE_NAME_LABEL}={spec.name}")
+        # Its face as a `Source` (agent/sources/__init__.py), for the composition root's status and /readyz.
+        self._stop = stop
+        self.name = self.reflector.name
+        self.description = f"the EndpointSlice watch of Service {spec.name}"
 
     def reconfigure(self, spec: ServicePolicy) -> ServicePolicy:
         """A reloaded config's spec for this service; returns the policy to render (the CR's LB re-applied)."""
@@ -74,6 +78,21 @@ class KubernetesSource:
     def start(self) -> KubernetesSource:
         self.reflector.start()
         return self
+
+    def stop(self) -> None:
+        # Not joined: a watch may block in its stream until the client is closed, which ends it.
+        self._stop.set()
+
+    def alive(self) -> bool:
+        return self.reflector.thread.is_alive()
+
+    @property
+    def last_error(self) -> str | None:
+        return self.reflector.last_error
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "kubernetes", "alive": self.alive(), "last_error": self.last_error,
+                "synced": self.reflector.synced.is_set()}
 
     def _validated(self, candidates: Sequence[Endpoint]) -> tuple[list[Endpoint], int]:
         accepted: list[Endpoint] = []

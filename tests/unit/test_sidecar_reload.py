@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.sidecar_cmd import follow, load_sidecar_config, reloaded
+from agent.app.sidecar import reloaded
+from agent.cli.sidecar_cmd import follow, load_sidecar_config
 from agent.config import AgentConfig, LbPolicy
 from agent.file_watch import ConfigWatcher
 from tests.unit.test_file_watch import AtomicWriter, has_length, wait_until
@@ -46,7 +47,7 @@ def test_a_reload_keeps_the_followed_services(tmp_path: Path, caplog: pytest.Log
     _, source, _ = sidecar(tmp_path, "")
     new = load(tmp_path / "new.yaml", "services:\n  - name: chat\n    listen_port: 10080\n"
                                       "  - name: other\n    listen_port: 10090\n")
-    with caplog.at_level(logging.WARNING, logger="agent.cli.sidecar_cmd"):
+    with caplog.at_level(logging.WARNING, logger="agent.app.sidecar"):
         rendered = reloaded(new, {"chat": source})
     assert [s.name for s in rendered.services] == ["chat"]
     assert "+other" in caplog.text
