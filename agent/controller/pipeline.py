@@ -13,6 +13,13 @@ in it can outlive the lease:
 CRs are grouped by (Secret, endpoints, project, allowed CIDRs); each group has its own client
 and `ModelArtsSource`, while budgets are shared per IAM identity through the registry. A change
 of a Secret's content rebuilds the groups that use it (new authenticator, no stale token).
+
+Of the composition root (agent/app/) it uses the pieces, not the `Runtime`: the store, a
+`SinkSet` for its one sink, and each group's poller as a `Source` (agent/sources/poller.py, the
+same one `run` has). The rest of `Runtime` does not fit: its life is one leadership term (built and
+halted by the elector, not by a signal), it owns no Envoy (no adaptive loop, no rendered files),
+its sources come and go with the CRs and Secrets, and its status goes to the CRs and the
+controller's own /status, served by the replica for its whole life.
 """
 
 from __future__ import annotations
@@ -44,12 +51,13 @@ from agent.controller.status import Problem, StatusInput, build_status, events_f
 from agent.errors import ConfigError
 from agent.kube import GROUP, KIND, VERSION
 from agent.kube.client import EventRecorder, KubeApiError, KubeClient, NotLeader, now_rfc3339
-from agent.loops import FailureLog, run_forever
+from agent.loops import FailureLog
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import ModelArtsClient, build_authenticator
-from agent.sinks.runner import SinkRunner
+from agent.sinks.runner import SinkSet
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
+from agent.sources.poller import Poller
 from agent.validation import DEFAULT_ALLOWED_CIDRS
 
 log = logging.getLogger(__name__)
@@ -115,19 +123,17 @@ class _Group:
             session=session, timeout=config.modelarts.timeout_seconds,
             max_body_bytes=config.modelarts.max_body_bytes, stop=self.stop)
         self.source = ModelArtsSource(config, store, self.client, stop=self.stop)
-        self._failures = FailureLog(log, f"ModelArts poller for Secret {key.namespace}/{key.secret}")
-        self.thread = threading.Thread(target=self.run, name=f"source-{key.namespace}-{key.secret}", daemon=True)
-
-    def run(self) -> None:
-        # Whatever the poller raises, this Secret's services keep being polled (after a bounded backoff).
-        run_forever(self.source.run, self.stop, self._failures)
+        # The same `Source` as run's poller: whatever the loop raises, this Secret's services keep being
+        # polled (after a bounded backoff).
+        self.poller = Poller(self.source, self.stop, name=f"{key.namespace}/{key.secret}",
+                             description=f"the ModelArts poller for Secret {key.namespace}/{key.secret}")
 
     def update(self, config: AgentConfig) -> None:
         self.config = config
         self.source.update_config(config)
 
     def close(self) -> None:
-        self.stop.set()
+        self.stop.set()  # not Poller.stop(): no waiting here, the pipeline joins every thread at the end
 
 
 def group_config(key: GroupKey, creds: SecretCredentials, specs: list[ServiceSpec],
@@ -167,7 +173,8 @@ class Pipeline:
         self.secrets = SecretStore(kube)
         self._is_leader = is_leader
         self.sink = KubernetesSink(kube, self.targets, self.may_act, self.stop, settings.legacy_endpoints)
-        self.runner = SinkRunner(self.sink, self.store, self.stop)
+        self.sinks = SinkSet([self.sink], self.store, self.stop)
+        self.runner = self.sinks.runners[0]
         self._lock = threading.Lock()
         self._crs: dict[str, dict[str, Any]] = {}
         self._resources: dict[str, ModelArtsServiceResource] = {}  # by "namespace/name"
@@ -187,7 +194,7 @@ class Pipeline:
         return not self.stop.is_set() and bool(self._is_leader())
 
     def start(self) -> None:
-        self.runner.start()
+        self.sinks.start()
         for thread in self._threads:
             thread.start()
 
@@ -204,7 +211,7 @@ class Pipeline:
             self._groups.clear()
         for group in groups:
             group.close()
-        for thread in [*self._threads, self.runner.thread, *(g.thread for g in groups)]:
+        for thread in [*self._threads, self.runner.thread, *(g.poller.thread for g in groups)]:
             if thread.is_alive():
                 thread.join(timeout)
 
@@ -248,7 +255,7 @@ class Pipeline:
                 self.refresh_secrets()
                 if ticks % resync_every == 0:
                     self.sink.forget()  # every object is written again: repairs drift, e.g. a slice deleted by hand
-                    self.runner.republish()
+                    self.sinks.republish()
             except Exception as exc:
                 self._reconcile_failures.failed(exc)
                 self.stop.wait(1.0)
@@ -327,7 +334,7 @@ class Pipeline:
             self._membership = {k: g for k, g in membership.items() if g in configs}
             self._apply_groups(wanted, configs)
         if changed:
-            self.runner.republish()
+            self.sinks.republish()
 
     def _apply_groups(self, wanted: Mapping[GroupKey, tuple[SecretCredentials, list[ServiceSpec]]],
                       configs: Mapping[GroupKey, AgentConfig]) -> None:
@@ -343,7 +350,7 @@ class Pipeline:
                 group.close()
             group = _Group(key, creds, config, self.store, self.budgets, self.may_act)
             self._groups[key] = group
-            group.thread.start()
+            group.poller.start()
             log.info("polling ModelArts", extra={"secret": f"{key.namespace}/{key.secret}",
                                                  "identity": group.identity, "services": len(config.services)})
 
