@@ -62,6 +62,13 @@ def _state(service: dict[str, Any]) -> str:
     return "[green]fresh"
 
 
+def _every(service: dict[str, Any]) -> str:
+    if "effective_poll_interval_seconds" not in service:
+        return "?s"
+    interval = service["effective_poll_interval_seconds"]
+    return "-" if interval is None else f"{interval}s"  # None: watched (a sidecar), not polled
+
+
 def render(status: dict[str, Any]) -> Group:
     from rich.console import Group
     from rich.table import Table
@@ -74,7 +81,7 @@ def render(status: dict[str, Any]) -> Group:
     for svc in status.get("services", []):
         services.add_row(
             svc["name"], svc["service_id"], str(svc.get("endpoint_count", 0)), _state(svc),
-            _age(now, svc.get("last_success")), f"{svc.get('effective_poll_interval_seconds', '?')}s",
+            _age(now, svc.get("last_success")), _every(svc),
             (svc.get("last_error") or svc.get("no_endpoints_reason") or "")[:100],
         )
     budgets = Table(title="ModelArts rate budget")
