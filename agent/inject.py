@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from agent import __version__
-from agent.config import parse_config
+from agent.config import DataPlaneConfig, parse_as, without_modelarts_side
 from agent.errors import AgentError
 
 ANNOTATION_CONFIG = "sidecar.modelarts.io/config"
@@ -46,10 +46,6 @@ BOOTSTRAP_PATH = f"{RUN_DIR}/bootstrap.yaml"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 ENVOY_BINARY = "/opt/modelarts-agent/bin/envoy"
 UID = 10001
-# The sidecar has no ModelArts client, but the shared config model (and `render bootstrap`) wants
-# these sections; nothing ever connects to them.
-_UNUSED_MODELARTS = {"iam_url": "http://unused.invalid", "modelarts_url": "http://unused.invalid",
-                     "project_id": "unused"}
 _WORKLOADS = {"Deployment": ("spec", "template"), "StatefulSet": ("spec", "template"), "Pod": ()}
 _OTHER_POD_KINDS = ("DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob", "PodTemplate")
 _MARKER = re.compile(r"^---(?:[ \t]|$)")
@@ -249,8 +245,8 @@ def _remove_injected(annotations: dict[str, Any], spec: dict[str, Any]) -> None:
 def sidecar_config(options: InjectOptions, previous: str | None = None) -> str:
     """The sidecar's config YAML: `--config` (else the previous injection's), plus `--service` ports."""
     data = copy.deepcopy(options.base_config) if options.base_config is not None else _previous(previous)
-    data.setdefault("modelarts", dict(_UNUSED_MODELARTS))
-    data.setdefault("auth", {"mode": "token"})
+    # A sidecar config is a DataPlaneConfig: the placeholder modelarts/auth/service_id of earlier injections go.
+    data, _unused = without_modelarts_side(data)
     services = data.get("services") or []
     if not isinstance(services, list) or not all(isinstance(s, dict) and "name" in s for s in services):
         raise InjectError("the sidecar config's services must be a list of mappings with a name")
@@ -261,8 +257,6 @@ def sidecar_config(options: InjectOptions, previous: str | None = None) -> str:
             entry = by_name[name] = {"name": name}
             services.append(entry)
         entry["listen_port"] = port
-    for entry in services:
-        entry.setdefault("service_id", str(entry["name"]))  # the sidecar follows Services by name
     if not services:
         raise InjectError("no services to follow: give --service NAME=PORT (NAME is the Kubernetes Service, "
                           "i.e. the ModelArtsService; PORT the local port the app calls)")
@@ -270,7 +264,7 @@ def sidecar_config(options: InjectOptions, previous: str | None = None) -> str:
     data["envoy"] = {**(data.get("envoy") or {}), "output_dir": f"{RUN_DIR}/envoy",
                      "admin_port": options.envoy_admin_port, "stats_port": options.stats_port}
     data["admin"] = {**(data.get("admin") or {}), "address": "0.0.0.0", "port": options.admin_port}
-    parse_config(data, "the sidecar config")  # refuse now what the sidecar would refuse at start-up
+    parse_as(DataPlaneConfig, data, "the sidecar config")  # refuse now what the sidecar would refuse at start-up
     return dump_yaml(data)
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from agent.config import load_config
+from agent.config import load_data_plane_config
 from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _ads_bootstrap(args: argparse.Namespace) -> str:
     from agent.envoy.ads_bootstrap import AdsBootstrap, build_ads_bootstrap
     from agent.envoy.serialize import to_yaml
 
-    envoy = load_config(args.config).envoy if args.config is not None else EnvoyConfig()
+    envoy = load_data_plane_config(args.config).envoy if args.config is not None else EnvoyConfig()
     services = None if args.services is None else tuple(s.strip() for s in args.services.split(",") if s.strip())
     options = AdsBootstrap(
         address=args.ads, node_id=args.node_id or envoy.node_id,
@@ -84,7 +84,7 @@ def _file_bootstrap(args: argparse.Namespace) -> int:
     from agent.envoy.serialize import to_yaml
     from agent.sinks.envoy.files import prepare_output_dir
 
-    config = load_config(args.config)
+    config = load_data_plane_config(args.config)  # a sidecar's config has no modelarts section
     text = to_yaml(build_bootstrap(config.envoy))
     layout = FileLayout.for_config(config.envoy)
     try:

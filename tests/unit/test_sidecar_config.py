@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.cli import main
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import DataPlaneConfig, parse_config
 from agent.errors import ConfigError
+from agent.inject import InjectOptions, sidecar_config
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.snapshot import SnapshotStore
@@ -94,3 +96,19 @@ def test_other_unknown_keys_are_still_refused(tmp_path: Path, change: dict[str, 
     path.write_text(yaml.safe_dump({**sidecar_yaml(tmp_path / "envoy"), **change}))
     with pytest.raises(ConfigError, match=f"{field}: Extra inputs are not permitted"):
         load_sidecar_config(path, [])
+
+
+def test_render_bootstrap_reads_a_sidecar_config(tmp_path: Path) -> None:
+    """An injected pod's init container renders Envoy's bootstrap from the sidecar's config."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(sidecar_yaml(tmp_path / "envoy")))
+    out = tmp_path / "bootstrap.yaml"
+    assert main.main(["render", "bootstrap", "--config", str(path), "--output", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["admin"]["address"]["socket_address"]["port_value"] == 19901
+
+
+def test_inject_writes_no_modelarts_side_and_drops_an_earlier_injections_placeholders() -> None:
+    earlier = yaml.safe_dump({**PLACEHOLDERS, "services": [{"name": "llm", "service_id": "llm", "listen_port": 1}]})
+    data = yaml.safe_load(sidecar_config(InjectOptions(services=(("llm", 10080), ("embed", 10081))), earlier))
+    assert not {"modelarts", "auth", "budget"} & set(data)
+    assert data["services"] == [{"name": "llm", "listen_port": 10080}, {"name": "embed", "listen_port": 10081}]
