@@ -35,7 +35,7 @@ from agent.config import (
     LoadBalancing,
     OutlierDetection,
     Retries,
-    ServiceSpec,
+    ServicePolicy,
     UpstreamTls,
 )
 from agent.envoy.serialize import duration, pack
@@ -92,7 +92,7 @@ def socket_address(ip: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port))
 
 
-def build_cluster(spec: ServiceSpec, protocol: Schema, eds_source: EdsSource) -> cluster_pb2.Cluster:
+def build_cluster(spec: ServicePolicy, protocol: Schema, eds_source: EdsSource) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=spec.name,
         type=cluster_pb2.Cluster.EDS,

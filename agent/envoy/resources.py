@@ -1,7 +1,7 @@
 """Snapshot + config -> the Envoy resources that describe it, as typed messages.
 
 The snapshot says which services exist and where their endpoints are; each service's Envoy policy
-(listener, LB, retries, timeouts, TLS, auth) is its `ServiceSpec` in the config, joined by name.
+(listener, LB, retries, timeouts, TLS, auth) is its `ServicePolicy` in the config, joined by name.
 
 Free of any file concern, so an xDS (ADS) server can serve the same bundle: only the `EdsSource`
 (where a cluster's endpoints come from) differs between the two modes, plus, over ADS, an RDS
@@ -20,7 +20,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
-from agent.config import AgentConfig, ServiceSpec, TrafficSplit
+from agent.config import DataPlaneConfig, ServicePolicy, TrafficSplit
 from agent.envoy.clusters import EdsSource, EndpointWeights, build_cluster, build_load_assignment
 from agent.envoy.listeners import Backend, Target, build_listener, route_configuration, service_listener
 from agent.model import Schema, ServiceSnapshot, Snapshot, effective_protocol
@@ -47,7 +47,7 @@ class EnvoyResources:
         return tuple(lst.name for lst in self.listeners)
 
 
-def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSource,
+def build_resources(snapshot: Snapshot, config: DataPlaneConfig, eds_source: EdsSource,
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     weights: EndpointWeights | None = None) -> EnvoyResources:
     """`weights` (service -> endpoint address -> weight, from agent.adaptive) only touches EDS."""
@@ -73,7 +73,7 @@ def build_resources(snapshot: Snapshot, config: AgentConfig, eds_source: EdsSour
     )
 
 
-def policy_resources(spec: ServiceSpec, protocol: Schema, eds_source: EdsSource,
+def policy_resources(spec: ServicePolicy, protocol: Schema, eds_source: EdsSource,
                      rds_source: config_source_pb2.ConfigSource | None = None,
                      ) -> tuple[cluster_pb2.Cluster, listener_pb2.Listener | None, route_pb2.RouteConfiguration | None]:
     """What a service's policy makes, given its protocol: its cluster and, if it has a port, its listener
@@ -86,7 +86,7 @@ def policy_resources(spec: ServiceSpec, protocol: Schema, eds_source: EdsSource,
     return cluster, listener, route
 
 
-def split_resources(config: AgentConfig, services: Mapping[str, ServiceSnapshot],
+def split_resources(config: DataPlaneConfig, services: Mapping[str, ServiceSnapshot],
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     ) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
     """The split listeners of `config` over `services` (and, with an RDS source, their routes).
@@ -106,17 +106,17 @@ def split_resources(config: AgentConfig, services: Mapping[str, ServiceSnapshot]
     return listeners, routes
 
 
-def policies(config: AgentConfig) -> dict[str, ServiceSpec]:
+def policies(config: DataPlaneConfig) -> dict[str, ServicePolicy]:
     """Each service's Envoy policy, by name (the join key with the snapshot)."""
     return {spec.name: spec for spec in config.services}
 
 
-def protocol_of(spec: ServiceSpec, service: ServiceSnapshot) -> Schema:
+def protocol_of(spec: ServicePolicy, service: ServiceSnapshot) -> Schema:
     """The protocol Envoy speaks to this service: `agent.model.effective_protocol`, the one rule."""
     return effective_protocol(spec.protocol, service.endpoints)
 
 
-def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot], specs: dict[str, ServiceSpec],
+def _split_listener(split: TrafficSplit, services: dict[str, ServiceSnapshot], specs: dict[str, ServicePolicy],
                     rds_source: config_source_pb2.ConfigSource | None = None,
                     ) -> tuple[listener_pb2.Listener, route_pb2.RouteConfiguration | None] | None:
     """Weighted clusters over the named services; retries, timeouts and protocol follow the first backend.

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from agent.config import AgentConfig
+from agent.config import DataPlaneConfig
 from agent.envoy.clusters import EndpointWeights
 from agent.envoy.nodes import ALL, NodeView
 from agent.model import Snapshot
@@ -31,7 +31,7 @@ Watcher = Callable[["CacheSnapshot"], None]
 class CacheSnapshot:
     """One version of everything served. Immutable once made, apart from the memo of built views."""
 
-    def __init__(self, version: int, snapshot: Snapshot, config: AgentConfig, builder: ViewBuilder,
+    def __init__(self, version: int, snapshot: Snapshot, config: DataPlaneConfig, builder: ViewBuilder,
                  reuse: dict[tuple[str, str, str], Resource], weights: EndpointWeights | None = None,
                  built: BuiltIndex | None = None) -> None:
         self.version = version
@@ -92,7 +92,7 @@ class XdsCache:
     def current(self) -> CacheSnapshot | None:
         return self._current
 
-    def set_snapshot(self, snapshot: Snapshot, config: AgentConfig,
+    def set_snapshot(self, snapshot: Snapshot, config: DataPlaneConfig,
                      weights: EndpointWeights | None = None) -> CacheSnapshot:
         """Make and publish a new version; raises (keeping the current one) if a view cannot be built."""
         frozen = {name: dict(per) for name, per in (weights or {}).items()}

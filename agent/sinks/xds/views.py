@@ -21,7 +21,7 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
-from agent.config import AgentConfig, ServiceSpec, TrafficSplit
+from agent.config import DataPlaneConfig, ServicePolicy, TrafficSplit
 from agent.envoy.ads_bootstrap import ADS_SOURCE
 from agent.envoy.auth import watched_files
 from agent.envoy.clusters import EndpointWeights, build_load_assignment
@@ -68,11 +68,11 @@ _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 class ViewBuilder(Protocol):
-    def __call__(self, snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+    def __call__(self, snapshot: Snapshot, config: DataPlaneConfig, view: NodeView, pool: ResourcePool,
                  weights: EndpointWeights | None = None) -> ViewResources: ...
 
 
-def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: ResourcePool,
+def build_view(snapshot: Snapshot, config: DataPlaneConfig, view: NodeView, pool: ResourcePool,
                weights: EndpointWeights | None = None,
                transform: Callable[[EnvoyResources], EnvoyResources] | None = None) -> ViewResources:
     """`weights` (adaptive LB: service -> endpoint address -> weight) only changes EDS resources.
@@ -92,7 +92,7 @@ def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: Re
         return _to_view(transform(built), services, pool)
     gateway = view.role == "gateway"
     specs = policies(config)
-    context = cast(AgentConfig, pool.context(config.model_copy(update={"services": (), "splits": ()})))
+    context = cast(DataPlaneConfig, pool.context(config.model_copy(update={"services": (), "splits": ()})))
     resources: list[Resource] = []
     for name in sorted(services):
         spec = specs.get(name)
@@ -111,7 +111,7 @@ def build_view(snapshot: Snapshot, config: AgentConfig, view: NodeView, pool: Re
     return _assemble(resources, withheld, pool)
 
 
-def _service(pool: ResourcePool, context: AgentConfig, service: ServiceSnapshot, spec: ServiceSpec,
+def _service(pool: ResourcePool, context: DataPlaneConfig, service: ServiceSnapshot, spec: ServicePolicy,
              weights: Mapping[str, int] | None) -> tuple[Resource, ...]:
     """One service's resources, from the memo where nothing they depend on moved: its endpoints (and
     weights) make its load assignment; its policy, protocol and auth files (in the config around it) make
@@ -134,7 +134,7 @@ def _service(pool: ResourcePool, context: AgentConfig, service: ServiceSnapshot,
     return (*endpoints, *policy)
 
 
-def file_digests(spec: ServiceSpec) -> tuple[tuple[str, str], ...]:
+def file_digests(spec: ServicePolicy) -> tuple[tuple[str, str], ...]:
     """Digests of the files whose content goes into the service's resources (its API keys or JWKS): a
     rotated file changes what is served although the config did not change."""
     out = []
@@ -146,7 +146,7 @@ def file_digests(spec: ServiceSpec) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def config_file_digests(config: AgentConfig) -> tuple[tuple[tuple[str, str], ...], ...]:
+def config_file_digests(config: DataPlaneConfig) -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(file_digests(spec) for spec in config.services if spec.auth is not None)
 
 
@@ -174,8 +174,8 @@ def _assemble(resources: list[Resource], withheld: frozenset[str], pool: Resourc
                                      for t, r_ in by_type.items()})
 
 
-def _select(snapshot: Snapshot, config: AgentConfig,
-            view: NodeView) -> tuple[dict[str, ServiceSnapshot], AgentConfig]:
+def _select(snapshot: Snapshot, config: DataPlaneConfig,
+            view: NodeView) -> tuple[dict[str, ServiceSnapshot], DataPlaneConfig]:
     services = {name: svc for name, svc in snapshot.services.items() if view.selects(name)}
     # A split belongs to a view only if the node sees every service it spreads over.
     splits = tuple(s for s in config.splits if all(view.selects(b.service) for b in s.backends))
@@ -189,14 +189,14 @@ def _select(snapshot: Snapshot, config: AgentConfig,
 
 
 def _as_gateway(built: EnvoyResources, services: Mapping[str, ServiceSnapshot],
-                config: AgentConfig) -> EnvoyResources:
+                config: DataPlaneConfig) -> EnvoyResources:
     listeners, routes = _gateway(services, config)
     return EnvoyResources(clusters=built.clusters, load_assignments=built.load_assignments,
                           listeners=tuple(listeners), routes=tuple(routes))
 
 
 def _gateway(services: Mapping[str, ServiceSnapshot],
-             config: AgentConfig) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
+             config: DataPlaneConfig) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
     """The shared gateway listener and its routes: a virtual host per service and per split."""
     specs = policies(config)
     targets = [GatewayTarget(name, name, specs[name]) for name, svc in services.items()
@@ -207,7 +207,7 @@ def _gateway(services: Mapping[str, ServiceSnapshot],
 
 
 def _split_target(split: TrafficSplit, services: Mapping[str, ServiceSnapshot],
-                  specs: Mapping[str, ServiceSpec]) -> GatewayTarget | None:
+                  specs: Mapping[str, ServicePolicy]) -> GatewayTarget | None:
     backends = [Backend(b.service, b.weight) for b in split.backends
                 if b.weight > 0 and b.service in services and b.service in specs]
     if not backends:
