@@ -226,14 +226,10 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
         versions_before = _versions(api, namespaces)
         steady_from, steady_mono = time.time(), time.monotonic()
         emu_steady_from = emulator.admin.now()
-        cpu0 = kb.cpu_seconds(pid)
-        rss: list[float] = []
-        while time.monotonic() < steady_end:
-            rss.append(kb.rss_mib(pid))
-            peak_rss = max(peak_rss, rss[-1])
-            time.sleep(2.0)
+        steady_sample = kb.sample_idle(pid, steady_end - time.monotonic(), interval=2.0)
+        peak_rss = max(peak_rss, steady_sample["rss_max_mib"])
         steady_seconds = time.monotonic() - steady_mono
-        steady_cpu = (kb.cpu_seconds(pid) - cpu0) / steady_seconds * 100
+        steady_cpu = steady_sample["cpu_percent"]
         steady_to = time.time()
         emu_steady_to = emulator.admin.now()
         versions_after = _versions(api, namespaces)
@@ -261,7 +257,6 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
                 steady_by_user[call.user or "?"] += 1
         busiest_user, busiest = busiest_minute(by_user)
         steady_minutes = (emu_steady_to - emu_steady_from) / 60
-        rss.sort()
         return {
             "crs": scale.crs, "secrets": scale.secrets, "namespaces": NAMESPACES, "instances_per_service": INSTANCES,
             "synced_after_s": round(synced_at, 1) if synced_at is not None else None, "synced_at_bound": synced,
@@ -270,7 +265,7 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
             "sync_cpu_s": round(sync_cpu, 1), "peak_rss_mib": round(peak_rss, 1),
             "sync_requests": sync_requests.to_json(),
             "steady": {"seconds": round(steady_seconds, 1), "cpu_percent": round(steady_cpu, 2),
-                       "rss_mib": rss[len(rss) // 2] if rss else None, "memory": memory,
+                       "rss_mib": steady_sample["rss_mib"], "memory": memory,
                        "apiserver_without_leases": steady.to_json(),
                        "lease_requests_per_minute": round(leases.per_minute(leases.total - steady.total), 2),
                        "objects_changed": dict(changed)},
@@ -283,13 +278,7 @@ def run(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, scale: Scal
                                                                    / steady_minutes, 2) if steady_minutes else None},
         }
     finally:
-        if controller is not None and controller.poll() is None:
-            controller.terminate()
-            try:
-                controller.wait(20)
-            except subprocess.TimeoutExpired:
-                controller.kill()
-                controller.wait(5)
+        kb.stop_process(controller, 20)
         emulator.stop()
 
 

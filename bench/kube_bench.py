@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -238,6 +239,18 @@ def sample_idle(pid: int, seconds: float, interval: float = 1.0) -> dict[str, fl
     rss.sort()
     return {"cpu_percent": (cpu_seconds(pid) - cpu0) / elapsed * 100, "rss_mib": rss[len(rss) // 2],
             "rss_max_mib": rss[-1], "seconds": elapsed}
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a measured child is stopped whatever happened to it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def loadavg() -> list[float]:
