@@ -32,6 +32,25 @@ def snapshot(version: int, services: dict[str, ServiceSnapshot]) -> Snapshot:
     return Snapshot(version=version, services=MappingProxyType(services))
 
 
+def synced(crs: dict[str, ModelArtsServiceResource], endpoints: tuple[Endpoint, ...] = EPS,
+           only: str | None = None) -> dict[str, ServiceSnapshot]:
+    """Every CR (or just `only`) synced with `endpoints`."""
+    return {key: ServiceSnapshot(key, r.spec.service_id, endpoints, synced=True) for key, r in crs.items()
+            if only is None or key == only}
+
+
+def sink_over(kube: ApplyRecorder, count: int) -> tuple[dict[str, ModelArtsServiceResource], KubernetesSink]:
+    """`count` CRs (svc-0, svc-1, ...) and a Kubernetes sink writing them through `kube`."""
+    crs = {r.key: r for r in (resource(f"svc-{i}") for i in range(count))}
+    return crs, KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
+
+
+def moved(services: dict[str, ServiceSnapshot], crs: dict[str, ModelArtsServiceResource],
+          key: str = "apps--svc-0") -> dict[str, ServiceSnapshot]:
+    """`services` with `key`'s endpoints down to the first one."""
+    return {**services, **synced(crs, EPS[:1], only=key)}
+
+
 def written_services(applied: list[dict[str, object]]) -> set[str]:
     names = set()
     for obj in applied:
@@ -43,32 +62,28 @@ def written_services(applied: list[dict[str, object]]) -> set[str]:
 
 
 def test_a_snapshot_change_rewrites_only_the_services_that_changed() -> None:
-    crs = {r.key: r for r in (resource(f"svc-{i}") for i in range(3))}
     kube = ApplyRecorder()
-    sink = KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
-    services = {key: ServiceSnapshot(r.key, r.spec.service_id, EPS, synced=True) for key, r in crs.items()}
+    crs, sink = sink_over(kube, 3)
+    services = synced(crs)
     sink.publish(snapshot(1, services))
     assert written_services(kube.applied) == {"svc-0", "svc-1", "svc-2"}
 
     kube.applied.clear()
-    first = crs["apps--svc-0"]
-    moved = {**services, first.key: ServiceSnapshot(first.key, first.spec.service_id, EPS[:1], synced=True)}
-    sink.publish(snapshot(2, moved))
+    sink.publish(snapshot(2, moved(services, crs)))
     assert written_services(kube.applied) == {"svc-0"}
 
     # The same content again (a republish) writes nothing.
     kube.applied.clear()
-    sink.publish(snapshot(3, moved))
+    sink.publish(snapshot(3, moved(services, crs)))
     assert kube.applied == []
     kube.close()
 
 
 def test_a_changed_cr_is_rewritten_even_when_its_endpoints_are_the_same() -> None:
-    crs = {r.key: r for r in (resource("svc-0"),)}
     kube = ApplyRecorder()
-    sink = KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
+    crs, sink = sink_over(kube, 1)
     key = "apps--svc-0"
-    services = {key: ServiceSnapshot(key, crs[key].spec.service_id, EPS, synced=True)}
+    services = synced(crs)
     sink.publish(snapshot(1, services))
     kube.applied.clear()
     changed = parse_resource({"metadata": {"name": "svc-0", "namespace": "apps", "uid": "uid-svc-0", "generation": 2},
@@ -120,10 +135,9 @@ class StoredObjects(ApplyRecorder):
 def test_a_resync_rewrites_only_what_drifted() -> None:
     # The resync repairs manual edits; re-applying every object unread was ~2,000 no-op writes every 5 minutes
     # at 1,000 CRs (bench/controller_scale.py). It reads our objects back (two lists per namespace) instead.
-    crs = {r.key: r for r in (resource(f"svc-{i}") for i in range(3))}
     kube = StoredObjects()
-    sink = KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
-    services = {key: ServiceSnapshot(r.key, r.spec.service_id, EPS, synced=True) for key, r in crs.items()}
+    crs, sink = sink_over(kube, 3)
+    services = synced(crs)
     sink.publish(snapshot(1, services))
 
     kube.applied.clear()
@@ -200,10 +214,9 @@ class SlowApiServer(StoredObjects):
 
 def test_services_are_written_a_few_at_a_time_and_stale_slices_looked_for_once() -> None:
     # 1,000 CRs written one request after another took minutes to sync (bench/controller_scale.py).
-    crs = {r.key: r for r in (resource(f"svc-{i}") for i in range(8))}
     kube = SlowApiServer()
-    sink = KubernetesSink(kube, lambda: crs, lambda: True, threading.Event())
-    services = {key: ServiceSnapshot(r.key, r.spec.service_id, EPS, synced=True) for key, r in crs.items()}
+    crs, sink = sink_over(kube, 8)
+    services = synced(crs)
     sink.publish(snapshot(1, services))
     assert written_services(kube.applied) == {f"svc-{i}" for i in range(8)}
     assert kube.most_in_flight > 1
@@ -211,9 +224,7 @@ def test_services_are_written_a_few_at_a_time_and_stale_slices_looked_for_once()
 
     # New endpoints in the same slice: written again, with no list (the last write left exactly that slice).
     kube.lists = 0
-    first = crs["apps--svc-0"]
-    moved = {**services, first.key: ServiceSnapshot(first.key, first.spec.service_id, EPS[:1], synced=True)}
-    sink.publish(snapshot(2, moved))
+    sink.publish(snapshot(2, moved(services, crs)))
     assert kube.lists == 0
     [endpoints] = [o["endpoints"] for k, o in kube.objects.items() if k[0] == "EndpointSlice" and "svc-0" in k[2]]
     assert [e["addresses"] for e in endpoints] == [["192.168.205.1"]]
