@@ -48,18 +48,26 @@ static_resources:
         - endpoint:
             address: {{socket_address: {{address: {upstream_ip}, port_value: {upstream_port}}}}}
 """
+# For a gRPC instance: the same cluster speaking cleartext HTTP/2 upstream, the one option gRPC needs.
+HTTP2_UPSTREAM_YAML = """\
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"""
 
 
-def minimal_config(listen_port: int, admin_port: int, upstream_ip: str, upstream_port: int) -> str:
+def minimal_config(listen_port: int, admin_port: int, upstream_ip: str, upstream_port: int,
+                   http2: bool = False) -> str:
     return MINIMAL_YAML.format(listen_port=listen_port, admin_port=admin_port, upstream_ip=upstream_ip,
-                               upstream_port=upstream_port)
+                               upstream_port=upstream_port) + (HTTP2_UPSTREAM_YAML if http2 else "")
 
 
 class MinimalEnvoy(EnvoyProcess):
     """The hand-written config run by the same Envoy binary, with the same flags as the agent's sidecar."""
 
     def __init__(self, workdir: Path, name: str, listen_port: int, admin_port: int, upstream_ip: str,
-                 upstream_port: int, concurrency: int = 1, cpu: str | None = ENVOY_CPU) -> None:
+                 upstream_port: int, concurrency: int = 1, cpu: str | None = ENVOY_CPU, http2: bool = False) -> None:
         config_path = workdir / f"{name}.yaml"
-        config_path.write_text(minimal_config(listen_port, admin_port, upstream_ip, upstream_port))
+        config_path.write_text(minimal_config(listen_port, admin_port, upstream_ip, upstream_port, http2))
         super().__init__(config_path, admin_port, workdir, name, concurrency, cpu)
