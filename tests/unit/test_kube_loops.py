@@ -147,11 +147,11 @@ def test_a_per_secret_poller_that_raises_keeps_polling(monkeypatch: pytest.Monke
     group = _Group(key, creds, config, store, BudgetRegistry(20, 2000, 2.0), lambda: False)
     monkeypatch.setattr("agent.loops.backoff_seconds", lambda *_args: 0.01)
     with caplog.at_level(logging.DEBUG):
-        group.thread.start()
+        group.poller.thread.start()
         try:
             assert wait_until(lambda: len(runs) == 3)
-            assert group.thread.is_alive()
+            assert group.poller.thread.is_alive()
         finally:
             group.close()
-            group.thread.join(5)
+            group.poller.thread.join(5)
     assert len([r for r in errors_with_traceback(caplog) if "ModelArts poller" in r.getMessage()]) == 1
