@@ -19,6 +19,10 @@ from agent.errors import ConfigError
 from agent.validation import parse_networks
 
 _INTERVAL = re.compile(r"^([0-9]{1,4})(s|m)$")
+# The CRD's schema lets through names with dots and intervals up to 9999m; neither fits a ServiceSpec
+# (a DNS label, at most 3600 s), so they are refused here, per CR, instead of failing every reconcile.
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # long names are hashed into the key
+_MAX_INTERVAL_SECONDS = 3600
 
 
 class _Camel(BaseModel):
@@ -64,8 +68,11 @@ class ModelArtsServiceSpec(_Camel):
     @field_validator("poll_interval")
     @classmethod
     def _interval(cls, value: str) -> str:
-        if not _INTERVAL.match(value):
+        match = _INTERVAL.match(value)
+        if not match:
             raise ValueError("must look like 15s or 2m")
+        if float(match.group(1)) * (60 if match.group(2) == "m" else 1) > _MAX_INTERVAL_SECONDS:
+            raise ValueError("must be at most 60m")
         return value
 
     @property
@@ -116,5 +123,8 @@ def parse_resource(obj: dict[str, Any]) -> ModelArtsServiceResource:
             for err in exc.errors()
         )
         raise ConfigError(f"ModelArtsService {namespace}/{name} is invalid: {problems}") from None
+    if not _LABEL.match(str(name)):
+        raise ConfigError(f"ModelArtsService {namespace}/{name} is invalid: metadata.name: must be a DNS label "
+                          f"(lower-case letters, digits and '-'; no '.'): it names a Service")
     return ModelArtsServiceResource(namespace=namespace, name=name, uid=str(meta.get("uid", "")),
                                     generation=int(meta.get("generation") or 0), spec=spec)

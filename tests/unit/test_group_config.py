@@ -71,3 +71,15 @@ def test_a_bad_value_gives_the_error_the_yaml_gave(key: GroupKey, creds: SecretC
     assert str(now.value) == str(before.value)
     assert str(now.value).startswith("invalid configuration in ModelArtsServices using Secret apps/creds:")
     assert field in str(now.value)
+
+
+@pytest.mark.parametrize(("obj", "field"), [
+    (cr(pollInterval="120m"), "spec.pollInterval: must be at most 60m"),
+    ({**cr(), "metadata": {"name": "llm.v2", "namespace": "apps"}}, "metadata.name: must be a DNS label"),
+])
+def test_a_cr_that_passes_the_schema_but_fits_no_service_spec_is_refused_alone(obj: dict[str, Any],
+                                                                             field: str) -> None:
+    """Both pass the CRD's schema; building their ServiceSpec raised in reconcile, for every CR at once."""
+    with pytest.raises(ConfigError) as info:
+        parse_resource(obj).service_spec(15)
+    assert field in str(info.value) and str(info.value).startswith("ModelArtsService apps/")
