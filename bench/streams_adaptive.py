@@ -100,6 +100,8 @@ def run_cell(rig: Rig, cell: str, segment: float, rounds: int, log: Log) -> dict
             "slow_instance": rig.slow.instance_id if uneven else None,
             "first_token_ms": STREAM_MS, "slow_first_token_ms": STREAM_SLOW_MS if uneven else None,
             "policies": pooled, "weights_per_round": weights,
+            # The matrix's other check on identical instances (>= 0.8): a floored healthy host shows here.
+            "min_weight_ratio": round(min((min(w.values()) / max(w.values()) for w in weights if w), default=1.0), 3),
             "ratio_p99": round(verdict.ratio, 3), "interval_95": [round(verdict.low, 3), round(verdict.high, 3)],
             "target": TARGETS[cell], "status": verdict.status, "reason": verdict.reason,
             "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
