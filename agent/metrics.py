@@ -36,7 +36,7 @@ class BudgetSource(Protocol):
 
 
 class PollerSource(Protocol):
-    """A running agent (agent.runtime.AgentRuntime)."""
+    """A running agent (agent.app.run.AgentRuntime)."""
 
     def poller_states(self) -> list[tuple[str, bool]]: ...
 

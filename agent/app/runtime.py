@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from agent.adaptive.runner import AdaptiveRunner
-from agent.admin_server import AdminServer
+from agent.app.admin import AdminServer
 from agent.app.status import status_page
 from agent.config import DataPlaneConfig
 from agent.envoy.auth import watched_files

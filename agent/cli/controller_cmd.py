@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import threading
 import uuid
 from pathlib import Path
-from types import FrameType
 
-from agent.admin_server import AdminServer
+from agent.app.admin import AdminServer
+from agent.app.signals import stop_on_signals
 from agent.cli.options import port_number
 from agent.config import DiscoveryConfig
 from agent.errors import ConfigError
@@ -86,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
         admin = AdminServer(args.admin_address, args.admin_port, controller.status, controller.ready)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.admin_address}:{args.admin_port}: {exc.strerror}") from None
+    # Of the composition root the controller takes the admin server and the signal handling; its pipeline
+    # is per leadership term (agent/controller/pipeline.py says why it is no Runtime).
     stopping = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(stopping)
     admin.start()
     controller.start()
     while not stopping.wait(1.0):

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from agent.errors import AgentError
-from agent.inject import InjectError, InjectOptions, inject_text
+from agent.inject.injector import InjectError, InjectOptions, inject_text
 
 _EPILOG = """\
 example:

@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     # Heavy: imported when `run` runs, not for every command.
+    from agent.app.run import AgentRuntime
     from agent.app.signals import serve
-    from agent.runtime import AgentRuntime
     from agent.sinks.factory import sinks_for
 
     config = with_admin_port(load_config(args.config), args.admin_port)

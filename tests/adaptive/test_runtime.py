@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agent.app.run import AgentRuntime
 from agent.config import AgentConfig, parse_config
 from agent.model import Snapshot
-from agent.runtime import AgentRuntime
 
 
 class RecordingSink:

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from modelarts_emulator import Emulator, EmulatorConfig
 from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
+from agent.app.run import AgentRuntime
 from agent.config import parse_config
 from agent.model import Endpoint
-from agent.runtime import AgentRuntime
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.sinks.factory import sinks_for
 from tests.envoy.conftest import StartEnvoy

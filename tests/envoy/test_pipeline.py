@@ -9,8 +9,8 @@ import pytest
 from modelarts_emulator import Emulator, EmulatorConfig
 from modelarts_emulator.config import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_USER
 
+from agent.app.run import AgentRuntime
 from agent.config import parse_config
-from agent.runtime import AgentRuntime
 from agent.sinks.factory import sinks_for
 from tests.envoy.conftest import StartEnvoy
 from tests.envoy.harness import free_port, send_requests, wait_until

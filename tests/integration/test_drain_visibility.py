@@ -18,9 +18,9 @@ import requests
 from modelarts_emulator import Emulator, EmulatorConfig
 from rich.console import Console
 
+from agent.app.run import AgentRuntime
 from agent.cli.status_cmd import render
 from agent.config import parse_config
-from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 
 REASON = "ModelArts reports the service running with no instances"

@@ -24,12 +24,12 @@ import yaml
 from modelarts_emulator import Emulator
 from modelarts_emulator.config import DEFAULT_PASSWORD
 
+from agent.app.run import AgentRuntime
 from agent.cli.main import main
 from agent.config import AgentConfig, parse_config
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.modelarts.host_state import SharedBudgetFile
-from agent.runtime import AgentRuntime
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
 from tests.integration.conftest import agent_config, emulator_config

@@ -17,11 +17,11 @@ import requests
 from modelarts_emulator import Emulator
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.app.run import AgentRuntime
 from agent.config import parse_config
 from agent.modelarts.budget import BudgetRegistry
 from agent.modelarts.client import build_client
 from agent.modelarts.responses import RETRY_AFTER_MAX_SECONDS
-from agent.runtime import AgentRuntime
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
 from tests.integration.conftest import agent_config

@@ -14,8 +14,8 @@ import yaml
 from modelarts_emulator import Emulator
 from modelarts_emulator.config import DEFAULT_AK, DEFAULT_PASSWORD, DEFAULT_SK
 
+from agent.app.run import AgentRuntime
 from agent.config import parse_config
-from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 
 

@@ -13,8 +13,8 @@ import requests
 from modelarts_emulator import Emulator
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.app.run import AgentRuntime
 from agent.config import parse_config
-from agent.runtime import AgentRuntime
 from tests.integration.conftest import agent_config
 
 pytestmark = pytest.mark.usefixtures("creds_env")

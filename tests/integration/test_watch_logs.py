@@ -15,8 +15,8 @@ import pytest
 import yaml
 from modelarts_emulator import Emulator
 
+from agent.app.run import AgentRuntime
 from agent.config import load_config
-from agent.runtime import AgentRuntime
 from agent.sinks.factory import sinks_for
 from tests.atomic_writer import AtomicWriter
 from tests.integration.conftest import agent_config

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agent.kube.metrics
 import agent.sinks.xds.metrics
+from agent.app.run import AgentRuntime
 from agent.model import Endpoint
-from agent.runtime import AgentRuntime
 from agent.sinks.envoy.files import EnvoyFileSink
 from tests.envoy.conftest import StartEnvoy
 from tests.envoy.harness import HttpInstance, free_port, make_config, make_snapshot, send_requests, wait_until

@@ -15,7 +15,7 @@ from agent.cli import main
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import DataPlaneConfig, parse_config
 from agent.errors import ConfigError
-from agent.inject import InjectOptions, sidecar_config
+from agent.inject.injector import InjectOptions, sidecar_config
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.snapshot import SnapshotStore

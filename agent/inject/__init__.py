@@ -1,0 +1,2 @@
+"""The pod-spec injector behind `modelarts-agent inject`: workload manifests in, the same manifests with the
+agent and Envoy sidecars out (injector.py). Pure text and dict work: no cluster, no network."""
