@@ -1,9 +1,12 @@
 """The Kubernetes API as the agent uses it: plain REST calls, server-side apply, watch streams, Events.
 
-Built on the official client's `ApiClient` (auth, TLS, kubeconfig and in-cluster loading), but
-with explicit paths instead of `DynamicClient`: the objects are few and known, and
-DynamicClient's discovery would add start-up requests and a shared cache file in /tmp. Every
-call has a timeout, and every failure becomes one `KubeApiError` with a one-line message.
+Explicit paths instead of `DynamicClient`: the objects are few and known, and DynamicClient's
+discovery would add start-up requests and a shared cache file in /tmp. Every call has a timeout,
+and every failure becomes one `KubeApiError` with a one-line message.
+
+Requests go through a transport: agent/kube/rest.py (urllib3 alone) for in-cluster and plain
+kubeconfig credentials, which is what every sidecar pod has, so none of them loads the generated
+client; agent/kube/generated.py (the official client's `ApiClient`) for everything else.
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.watch.watch import iter_resp_lines
 
 from agent.errors import AgentError, ConfigError
 from agent.kube import FIELD_MANAGER, GROUP, VERSION
 from agent.kube.metrics import K8S_CONFLICTS, K8S_WRITES
+from agent.kube.rest import (
+    Credentials,
+    RestTransport,
+    in_cluster_credentials,
+    kubeconfig_context,
+    kubeconfig_credentials,
+)
 from agent.logs import redact
 
 log = logging.getLogger(__name__)
@@ -91,24 +96,33 @@ def _error_from_body(status: int, data: bytes | None) -> KubeApiError:
     return KubeApiError(status, reason, redact(message)[:600])
 
 
-def load_api_client(kubeconfig: Path | None = None, context: str | None = None) -> k8s.ApiClient:
-    """An ApiClient from --kubeconfig, else in-cluster (a pod's service account), else $KUBECONFIG/~/.kube/config."""
-    configuration = k8s.Configuration()
-    try:
-        if kubeconfig is not None:
-            if not kubeconfig.is_file():
-                raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
-            k8s_config.load_kube_config(config_file=str(kubeconfig), context=context,
-                                        client_configuration=configuration, persist_config=False)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        else:
-            k8s_config.load_kube_config(context=context, client_configuration=configuration, persist_config=False)
-    except (ConfigException, OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load Kubernetes credentials: {str(exc).splitlines()[0][:300]}") from None
-    # Retries are ours (with backoff and a stop signal); urllib3's silent ones would stretch lease timing.
-    configuration.retries = False
-    return k8s.ApiClient(configuration)
+@runtime_checkable
+class Transport(Protocol):
+    """Sends one request; the response body is left unread (a watch streams it)."""
+
+    def send_request(self, method: str, path: str, query: list[tuple[str, Any]], headers: dict[str, str],
+                     body: Any, timeout: float | tuple[float, float]) -> urllib3.BaseHTTPResponse: ...
+
+    def close(self) -> None: ...
+
+
+def _default_kubeconfig() -> Path | None:
+    """$KUBECONFIG or ~/.kube/config when it is one file; None for a list (only the generated client merges)."""
+    value = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    return None if os.pathsep in value else Path(value).expanduser()
+
+
+def plain_credentials(kubeconfig: Path | None = None, context: str | None = None) -> Credentials | None:
+    """--kubeconfig, else in-cluster, else $KUBECONFIG/~/.kube/config, as the generated client looks; None if
+    only the generated client can use them."""
+    if kubeconfig is not None:
+        if not kubeconfig.is_file():
+            raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
+        return kubeconfig_credentials(kubeconfig, context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return in_cluster_credentials()
+    default = _default_kubeconfig()
+    return kubeconfig_credentials(default, context) if default is not None and default.is_file() else None
 
 
 def default_namespace(kubeconfig: Path | None = None) -> str:
@@ -117,28 +131,54 @@ def default_namespace(kubeconfig: Path | None = None) -> str:
         return os.environ["POD_NAMESPACE"]
     if kubeconfig is None and SA_NAMESPACE_FILE.is_file():
         return SA_NAMESPACE_FILE.read_text().strip() or "default"
+    path = kubeconfig if kubeconfig is not None else _default_kubeconfig()
+    if path is None:
+        from agent.kube.generated import kubeconfig_namespace
+
+        return kubeconfig_namespace(kubeconfig) or "default"
     try:
-        _contexts, active = k8s_config.list_kube_config_contexts(str(kubeconfig) if kubeconfig else None)
-        namespace = (active or {}).get("context", {}).get("namespace")
-        return str(namespace) if namespace else "default"
-    except (ConfigException, OSError, ValueError):
+        namespace = kubeconfig_context(path).get("namespace")
+    except ConfigError:
         return "default"
+    return str(namespace) if namespace else "default"
+
+
+def _iter_lines(resp: urllib3.BaseHTTPResponse) -> Iterator[str]:
+    """A watch stream's lines, each as soon as its chunk arrives."""
+    pending = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
 
 
 class KubeClient:
-    def __init__(self, api: k8s.ApiClient, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, api: Transport | Any, timeout: float = DEFAULT_TIMEOUT,
                  field_manager: str = FIELD_MANAGER) -> None:
-        self.api = api
+        """`api`: a Transport, or a generated `kubernetes.client.ApiClient` (wrapped)."""
+        if not isinstance(api, Transport):
+            from agent.kube.generated import ApiClientTransport
+
+            api = ApiClientTransport(api)
+        self.transport: Transport = api
         self.timeout = timeout
         self.field_manager = field_manager
         self._rng = random.Random()
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None, context: str | None = None) -> KubeClient:
-        return cls(load_api_client(kubeconfig, context))
+        credentials = plain_credentials(kubeconfig, context)
+        if credentials is not None:
+            return cls(RestTransport(credentials))
+        from agent.kube.generated import ApiClientTransport, load_api_client
+
+        return cls(ApiClientTransport(load_api_client(kubeconfig, context)))
 
     def close(self) -> None:
-        self.api.close()
+        self.transport.close()
 
     # -- plain calls -------------------------------------------------------------------------------
 
@@ -148,12 +188,10 @@ class KubeClient:
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
-        request = self.api.param_serialize(method, path, query_params=params, header_params=headers, body=body,
-                                           auth_settings=["BearerToken"])
         try:
-            return self.api.call_api(*request, _request_timeout=timeout or self.timeout)
-        except ApiException as exc:  # the REST layer turns TLS failures into status 0
-            raise KubeApiError(0, "TLSError", f"TLS to the Kubernetes API failed: {str(exc.reason)[:200]}") from None
+            return self.transport.send_request(method, path, params, headers, body, timeout or self.timeout)
+        except urllib3.exceptions.SSLError as exc:
+            raise KubeApiError(0, "TLSError", f"TLS to the Kubernetes API failed: {str(exc)[:200]}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(0, "ConnectionFailed",
                                f"cannot reach the Kubernetes API: {type(exc).__name__}") from None
@@ -219,9 +257,9 @@ class KubeClient:
         resp = self._send("GET", path, query, None, None, (5.0, timeout_seconds + 15.0))
         if not 200 <= resp.status <= 299:
             raise _error_from_body(resp.status, resp.read())
-        raw = resp.response
+        raw = resp
         try:
-            for line in iter_resp_lines(raw):
+            for line in _iter_lines(raw):
                 if line.strip():
                     event = json.loads(line)
                     if isinstance(event, dict):

@@ -1,6 +1,7 @@
 """The `kubernetes` client floor in pyproject.toml is the one the code needs, and the APIs it uses work.
 
-agent/kube/client.py uses the newer generated client: `ApiClient.param_serialize` and the
+The generated client is KubeClient's transport for credentials agent/kube/rest.py does not implement;
+agent/kube/generated.py uses the newer generated client: `ApiClient.param_serialize` and the
 `call_api(method, url, headers, body, post_params)` signature, auth scheme "BearerToken". Those
 first ship in 37.0.0 (checked by running this file against 36.0.1, 36.0.2 and 37.0.0 installed
 side by side: 36.x has neither, and the last test fails there with AttributeError). 36.0.0 and
@@ -29,6 +30,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from agent.kube.client import KubeClient
+from agent.kube.generated import ApiClientTransport, load_api_client
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -88,7 +90,7 @@ def test_a_kubeconfig_bearer_token_reaches_the_apiserver(recorder: str, tmp_path
         "users": [{"name": "sa", "user": {"token": "floor-check-token"}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "sa"}}],
     }))
-    kube = KubeClient.connect(kubeconfig)
+    kube = KubeClient(ApiClientTransport(load_api_client(kubeconfig)))  # the generated client, whatever connect picks
     try:
         got = kube.get("/api/v1/namespaces/ns/services/llm")
     finally:
