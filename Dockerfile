@@ -28,9 +28,15 @@ COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY emulator ./emulator
 # The wheels are built offline by the hashed build backend (no build isolation fetching it again).
+# Then the venv's bytecode, compiled once here: at run time the root filesystem is read-only and
+# PYTHONDONTWRITEBYTECODE is set, so without it every process (a sidecar in every app pod) compiled every
+# module it imports at each start (docs/benchmarks.md, cost per pod). unchecked-hash: reproducible (no
+# source mtimes in it), and the installed sources never change.
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . ./emulator \
  && /opt/modelarts-agent/bin/pip install --no-compile --no-deps /wheels/modelarts_agent-*.whl \
- && /opt/modelarts-agent/bin/envoy --version
+ && /opt/modelarts-agent/bin/envoy --version \
+ && /opt/modelarts-agent/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+      -x '/(test|tests|idle_test)/' /opt/modelarts-agent/lib
 
 # --- runtime: the product image ---------------------------------------------------------------------
 FROM ${PYTHON_BASE} AS runtime
@@ -38,12 +44,19 @@ LABEL org.opencontainers.image.title="modelarts-agent" \
       org.opencontainers.image.description="Service discovery and an Envoy data plane for ModelArts real-time services over a peered VPC" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Nothing is written outside mounted volumes: the root filesystem can be read-only.
+# MALLOC_ARENA_MAX: glibc gives each thread that allocates its own malloc arena (up to 8 per core); the
+# sidecar runs a thread per followed Service, and two arenas hold its heap with less memory per pod.
 ENV PATH=/opt/modelarts-agent/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     HOME=/tmp
 COPY --from=build /opt/modelarts-agent /opt/modelarts-agent
-RUN groupadd --system --gid 10001 modelarts \
+# The standard library's bytecode too (the official python images ship it without; where a base has it,
+# it is rewritten in place), for the reason the venv's is compiled above.
+RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/(test|tests|idle_test)/' \
+      "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" \
+ && groupadd --system --gid 10001 modelarts \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin modelarts
 USER 10001:10001
 # /var/run/modelarts: Envoy files and state (an emptyDir); /tmp: a small emptyDir for scratch.

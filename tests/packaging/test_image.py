@@ -45,6 +45,20 @@ def test_runs_as_a_numeric_non_root_user_with_the_agent_entrypoint() -> None:
     assert ["runtime", "AS", "emulator"] in froms and froms[-1] == ["runtime"]
 
 
+def test_the_image_ships_bytecode_and_bounds_malloc_arenas() -> None:
+    """Every pod's sidecar starts from this image on a read-only root with PYTHONDONTWRITEBYTECODE: bytecode
+    compiled at build time is all it gets (else each start compiles every module: CPU and memory per pod),
+    and MALLOC_ARENA_MAX keeps its per-thread malloc arenas to two."""
+    text = (ROOT / "Dockerfile").read_text()
+    runs = [" ".join(part.strip() for part in block.splitlines()) for block in re.split(r"\n(?=[A-Z]+ )", text)
+            if block.startswith("RUN ")]
+    compiles = [r for r in runs if "compileall" in r]
+    assert any("/opt/modelarts-agent/lib" in r for r in compiles), "the venv's bytecode is not compiled"
+    assert any("sysconfig.get_path(\"stdlib\")" in r for r in compiles), "the standard library's is not"
+    assert all("--invalidation-mode unchecked-hash" in r for r in compiles), "bytecode must not depend on mtimes"
+    assert re.search(r"^\s+MALLOC_ARENA_MAX=2 \\$", text, re.MULTILINE), "MALLOC_ARENA_MAX is not set"
+
+
 def test_the_base_is_pinned_by_digest_in_a_build_argument() -> None:
     args = [line.split("=", 1)[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
             if line.startswith("ARG PYTHON_BASE=")]
