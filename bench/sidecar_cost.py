@@ -17,6 +17,7 @@ For 1 and 10 followed Services, each case in its own namespace with the document
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from bench.env import REPO, envoy_binary
 SA_USER = "system:serviceaccount:{ns}:modelarts-sidecar"
 ADDRESS_BASE = "10.30"  # private, never connected to (Envoy's clusters are only read from its admin API)
 SLICE_ENDPOINTS = 3
+# What the image's environment sets for every agent process (Dockerfile): the sidecar runs as it would there.
+IMAGE_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def _free_port() -> int:
@@ -81,7 +84,7 @@ def _config(workdir: Path, services: list[str]) -> tuple[Path, int, dict[str, in
 
 class EnvoyProc:
     def __init__(self, bootstrap: Path, admin_port: int, log: Path) -> None:
-        # The flags the injector gives the sidecar Envoy (agent/inject.py): no --concurrency.
+        # The flags the injector gives the sidecar Envoy (agent/inject/injector.py): no --concurrency.
         self.proc = subprocess.Popen([envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart",
                                       "--log-level", "warning", "--log-path", str(log)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -118,9 +121,39 @@ def _first_file_with(output_dir: Path, needle: bytes) -> bool:
     return False
 
 
+def start_phases(log_text: str, started_epoch: float, services: int) -> dict[str, float | None]:
+    """Where a start's time went, from the sidecar's own JSON log (seconds after its exec): imports and
+    set-up until the admin endpoint listens, each followed Service's first list, the first publication
+    that holds every Service (each first list moves the snapshot version by one, so that publication's
+    version is at least the number of Services). The log's timestamps have millisecond resolution."""
+    import datetime as dt
+
+    admin = first = last = published = None
+    listed: set[str] = set()
+    for line in log_text.splitlines():
+        try:
+            entry = json.loads(line)
+            at = dt.datetime.fromisoformat(str(entry["ts"]).replace("Z", "+00:00")).timestamp() - started_epoch
+        except (ValueError, KeyError, TypeError):
+            continue
+        message = entry.get("msg")
+        if message == "admin endpoint listening" and admin is None:
+            admin = at
+        elif message == "endpoints changed" and entry.get("service") not in listed:
+            listed.add(str(entry.get("service")))
+            first = at if first is None else first
+            if len(listed) == services:
+                last = at
+        elif message == "published snapshot" and published is None and int(entry.get("version") or 0) >= services:
+            published = at
+    return {"admin_listening_s": admin, "first_service_listed_s": first, "all_services_listed_s": last,
+            "all_published_s": published}
+
+
 def _sidecar_argv(config: Path, namespace: str, kubeconfig: Path, admin_port: int,
                   python_flags: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, *python_flags, "-m", "agent", "--log-format", "text", "sidecar", "--config", str(config),
+    # JSON logs: their timestamps give the start's phases (start_phases).
+    return [sys.executable, *python_flags, "-m", "agent", "--log-format", "json", "sidecar", "--config", str(config),
             "--namespace", namespace, "--kubeconfig", str(kubeconfig), "--admin-port", str(admin_port)]
 
 
@@ -152,9 +185,10 @@ def run_case(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, servic
         admin_port = _free_port()
         with (workdir / "sidecar.log").open("wb") as out:
             sidecar = subprocess.Popen(_sidecar_argv(config, namespace, kubeconfig, admin_port), cwd=REPO,
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                       env={**os.environ, **IMAGE_ENV})
         pid = sidecar.pid
-        first_file = envoy_first = envoy_all = None
+        first_file = envoy_first = envoy_all = start_cpu = None
         deadline = started + 60
         while time.monotonic() < deadline and envoy_all is None:
             if sidecar.poll() is not None:
@@ -171,6 +205,8 @@ def run_case(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, servic
                 envoy_first = now
             if all(hosts.get(n) == wanted[n] for n in names):
                 envoy_all = now
+                # CPU the sidecar used until then: what the start costs, whatever else the machine runs.
+                start_cpu = kb.cpu_seconds(pid)
                 if first_file is None:  # it landed between this round's two looks
                     first_file = now
             time.sleep(0.01)
@@ -234,7 +270,9 @@ def run_case(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, servic
         return {
             "services": services, "endpoints_per_service": SLICE_ENDPOINTS,
             "first_file_s": first_file, "envoy_first_cluster_s": envoy_first, "envoy_all_clusters_s": envoy_all,
-            "rss_at_first_config_mib": start_rss,
+            "start_phases": start_phases((workdir / "sidecar.log").read_text(errors="replace"), started_epoch,
+                                         services),
+            "rss_at_first_config_mib": start_rss, "cpu_until_envoy_all_s": start_cpu,
             "idle": {**idle, "memory": memory, "watches_open": watches_open,
                      "apiserver": idle_requests.to_json(),
                      "apiserver_endpointslice_requests_all_users": slice_requests_idle},

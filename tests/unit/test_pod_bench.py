@@ -101,3 +101,26 @@ def test_the_doc_section_is_replaced_in_place(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.count(pod_report.BEGIN) == 1 and text.count(pod_report.END) == 1
     assert text.index(pod_report.END) < text.index(pod_report.ANCHOR) and text.endswith("soak text\n")
+
+
+def test_start_phases_come_from_the_sidecars_json_log() -> None:
+    from bench.sidecar_cost import start_phases
+
+    def line(at: float, msg: str, **extra: object) -> str:
+        stamp = f"2030-01-01T00:00:{at:06.3f}Z"
+        return json.dumps({"ts": stamp, "level": "info", "msg": msg, **extra})
+
+    started = kb._epoch("2030-01-01T00:00:10.000000Z")
+    log = "\n".join([
+        "import time: 12 | 12 | site",  # -X importtime lines and anything else that is not JSON are skipped
+        line(10.600, "admin endpoint listening"),
+        line(10.650, "endpoints changed", service="a"),
+        line(10.700, "published snapshot", version=1),  # holds only a: not every Service yet
+        line(10.750, "endpoints changed", service="a"),  # a second change of a is not a first list
+        line(10.800, "endpoints changed", service="b"),
+        line(10.900, "published snapshot", version=3),
+    ])
+    phases = start_phases(log, started, services=2)
+    assert {k: round(v or 0, 3) for k, v in phases.items()} == {
+        "admin_listening_s": 0.6, "first_service_listed_s": 0.65, "all_services_listed_s": 0.8,
+        "all_published_s": 0.9}
