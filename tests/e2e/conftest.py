@@ -243,6 +243,11 @@ class ClusterEmulator:
     def kill(self, instance_id: str) -> None:
         self.admin(f"admin.kill({instance_id!r})\nprint('null')")
 
+    def served(self, instance_id: str) -> int:
+        """Requests the instance has answered (health checks excluded)."""
+        count: int = self.admin(f"print(admin.instance({instance_id!r}).served)")
+        return count
+
     def modelarts_calls(self, service_id: str | None = None) -> int:
         """Endpoint look-ups the emulator has answered (all of them, or for one service)."""
         count: int = self.admin(textwrap.dedent(f"""\

@@ -13,9 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import IMAGE, IMAGE_ARCHIVES, REPO, build_images
+from tests.e2e.conftest import IMAGE, IMAGE_ARCHIVES, REPO, build_images, wait_until
 from tests.e2e.nodecluster import NETNS_PATH, clear_leftovers, leftovers
 from tests.kubeenv import default_bin_dir
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is still in process group `pgid` (from /proc/<pid>/stat)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if state != "Z" and int(pgrp) == pgid:
+            return True
+    return False
 
 
 def test_a_sigkilled_cluster_is_cleared_before_the_next_start(tmp_path: Path) -> None:
@@ -43,7 +55,8 @@ def test_a_sigkilled_cluster_is_cleared_before_the_next_start(tmp_path: Path) ->
                    timeout=150)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait(30)
-    time.sleep(1)
+    # Its apiserver, kubelet, ... (same process group) die with it; what they leave behind is the point.
+    wait_until(lambda: not group_alive(child.pid), 15, "the killed cluster's processes to be gone", interval=0.1)
     left = leftovers()
     assert any(item.startswith("netns") for item in left) and any(item.startswith("mount") for item in left), left
     cleared = clear_leftovers()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 import yaml
@@ -72,8 +71,10 @@ def test_injected_sidecar_balances_fails_over_and_never_calls_modelarts(
     result: dict[str, Any] = {}
     loader = threading.Thread(target=lambda: result.update(
         load(kube, pod, url, seconds=12, workers=4, container_name="app")))
+    served = emulator.served(victim)
     loader.start()
-    time.sleep(4)
+    # Killed while it is serving this load (not before the load reached it), with most of the run to go.
+    wait_until(lambda: emulator.served(victim) >= served + 50, 8, "the load to reach the victim")
     emulator.kill(victim)
     loader.join(timeout=120)
     print(f"\n[e2e] kill under load through the injected sidecar: {result.get('ok')} requests, "
