@@ -53,7 +53,7 @@ def rendered_files(config: DataPlaneConfig) -> list[Path]:
 
 
 class Runtime(Generic[C]):
-    mode = "agent"  # each preset names itself: "run", "sidecar", "gateway"
+    mode = "agent"  # each preset names itself ("run", "sidecar"): /status `mode`
 
     def __init__(self, config: C, config_path: Path | None = None, *, loader: Callable[[Path], C],
                  sink_factory: SinkFactory | None = None) -> None:
