@@ -49,7 +49,8 @@ def _load_text(data: dict[str, Any]) -> str:
 
 def _header(label: str, data: dict[str, Any]) -> str:
     commit = str(data.get("git_commit") or "?")[:12]
-    return f"{label}: {data.get('ran_at')}, commit `{commit}` (plus the uncommitted work of that moment), " \
+    source = data.get("source_note") or "plus the uncommitted work of that moment"
+    return f"{label}: {data.get('ran_at')}, commit `{commit}` ({source}), " \
            f"{data.get('seconds')} s, {_load_text(data)}"
 
 
@@ -255,6 +256,8 @@ def reading(results: Path) -> list[str]:
         memory = side.get("import_memory") or {}
         one, ten = side["cases"][0], side["cases"][-1]
         after_imports = memory.get("total_rss_kib", 0) / 1024
+        kube_mib = _package_mib(memory, "kubernetes", "oauthlib", "requests_oauthlib", "requests", "dateutil")
+        kube_text = f"{kube_mib:.0f} MiB" if kube_mib >= 0.5 else "none (not imported)"
         out.append(
             f"- **Sidecar RSS is the interpreter and its imports.** Importing the sidecar's modules alone takes "
             f"{after_imports:.0f} MiB; the running sidecar holds {one['idle']['rss_mib']:.0f} MiB with 1 Service and "
@@ -264,8 +267,7 @@ def reading(results: Path) -> list[str]:
             f"protobuf with the Envoy protos {_package_mib(memory, 'google', 'envoy', 'xds', 'udpa', 'validate'):.0f}"
             f" MiB, OpenSSL (TLS, hashlib) {_package_mib(memory, 'ssl', '_ssl', '_hashlib'):.0f} MiB, the agent's own "
             f"modules {_package_mib(memory, 'agent'):.0f} MiB (its pydantic config models being built: "
-            f"agent.config alone is about 4 MiB), the generated Kubernetes client "
-            f"{_package_mib(memory, 'kubernetes', 'oauthlib', 'requests_oauthlib', 'requests', 'dateutil'):.0f} MiB.")
+            f"agent.config alone is about 4 MiB), the generated Kubernetes client {kube_text}.")
         out.extend(CUTS)
         if before and before.get("cases"):
             b1, b10 = before["cases"][0], before["cases"][-1]
