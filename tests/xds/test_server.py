@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from agent.metrics import REGISTRY
 from agent.model import Endpoint
+from agent.sinks.xds.server import GC_THRESHOLDS, raise_gc_thresholds
 from agent.sinks.xds.sink import XdsSink
 from agent.sinks.xds.sotw import SotwSession
 from agent.sinks.xds.types import CDS
@@ -76,3 +78,23 @@ def test_a_server_bug_ends_the_stream_with_internal(sink: XdsSink, monkeypatch: 
         assert failure.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
     finally:
         channel.close()
+
+
+
+def test_the_server_raises_the_young_gc_threshold_and_never_lowers_one(tmp_path: Path) -> None:
+    """The default (700) costs a push to 1,000 streams ~25 young and one or two full collections."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        sink = XdsSink(xds_config(tmp_path, [{"name": "a"}]))
+        sink.start()
+        sink.close(grace=0)
+        assert gc.get_threshold() == GC_THRESHOLDS
+        gc.set_threshold(100_000, 5, 50)
+        raise_gc_thresholds()
+        assert gc.get_threshold() == (100_000, GC_THRESHOLDS[1], 50)
+        gc.set_threshold(0, 10, 10)  # automatic collection off: left so
+        raise_gc_thresholds()
+        assert gc.get_threshold() == (0, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

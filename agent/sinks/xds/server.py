@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,20 @@ SERVER_OPTIONS = [
     # PING, its ACK and a few thread hand-offs per stream per push (strace: ~30 % of the syscalls).
     ("grpc.http2.bdp_probe", 0),
 ]
+# The cyclic GC's young generation (700 allocations by default) is collected ~25 times per push to 1,000
+# streams: each collection finds the writes then in flight and promotes them, so the old generations fill
+# with objects that die a moment later and the whole heap is scanned every push or two (0.2 s of GC per push
+# in the bench). With 50,000, a push sees a few young collections and almost no full one (-15-20 % CPU per
+# push); what it costs is a few MB more before cyclic garbage is freed. Process-wide: the thresholds are only
+# ever raised, never lowered below what the process set (a threshold of 0, automatic collection off, stays).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def raise_gc_thresholds() -> None:
+    current = gc.get_threshold()
+    if current[0] == 0:
+        return
+    gc.set_threshold(*(max(now, wanted) for now, wanted in zip(current, GC_THRESHOLDS, strict=True)))
 
 
 class _Stream:
@@ -126,6 +141,7 @@ class XdsServer:
 
     def start(self, timeout: float = 10.0) -> int:
         """Bind and serve; returns the bound port. Raises if the port cannot be bound."""
+        raise_gc_thresholds()
         self._thread = threading.Thread(target=self._run, name="xds-server", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
