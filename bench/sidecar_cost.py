@@ -102,13 +102,7 @@ class EnvoyProc:
                 for c in data.get("cluster_statuses", [])}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        kb.stop_process(self.proc, 10)
 
 
 def _first_file_with(output_dir: Path, needle: bytes) -> bool:
@@ -286,13 +280,7 @@ def run_case(env: Any, api: kb.ApiServer, audit_log: Path, workdir: Path, servic
             "envoy": {"rss_mib": kb.rss_mib(envoy.proc.pid), "memory": envoy_memory},
         }
     finally:
-        if sidecar is not None and sidecar.poll() is None:
-            sidecar.terminate()
-            try:
-                sidecar.wait(15)
-            except subprocess.TimeoutExpired:
-                sidecar.kill()
-                sidecar.wait(5)
+        kb.stop_process(sidecar, 15)
         envoy.stop()
 
 
