@@ -34,24 +34,7 @@ async def _stream(target: str, index: int, opened: asyncio.Event) -> None:
         # clients should cost as little CPU as possible next to the server they measure.
         call = channel.stream_stream(METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString)()
         node = base_pb2.Node(id=f"bench-{index}", cluster="bench")
-        await call.write(discovery_pb2.DiscoveryRequest(type_url=CDS, node=node))
-        opened.set()
-        names: list[str] = []
-        while True:
-            body = await call.read()
-            if body is grpc.aio.EOF:
-                return
-            version_info, type_url, nonce = _header(body)
-            if type_url == CDS:
-                first = not names
-                names = sorted(_cluster_names(body))
-                await call.write(discovery_pb2.DiscoveryRequest(
-                    type_url=CDS, version_info=version_info, response_nonce=nonce))
-                if first:
-                    await call.write(discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=names))
-            else:
-                await call.write(discovery_pb2.DiscoveryRequest(
-                    type_url=type_url, version_info=version_info, resource_names=names, response_nonce=nonce))
+        await _sotw_marked(call, index, node, None, opened)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -150,8 +133,12 @@ class Marks:
                 self.all_done.set()
 
 
-async def _sotw_marked(call: Any, index: int, node: base_pb2.Node, marks: Marks) -> None:
+async def _sotw_marked(call: Any, index: int, node: base_pb2.Node, marks: Marks | None,
+                       opened: asyncio.Event | None = None) -> None:
+    """CDS wildcard, EDS for the clusters it names, every response ACKed; EDS responses hit `marks` if any."""
     await call.write(discovery_pb2.DiscoveryRequest(type_url=CDS, node=node))
+    if opened is not None:
+        opened.set()
     names: list[str] = []
     while True:
         body = await call.read()
@@ -168,7 +155,7 @@ async def _sotw_marked(call: Any, index: int, node: base_pb2.Node, marks: Marks)
         else:
             await call.write(discovery_pb2.DiscoveryRequest(
                 type_url=type_url, version_info=version_info, resource_names=names, response_nonce=nonce))
-            if type_url == EDS:
+            if type_url == EDS and marks is not None:
                 marks.hit(index, len(body))
 
 
