@@ -479,18 +479,19 @@ class Scenario:
 
 
 def interleaved(rig: Rig, policies: Sequence[str], rate: float, segment: float, rounds: int,
-                log: Callable[[str], None]) -> dict[str, Run]:
+                log: Callable[[str], None], measure: Callable[[str, int], Run] | None = None) -> dict[str, Run]:
     """`rounds` rounds of one `segment`-second run per policy, the order rotating every round, pooled.
 
     Short interleaved segments spread the bursts of a shared machine's noise over every policy instead
-    of letting one burst spoil one policy's single long run.
+    of letting one burst spoil one policy's single long run. `measure(policy, round)` is one run (default:
+    `rig.run` at `rate` for `segment` seconds).
     """
     pooled = {p: Run(p, rate) for p in policies}
     for n in range(rounds):
         order = list(policies[n % len(policies):]) + list(policies[:n % len(policies)])
         line = []
         for policy in order:
-            run = rig.run(policy, rate, segment)
+            run = rig.run(policy, rate, segment) if measure is None else measure(policy, n)
             pooled[policy].extend(run)
             pooled[policy].rounds_p99.append(round(run.p(99), 2))
             line.append(f"{policy} {fmt_ms(run.p(99))}")

@@ -380,16 +380,10 @@ def cell_streams(rig: Rig, uneven: bool, segment: float, rounds: int, log: Log) 
         rig.set_latency(info.instance_id, STREAM_MS, "lognormal")
     if uneven:
         rig.set_latency(rig.slow.instance_id, STREAM_SLOW_MS, "lognormal")
-    pooled = {p: Run(p, rate) for p in ("default", "adaptive")}
     stream_run(rig, "adaptive", rate, 8, seed=99)  # warm-up for the loop, not measured
-    with Sampler(rig) as sampler:
-        for n in range(rounds):
-            for policy in (("default", "adaptive") if n % 2 == 0 else ("adaptive", "default")):
-                run = stream_run(rig, policy, rate, segment, seed=n)
-                pooled[policy].extend(run)
-                pooled[policy].rounds_p99.append(round(run.p(99), 2))
-            log(f"  round {n + 1}/{rounds} TTFT p99: default {fmt_ms(pooled['default'].rounds_p99[-1])}, adaptive "
-                f"{fmt_ms(pooled['adaptive'].rounds_p99[-1])} (weights {rig.weights()})")
+    with Sampler(rig) as sampler:  # rounds alternate the two policies; the p99 in the log is of TTFT
+        pooled = interleaved(rig, ["default", "adaptive"], rate, segment, rounds, log,
+                             lambda policy, n: stream_run(rig, policy, rate, segment, seed=n))
     a, d = pooled["adaptive"], pooled["default"]
     if uneven:
         sc.checks.append(Check("adaptive TTFT p99 / least_request TTFT p99 (better)", a.p(99) / d.p(99), 1.0,
