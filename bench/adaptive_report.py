@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.doc_sections import replace_marked
+
 BEGIN = "<!-- adaptive:begin (written by bench/adaptive_report.py from bench/results/adaptive.json) -->"
 END = "<!-- adaptive:end -->"
 
@@ -84,13 +86,8 @@ def render(result: dict[str, Any], ads: dict[str, Any] | None = None) -> str:
 
 def update_doc(doc: Path, result: dict[str, Any], ads: dict[str, Any] | None = None) -> None:
     """Replace the marked section (or, the first time, the hand-written one) with the rendered results."""
-    text = doc.read_text()
-    section = f"{BEGIN}\n{render(result, ads)}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
+    def first_time(text: str, section: str) -> str:
         start = text.index("## Adaptive load balancing")
-        end = text.index("<!-- GENERATED", start)
-        text = text[:start] + section + "\n\n\n" + text[end:]
-    doc.write_text(text)
+        return text[:start] + section + "\n\n\n" + text[text.index("<!-- GENERATED", start):]
+
+    doc.write_text(replace_marked(doc.read_text(), BEGIN, END, render(result, ads), first_time))

@@ -20,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.doc_sections import replace_marked
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "xds-compare.json"
 BEFORE = REPO / "bench" / "results" / "xds-compare-before.json"
@@ -211,15 +213,11 @@ def render(document: dict[str, Any], before_after: tuple[dict[str, Any], dict[st
 
 def update_doc(doc: Path, section_text: str) -> None:
     """Replace the marked section, or put it in front of the generated part the first time."""
-    text = doc.read_text()
-    section = f"{BEGIN}\n{section_text}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
+    def first_time(text: str, section: str) -> str:
         marker = text.index("<!-- GENERATED")
-        text = text[:marker] + section + "\n\n" + text[marker:]
-    doc.write_text(text)
+        return text[:marker] + section + "\n\n" + text[marker:]
+
+    doc.write_text(replace_marked(doc.read_text(), BEGIN, END, section_text, first_time))
 
 
 def main(argv: list[str] | None = None) -> int:
