@@ -33,6 +33,8 @@ from agent.adaptive.sampling import HostSample
 # A horizon's latency comes from the per-request times when they cover at least this share of its answers
 # (2xx with a body are timed, other successes are not: a HEAD, a trailers-only gRPC answer).
 TIMED_SHARE = 0.5
+# The drift view takes the slow horizon's service time as a floor under the fast one's up to this factor.
+STALE_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,15 @@ class EndpointEstimator:
                 and fast_latency > p.peak_factor * slow_latency:
             # Peak: the host got clearly slower; what the long horizon remembers no longer applies.
             self._slow.adopt(self._fast, None if prior is None else self._fast.succeeded * p.cap_factor * prior)
+        elif self._fast.is_timed and self._slow.is_timed and self._fast.timed >= p.fast_min_requests \
+                and fast_latency is not None and slow_latency is not None \
+                and fast_latency * p.peak_factor < slow_latency:
+            # Trough, with exact per-request times only: the host is clearly faster than the long horizon
+            # says. A mean over 10 s is ruled by its worst seconds: after a queue blow-up (seconds per
+            # request) the few percent of it left after 25 s of normal traffic still read ~10x the true
+            # latency, for every host, and masked a host slowing down 4x meanwhile (its peak test and the
+            # drift test compare it with those inflated figures). Sampled counts keep the slow way.
+            self._slow.adopt(self._fast, None)
         self._last_time, self._last_active = now, sample.active
 
     def _fast_count(self) -> float:
@@ -286,7 +297,9 @@ class EndpointEstimator:
             return None
         service = service_time(fast_latency, fast.throughput())
         if slow_latency is not None:
-            service = max(service, service_time(slow_latency, slow.throughput()))
+            # The long horizon as a floor under a noisy short one, but not far above it: then it is stale
+            # (after a queue blow-up it read 2x the truth for 20 s, and made every other host look fine).
+            service = max(service, min(service_time(slow_latency, slow.throughput()), STALE_FACTOR * service))
         return service, fast.throughput()
 
     def pause(self, now: float) -> None:
