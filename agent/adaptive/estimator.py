@@ -281,6 +281,11 @@ class EndpointEstimator:
         self._slow.adopt(self._fast, None)
 
     @property
+    def streaming(self) -> bool:
+        """Its requests hold it well after their first byte (see `hold_factor`; judged at each estimate)."""
+        return self._streaming
+
+    @property
     def timing(self) -> bool:
         """The last read had per-request times for this host (Envoy's timing logger)."""
         return self._timing

@@ -286,7 +286,11 @@ class FeedbackLoop:
                 reference = service.references.get(address)
                 last = service.last_read.get(address)
                 service.last_read[address] = now
-                if reference is not None and sample.timing and last is not None:
+                # Not streaming hosts: a stream's time to first byte includes waiting for a slot other
+                # streams hold, which is load and differs by chance between identical hosts (a healthy
+                # instance was floored for six rounds of identical streams); their speed is the
+                # estimator's slot-free minimum, and the tolerance rule applies to them.
+                if reference is not None and sample.timing and last is not None and not estimator.streaming:
                     detector = service.drift.setdefault(address, DriftDetector(self._drift_params))
                     expected = reference.expected(service.throughput.get(address, 0.0))
                     if detector.observe(now - last, sample.timed, sample.timed_seconds, expected, reference.cv2) \
