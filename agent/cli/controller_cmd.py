@@ -9,7 +9,6 @@ import threading
 import uuid
 from pathlib import Path
 
-from agent.app.admin import AdminServer
 from agent.app.signals import stop_on_signals
 from agent.cli.options import port_number
 from agent.config import DiscoveryConfig
@@ -58,6 +57,8 @@ def default_identity() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the admin server brings http.server and prometheus_client, which `--help` never needs.
+    from agent.app.admin import AdminServer
     from agent.controller.controller import Controller, ControllerSettings
     from agent.controller.endpoints import EndpointAllowList
     from agent.controller.pipeline import PipelineSettings

@@ -125,3 +125,17 @@ def test_the_cli_and_the_sidecar_start_without_the_emulator_aiohttp_or_cryptogra
     heavy = sorted(m for m in loaded if m.split(".")[0] in NOT_AT_STARTUP)
     assert "agent.cli.sidecar_cmd" in loaded
     assert not heavy, f"the CLI start loads {heavy}"
+
+
+def test_building_the_cli_parser_loads_no_admin_server() -> None:
+    """`modelarts-agent --help` and every subcommand's start build the parser: the admin endpoint
+    (http.server, prometheus_client) is imported by the command that serves it, not by the parser."""
+    program = ("import json, sys\n"
+               "import agent.cli.main\n"
+               "agent.cli.main.build_parser()\n"
+               "print(json.dumps(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=True)
+    loaded = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert not loaded & {"agent.app.admin", "http.server", "prometheus_client"}, \
+        sorted(loaded & {"agent.app.admin", "http.server", "prometheus_client"})
