@@ -656,17 +656,18 @@ def without_modelarts_side(data: dict[str, Any]) -> tuple[dict[str, Any], list[s
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:
-    return parse_config(apply_env_overrides(_read_mapping(path), environ), str(path), environ)
+    return parse_config(apply_env_overrides(read_config_mapping(path), environ), str(path), environ)
 
 
 def load_data_plane_config(path: Path, environ: dict[str, str] | None = None) -> DataPlaneConfig:
     """The data-plane part of a config file, `run`'s or a sidecar's; a ModelArts side, if any, is not read.
     For what renders only Envoy's side: `render bootstrap`, which an injected pod runs on its sidecar config."""
-    data, _unread = without_modelarts_side(apply_env_overrides(_read_mapping(path), environ))
+    data, _unread = without_modelarts_side(apply_env_overrides(read_config_mapping(path), environ))
     return parse_as(DataPlaneConfig, data, str(path), environ)
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping, or a ConfigError saying what is wrong with the file (exit 2)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

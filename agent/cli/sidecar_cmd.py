@@ -20,12 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from agent.cli.options import port_number, with_admin_port
-from agent.config import DataPlaneConfig, apply_env_overrides, parse_as, without_modelarts_side
+from agent.config import DataPlaneConfig, apply_env_overrides, parse_as, read_config_mapping, without_modelarts_side
 from agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,15 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def load_sidecar_config(path: Path, services: list[str]) -> DataPlaneConfig:
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"invalid YAML in {path}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration in {path}: the top level must be a mapping")
-    data, unused = without_modelarts_side(apply_env_overrides(data))
+    data, unused = without_modelarts_side(apply_env_overrides(read_config_mapping(path)))
     if unused:
         log.warning("the sidecar never calls ModelArts: ignoring %s in %s", ", ".join(unused), path)
     config = parse_as(DataPlaneConfig, data, str(path))

@@ -112,3 +112,14 @@ def test_inject_writes_no_modelarts_side_and_drops_an_earlier_injections_placeho
     data = yaml.safe_load(sidecar_config(InjectOptions(services=(("llm", 10080), ("embed", 10081))), earlier))
     assert not {"modelarts", "auth", "budget"} & set(data)
     assert data["services"] == [{"name": "llm", "listen_port": 10080}, {"name": "embed", "listen_port": 10081}]
+
+
+def test_a_broken_sidecar_config_is_reported_as_runs_is(tmp_path: Path) -> None:
+    """The sidecar reads its file with the config module's reader: bad YAML names the line, as `run`'s does."""
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("services:\n  - name: llm\n    listen_port: [8080\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"invalid YAML in .*sidecar\.yaml at line \d+, column \d+"):
+        load_sidecar_config(path, [])
+    path.write_text("- just\n- a list\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_sidecar_config(path, [])
