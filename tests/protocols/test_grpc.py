@@ -55,7 +55,7 @@ def _health_flags(envoy, cluster: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("data_path", ["file", "ads"], indirect=True)
+@pytest.mark.parametrize("data_path", ["file", "ads", "gateway"], indirect=True)
 def test_active_health_check_is_grpc_health(emulator, data_path: DataPath) -> None:
     emu = emulator(LLM)
     eps = endpoints_of(emu, LLM.service_id)

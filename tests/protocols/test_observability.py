@@ -1,5 +1,5 @@
 """gRPC statuses, time to first token and stream durations, as Envoy reports them: in the JSON access log
-(file sidecar) and as Prometheus metrics from the stats access logger (sidecar and gateway)."""
+(file and ADS sidecar) and as Prometheus metrics from the stats access logger (sidecar and gateway)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def _drive(emu, data_path: DataPath) -> None:
     assert sse_stream(chat.host, chat.port, "/stream", headers={"Host": chat.authority}).status == "OK"
 
 
+@pytest.mark.parametrize("data_path", ["file", "ads"], indirect=True)  # the gateway has no file access log
 def test_access_log_has_grpc_status_first_token_and_stream_duration(emulator, data_path: DataPath,
                                                                     tmp_path: Path) -> None:
     emu = emulator(LLM, CHAT)
@@ -81,7 +82,7 @@ def test_access_log_has_grpc_status_first_token_and_stream_duration(emulator, da
     assert sse[0]["grpc_status"] is None and sse[0]["service"] == "chat"
 
 
-@pytest.mark.parametrize("data_path", ["file", "gateway"], indirect=True)
+@pytest.mark.parametrize("data_path", ["file", "ads", "gateway"], indirect=True)
 def test_metrics_have_grpc_statuses_and_stream_histograms(emulator, data_path: DataPath) -> None:
     emu = emulator(LLM, CHAT)
     data_path.start([{"name": "llm", **NO_RETRY}, {"name": "chat", **NO_RETRY}],

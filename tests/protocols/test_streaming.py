@@ -116,8 +116,7 @@ def test_generated_defaults_suit_long_streams(emulator, data_path: DataPath) -> 
     assert "max_stream_duration" not in dump and "request_timeout" not in dump
 
 
-
-
+@pytest.mark.parametrize("data_path", PATHS, indirect=True)
 def test_an_sse_stream_whose_instance_dies_is_cut_and_new_streams_go_elsewhere(emulator,
                                                                                   data_path: DataPath) -> None:
     emu = start(emulator, data_path, lb={"policy": "round_robin"})
