@@ -1,4 +1,4 @@
-"""`SidecarRuntime`, the `sidecar` preset: one EndpointSlice watch per followed Service. No ModelArts calls.
+"""`SidecarRuntime`, the `sidecar` preset: one EndpointSlice watch for all followed Services. No ModelArts calls.
 
 The chart's gateway pods run this same preset: their config turns on xDS (`envoy.files: false`) and
 their Envoy asks for the gateway role in its node metadata, so nothing here differs but the config;
@@ -6,7 +6,7 @@ their Envoy asks for the gateway role in its node metadata, so nothing here diff
 
 What the sinks render is the config with each CR's load balancing, which the watches read from the
 slices (`on_policy`); a reload re-applies it (`reloaded`). Following another set of Services needs a
-restart, since each has its own watch.
+restart, since the watch's selector names the followed Services.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from agent.app.runtime import Runtime, SinkFactory
 from agent.config import DataPlaneConfig, ServicePolicy
 from agent.kube.client import KubeClient
 from agent.sources import Source
-from agent.sources.kubernetes import KubernetesSource
+from agent.sources.kubernetes import KubernetesSource, SliceWatch
 from agent.validation import parse_networks
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 def reloaded(new: DataPlaneConfig, sources: Mapping[str, KubernetesSource]) -> DataPlaneConfig:
     """A reloaded config as the sinks render it: each followed service's new spec, its CR's load balancing
-    re-applied. The followed set stays (each service has its own watch): a service added or removed is
-    reported and waits for a restart."""
+    re-applied. The followed set stays (the one watch selects them): a service added or removed is reported
+    and waits for a restart."""
     specs = {spec.name: spec for spec in new.services}
     added, removed = sorted(set(specs) - set(sources)), sorted(set(sources) - set(specs))
     if added or removed:
@@ -54,8 +54,11 @@ class SidecarRuntime(Runtime[DataPlaneConfig]):
     def _make_sources(self) -> Sequence[Source]:
         discovery = self.config.discovery
         allowed = parse_networks(discovery.allowed_cidrs)
+        # One list and one watch for every followed Service (agent/sources/kubernetes.py: SliceWatch).
+        shared = SliceWatch(self.kube, self.namespace, [spec.name for spec in self.config.services], self.stop_event)
         self.watches = {spec.name: KubernetesSource(self.kube, self.namespace, spec, self.store, allowed,
-                                                    discovery.max_endpoints, self.stop_event, self._on_policy)
+                                                    discovery.max_endpoints, self.stop_event, self._on_policy,
+                                                    watch=shared)
                         for spec in self.config.services}
         return list(self.watches.values())
 

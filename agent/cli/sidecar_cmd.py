@@ -12,7 +12,8 @@ the chart's gateway pods do); `envoy.files: false` then skips the Envoy files.
 
 The config file is watched like `run`'s: a valid new version re-renders the followed services'
 policies (the CR's announced load balancing re-applied); following another set of services needs a
-restart, since each has its own watch. The wiring is the shared builder's (agent/app/sidecar.py).
+restart, since the one watch selects the followed Services. The wiring is the shared builder's
+(agent/app/sidecar.py).
 """
 
 from __future__ import annotations

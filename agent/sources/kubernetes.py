@@ -8,6 +8,13 @@ access to EndpointSlices could have edited.
 
 The CR's load balancing, announced on the slices, is policy, not discovery data: it goes to
 `on_policy` (the sidecar hands it to its sinks' config), never into the snapshot.
+
+A sidecar follows all its Services over one `SliceWatch`: one list and one watch of the namespace's
+slices with a set-based selector (`kubernetes.io/service-name in (a,b,...)`), so the apiserver holds
+one watch per pod, not one per Service, and the pod one thread and one TLS connection (each watch
+of its own cost ~0.2 MiB of RSS and re-opened its stream every minute). Each Service's source still
+is its own `Source` (its /status entry, its store updates); it gets its Service's slices only when they
+changed.
 """
 
 from __future__ import annotations
@@ -47,10 +54,64 @@ def slice_schema(spec_protocol: str, slices: Sequence[Mapping[str, Any]]) -> Sch
     return "http"
 
 
+def service_selector(services: Sequence[str]) -> str:
+    """The label selector of the slices of these Services (one: an equality, several: a set)."""
+    names = sorted(set(services))
+    if len(names) == 1:
+        return f"{SERVICE_NAME_LABEL}={names[0]}"
+    return f"{SERVICE_NAME_LABEL} in ({','.join(names)})"
+
+
+SliceHandler = Callable[[Mapping[str, dict[str, Any]]], None]
+
+
+class SliceWatch:
+    """One reflector over the EndpointSlices of several Services of a namespace; each Service's handler
+    gets that Service's slices (key -> object), at the first list and then whenever they changed."""
+
+    def __init__(self, kube: KubeClient, namespace: str, services: Sequence[str], stop: threading.Event,
+                 name: str = "endpointslices") -> None:
+        self._handlers: dict[str, SliceHandler] = {}
+        self._delivered: dict[str, dict[str, dict[str, Any]]] = {}  # what each handler last took
+        self._start_lock = threading.Lock()
+        self._started = False
+        self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), name, self._on_change, stop,
+                                   label_selector=service_selector(services))
+
+    def subscribe(self, service: str, handler: SliceHandler) -> None:
+        self._handlers[service] = handler
+
+    def start(self) -> None:
+        """Starts the one reflector thread; every source that shares it calls this."""
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                self.reflector.start()
+
+    def _on_change(self, objects: Mapping[str, dict[str, Any]]) -> None:
+        by_service: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self._handlers}
+        for key, obj in objects.items():
+            name = ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if name in by_service:
+                by_service[name][key] = obj
+        failed: Exception | None = None
+        for name, subset in by_service.items():
+            if self._delivered.get(name) == subset:
+                continue  # another Service's slice changed
+            try:
+                self._handlers[name](subset)
+            except Exception as exc:  # the others still get theirs; the reflector logs it, the next change retries
+                failed = failed or exc
+                continue
+            self._delivered[name] = subset
+        if failed is not None:
+            raise failed
+
+
 class KubernetesSource:
     def __init__(self, kube: KubeClient, namespace: str, spec: ServicePolicy, store: SnapshotStore,
                  allowed: tuple[IPNetwork, ...], max_endpoints: int, stop: threading.Event,
-                 on_policy: Callable[[ServicePolicy], None] | None = None) -> None:
+                 on_policy: Callable[[ServicePolicy], None] | None = None, watch: SliceWatch | None = None) -> None:
         self.spec = spec
         # The service's policy as rendered: the config's, with the CR's announced load balancing.
         self.policy = spec
@@ -61,11 +122,13 @@ class KubernetesSource:
         self._allowed = allowed
         self._max = max_endpoints
         self._seen_endpoints: set[str] = set()
-        self.reflector = Reflector(kube, collection_path("EndpointSlice", namespace), f"endpointslices-{spec.name}",
-                                   self._on_change, stop, label_selector=f"{SERVICE_NAME_LABEL}={spec.name}")
+        # Its own watch unless it shares one (the sidecar's SliceWatch of all its Services).
+        self._watch = watch or SliceWatch(kube, namespace, [spec.name], stop, f"endpointslices-{spec.name}")
+        self._watch.subscribe(spec.name, self._on_change)
+        self.reflector = self._watch.reflector
         # Its face as a `Source` (agent/sources/__init__.py), for the composition root's status and /readyz.
         self._stop = stop
-        self.name = self.reflector.name
+        self.name = f"endpointslices-{spec.name}"
         self.description = f"the EndpointSlice watch of Service {spec.name}"
 
     def reconfigure(self, spec: ServicePolicy) -> ServicePolicy:
@@ -76,7 +139,7 @@ class KubernetesSource:
             return self.policy
 
     def start(self) -> KubernetesSource:
-        self.reflector.start()
+        self._watch.start()
         return self
 
     def stop(self) -> None:

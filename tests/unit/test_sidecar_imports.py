@@ -10,6 +10,7 @@ loaded when one is used). bench/pod_bench.py measures the cost.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,51 @@ def test_the_sidecar_imports_nothing_that_only_other_commands_use() -> None:
     loaded = sorted(m for m in modules if m.split(".")[0] in ONLY_OTHER_COMMANDS or
                     any(m == p or m.startswith(p + ".") for p in ONLY_OTHER_COMMANDS))
     assert not loaded, f"the sidecar imports what only other commands need: {loaded[:12]}"
+
+
+# A sidecar built as `modelarts-agent sidecar` builds it (its config, its sinks), not started: what it loaded.
+BUILT = """
+import json, sys
+from pathlib import Path
+from agent.app.sidecar import SidecarRuntime
+from agent.cli.sidecar_cmd import follow, load_sidecar_config
+from agent.kube.client import KubeClient
+from agent.sinks.factory import sinks_for
+path, kubeconfig = Path(sys.argv[1]), Path(sys.argv[2])
+def load(p):
+    return follow(load_sidecar_config(p, []), [])
+kube = KubeClient.connect(kubeconfig)  # nothing listens there: the runtime is only built
+runtime = SidecarRuntime(load(path), path, kube=kube, namespace="apps", loader=load, sink_factory=sinks_for)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def modules_of_a_built_sidecar(tmp_path: Path, config: str) -> set[str]:
+    path, kubeconfig = tmp_path / "sidecar.yaml", tmp_path / "kubeconfig"
+    path.write_text(config)
+    kubeconfig.write_text("clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\n"
+                          "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
+    proc = subprocess.run([sys.executable, "-c", BUILT, str(path), str(kubeconfig)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_a_file_mode_sidecar_never_loads_grpc_and_an_xds_one_does(tmp_path: Path) -> None:
+    """grpcio (its C core, the asyncio bridge and the xDS server's modules, ~14 MiB of RSS) is for a sidecar
+    that serves ADS (`xds.enabled`, the gateway pods); the sidecar of an app pod writes Envoy files."""
+    services = "services:\n  - name: chat\n    listen_port: 10080\n"
+    files = modules_of_a_built_sidecar(tmp_path, f"admin: {{port: 0}}\nenvoy: {{output_dir: {tmp_path}/envoy}}\n"
+                                                 f"{services}")
+    assert "agent.sinks.envoy.files" in files
+    loaded = sorted(m for m in files if m.split(".")[0] == "grpc" or m.startswith("agent.sinks.xds"))
+    assert not loaded, f"a file-mode sidecar loads {loaded[:8]}"
+    xds = modules_of_a_built_sidecar(tmp_path, f"admin: {{port: 0}}\nenvoy: {{files: false}}\n"
+                                               f"xds: {{enabled: true, port: {free_port()}}}\n{services}")
+    assert "grpc" in xds and "agent.sinks.xds.server" in xds  # the check above can tell
