@@ -169,3 +169,122 @@ class DriftDetector:
         """The decayed per-request variance (units of expected^2), once `batches` carry enough weight."""
         filled = 1 - math.exp(-self.batches / self.params.variance_tau) if self.batches else 0.0
         return self.variance / filled if self.batches >= 10 and filled > 0 else None
+
+
+@dataclass(frozen=True)
+class RecoveryParams:
+    """The sequential test that calls a host on the probe floor back (`RecoveryTest`)."""
+
+    # log-likelihood ratio to decide (e^4 = 55 to 1: a wrong call costs about a second at a tenth of the
+    # heaviest weight, until the climb's own answers undo the run and put the host back on the floor)
+    threshold: float = 4.0
+    max_answer_llr: float = 2.5  # one read's answers move it at most this much: two reads at least decide
+    tolerance: float = 0.5  # "as bad as before" is at least (1 + tolerance) x the others (the top group's line)
+    memory: float = 10.0  # the host's level and spread while floored: over its last ~10 probe reads
+    prior_reads: float = 2.0  # ... starting from this many pseudo-reads at its estimate when it was floored
+    unknown_cv2: float = 1.0  # the per-request CV^2 of those pseudo-reads when the others' is not known
+    min_cv: float = 0.25  # the spread is at least log(1 + min_cv^2): the noise of a nearly constant service
+
+
+def group_reference(views: Mapping[str, tuple[float, float]], variances: Mapping[str, float], slow: set[str],
+                    params: DriftParams) -> Reference | None:
+    """The reference of a host that has no view of its own (on the probe floor, it gets too few requests for
+    a fast horizon): the median service time of every host that has one (not marked slow, while one is left)
+    and their variances pooled. None without any view."""
+    normal = [h for h in views if h not in slow] or list(views)
+    if not normal:
+        return None
+    known = [variances[h] for h in normal if h in variances]
+    cv2 = max(sum(known) / len(known), params.min_cv ** 2) if known else None
+    return Reference(_median(sorted(views[h][0] for h in normal)), cv2)
+
+
+class RecoveryTest:
+    """Is a host on the probe floor as good as the others again? (issue 17: back at its fair weight within
+    10 s of recovering.)
+
+    A floored host gets a probe every couple of seconds (the probe budget). Judged by the mean of its last ~3
+    answers (decayed per answer), it needed 5-6 answers after recovering to forget a 4x spell: 8-13 s at
+    150 rps. Here each read's answers feed a CUSUM (Page's test) of the log-likelihood ratio between "as good
+    as the others" (H0: mean `good`, the best measured latency in the service, as the recent view was judged
+    against) and "as it has been on the floor" (H1: the level of its own last ~`memory` probe reads, at least
+    (1 + tolerance) x good), both log-normal (times are positive and skewed) with the spread of those same
+    probe reads (at least `min_cv`'s). The floored host answers at idle, so its own probes, not the loaded
+    others, say how noisy its service is: a nearly constant service is called back after two good answers,
+    a lognormal one (sigma 0.5) after 2-4, an exponential one after more, and a host that stays slow drifts
+    the sum down (a lucky answer is undone by the next ones). One read moves the sum at most
+    `max_answer_llr`. The reads of a run (the sum above 0) join the level only when it ends without a call.
+    `evidence` is what the run holds (answers and their seconds since the sum last left 0): the change
+    point's estimate, which the host climbs on instead of an average that still remembers the spell. The
+    test goes on while the host climbs: the climb rises only once its answers add to the call (`confirmed`)
+    and ends on the floor when they take the sum back to 0 (`relapsed`).
+    """
+
+    __slots__ = ("_run", "_s0", "_s1", "_s2", "answers", "called_at", "params", "score", "seconds")
+
+    def __init__(self, bad: float, cv2: float | None = None, params: RecoveryParams | None = None) -> None:
+        p = self.params = params or RecoveryParams()
+        spread = math.log1p(max(p.unknown_cv2 if cv2 is None else cv2, p.min_cv ** 2))
+        mean = math.log(max(bad, 1e-9)) - spread / 2
+        # decayed sums of weight, log time and its square over the reads outside a run (pseudo-reads first)
+        self._s0, self._s1, self._s2 = p.prior_reads, p.prior_reads * mean, p.prior_reads * (mean * mean + spread)
+        self.score = 0.0
+        self.answers, self.seconds = 0, 0.0
+        self._run: list[float] = []  # log times of the current run's reads
+        self.called_at: float | None = None  # the sum when it first decided
+
+    def level(self) -> tuple[float, float]:
+        """(mean time, log spread per read) of the host's probes outside a run."""
+        mean = self._s1 / self._s0
+        spread = max(self._s2 / self._s0 - mean * mean, math.log1p(self.params.min_cv ** 2))
+        return math.exp(mean + spread / 2), spread
+
+    def observe(self, answers: int, seconds: float, good: float) -> bool:
+        """One read's `answers`, `seconds` of time to first byte in total; True once the host is called back."""
+        if answers <= 0 or good <= 0 or not math.isfinite(seconds) or seconds <= 0:
+            return False
+        p = self.params
+        y = math.log(seconds / answers)
+        level, spread = self.level()
+        bad = max(level, (1 + p.tolerance) * good)
+        spread_n = math.log1p(math.expm1(spread) / answers)  # a mean of n answers is less spread
+        gap = math.log(bad / good)
+        # log N(y; log good - s/2, s) - log N(y; log bad - s/2, s)
+        llr = gap * (math.log(good) + (gap - spread_n) / 2 - y) / spread_n
+        if self.score <= 0:
+            self.answers, self.seconds = 0, 0.0
+        self.score = max(0.0, self.score + min(llr, p.max_answer_llr))
+        self._run.append(y)
+        if self.score > 0:
+            self.answers += answers
+            self.seconds += seconds
+            del self._run[:-64]
+        else:
+            # The run ended without a change: its reads are the level the next answers are tested against
+            # (all of them: keeping only those that ended runs would make the level too slow and too narrow).
+            keep = math.exp(-1.0 / p.memory)
+            for value in self._run:
+                self._s0, self._s1, self._s2 = (self._s0 * keep + 1, self._s1 * keep + value,
+                                                self._s2 * keep + value * value)
+            self._run = []
+        if self.called_at is None and self.score >= p.threshold:
+            self.called_at = self.score
+        return self.score >= p.threshold
+
+    @property
+    def decided(self) -> bool:
+        return self.score >= self.params.threshold
+
+    @property
+    def confirmed(self) -> bool:
+        """Called back, and the answers since have added to the evidence (what a climb needs to go on)."""
+        return self.called_at is not None and self.score > self.called_at
+
+    @property
+    def relapsed(self) -> bool:
+        """The run that decided is over (the answers since took the sum back to 0)."""
+        return self.score <= 0
+
+    @property
+    def evidence(self) -> tuple[int, float]:
+        return self.answers, self.seconds

@@ -408,14 +408,18 @@ class EndpointEstimator:
                         fast=None if fast_latency is None else max(prior, fast_latency), answers=self._answers,
                         failed_share=min(max(failed, 0.0), 1.0))
 
-    def trust_recent(self, fast: bool = False) -> None:
+    def trust_recent(self, fast: bool = False, evidence: tuple[float, float] | None = None) -> None:
         """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only
         what the last few requests showed, with their small weight, so the requests the climb brings decide
-        at once whether it stays up (still slow: it falls again at the next update)."""
+        at once whether it stays up (still slow: it falls again at the next update). `evidence`: (answers,
+        seconds) that decided it instead of the recent view (drift.RecoveryTest: the answers since the change
+        point; the recent view still holds part of the spell)."""
         if fast:  # the host had traffic: its fast horizon is the recent evidence
             self._slow.adopt(self._fast, None)
             return
         recent, slow = self._recent, self._slow
+        if evidence is not None and evidence[0] > 0 and evidence[1] > 0:
+            recent.succeeded, recent.busy = evidence
         timed = slow.is_timed
         base = slow.timed if timed else slow.succeeded
         if recent.succeeded <= 0 or base <= 0:

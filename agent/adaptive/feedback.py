@@ -19,9 +19,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from agent.adaptive import metrics
-from agent.adaptive.drift import DriftDetector, DriftParams, Reference, common_mode, references
+from agent.adaptive.drift import (
+    DriftDetector,
+    DriftParams,
+    RecoveryTest,
+    Reference,
+    common_mode,
+    group_reference,
+    references,
+)
 from agent.adaptive.envoy_admin import AdminReader, AdminReadError, CounterReader
-from agent.adaptive.estimator import EndpointEstimator, EstimatorParams
+from agent.adaptive.estimator import EndpointEstimator, Estimate, EstimatorParams
 from agent.adaptive.health import SEVERITY, STALE_SECONDS, STATES, ServiceHealth, estimated_latency, raw_latency
 from agent.adaptive.sampling import DeltaTracker, Samples
 from agent.adaptive.table import WeightTable
@@ -78,6 +86,20 @@ class _Service:
         self.references: dict[str, Reference] = {}
         self.throughput: dict[str, float] = {}
         self.last_read: dict[str, float] = {}
+        # Hosts on the probe floor with per-request times: the test that calls each back (drift.RecoveryTest),
+        # against the reference of the hosts that have a view (`group`).
+        self.recovery: dict[str, RecoveryTest] = {}
+        self.group: Reference | None = None
+
+    def relapsed(self) -> set[str]:
+        """Hosts climbing on a recovery test's call whose later answers took the test's sum back to 0."""
+        return {h for h in self.weights.climbing if (t := self.recovery.get(h)) is not None and t.relapsed}
+
+    def recovered(self, prior: float) -> dict[str, float | None]:
+        """Floored hosts under a recovery test: the latency of the answers that called one back (at least
+        `prior`), None while it has not been called back."""
+        return {h: max(prior, t.seconds / t.answers) if t.decided and t.answers else None
+                for h, t in self.recovery.items() if h not in self.weights.climbing}
 
     def slow_hosts(self) -> set[str]:
         return {address for address, d in self.drift.items() if d.slow}
@@ -256,7 +278,8 @@ class FeedbackLoop:
             log.warning("cannot read Envoy admin for adaptive weights; Envoy keeps the last ones: %s", error)
 
     def _observe(self, now: float, samples: Samples) -> bool:
-        """Feed the estimators and drift tests; True when a host was newly found slower than the others."""
+        """Feed the estimators, drift and recovery tests; True when a host was newly found slower than the
+        others, or a floored one was called back (both are acted on at once)."""
         all_idle = True
         marked = False
         for name, service in self._services.items():
@@ -297,6 +320,16 @@ class FeedbackLoop:
                             and detector.slow:
                         estimator.adopt_fast()  # its long horizon keeps only the slower recent requests
                         marked = True
+                test = service.recovery.get(address)
+                # Against the best measured latency (the others at their load): the question is whether the
+                # host would serve as well as they do now, as its recent view was asked (within 1.5x of the best).
+                # While it climbs on that call, the test goes on: the climb ends as soon as the answers it
+                # brings undo the run (a false call costs about a second at a tenth of the heaviest weight).
+                climbing = address in service.weights.climbing
+                if test is not None and sample.timing and service.prior is not None and (climbing or not test.decided):
+                    called = test.observe(sample.timed, sample.timed_seconds, service.prior)
+                    if (climbing and test.relapsed) or (not climbing and called):
+                        marked = True  # called back, or relapsed: acted on at this read, not at the next update
         self.idle = all_idle
         return marked
 
@@ -318,9 +351,19 @@ class FeedbackLoop:
                          for address, e in service.estimators.items()}
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
             self._refresh_drift(service)
-            proposed = service.weights.propose(estimates, all_equal=warming, below=service.slow_hosts())
+            recovered, relapsed = service.recovered(prior), service.relapsed()
+            # A climb on a recovery test's call rises only once the answers it brings have added to the call.
+            hold = {h for h in service.weights.climbing if (t := service.recovery.get(h)) is not None
+                    and not t.confirmed}
+            proposed = service.weights.propose(estimates, all_equal=warming, below=service.slow_hosts(),
+                                               recovered=recovered, relapsed=relapsed, hold=hold)
+            for address in relapsed:
+                del service.recovery[address]  # back on the floor: a fresh test from its level now
             for address in service.weights.lifted:
-                service.estimators[address].trust_recent(fast=service.weights.evidence.get(address) == "fast")
+                test = service.recovery.get(address) if address in recovered else None
+                service.estimators[address].trust_recent(fast=service.weights.evidence.get(address) == "fast",
+                                                         evidence=None if test is None else test.evidence)
+            self._refresh_recovery(service, estimates)
             if proposed is not None:
                 self.table.set_weights(name, proposed)
                 metrics.WEIGHT_UPDATES.labels(name).inc()
@@ -337,6 +380,20 @@ class FeedbackLoop:
                     metrics.ENDPOINT_LATENCY.labels(name, address).set(estimates[address].latency)
         return changed
 
+    def _refresh_recovery(self, service: _Service, estimates: Mapping[str, Estimate]) -> None:
+        """A recovery test for each host on the probe floor with per-request times, tested against its level
+        now (its recent view); kept while the host climbs on its call; dropped for the others."""
+        params = service.weights.params
+        climbing = service.weights.climbing
+        floored = {h for h, w in service.weights.published.items() if w < params.probe_band * params.floor
+                   and h not in climbing and h in estimates and service.estimators[h].timing}
+        service.recovery = {h: t for h, t in service.recovery.items()
+                            if h in floored or (h in climbing and t.score > 0)}
+        for address in floored - set(service.recovery):
+            e = estimates[address]
+            service.recovery[address] = RecoveryTest(e.latency if e.recent is None else e.recent,
+                                                     None if service.group is None else service.group.cv2)
+
     def _refresh_drift(self, service: _Service) -> None:
         """The references and throughputs the next reads' drift tests use (from the fast horizons)."""
         common_mode(service.drift, len(service.estimators))
@@ -344,6 +401,7 @@ class FeedbackLoop:
         variances = {a: var for a, d in service.drift.items() if (var := d.variance_estimate()) is not None}
         service.references = references(views, variances, service.slow_hosts(), self._drift_params)
         service.throughput = {a: v[1] for a, v in views.items()}
+        service.group = group_reference(views, variances, service.slow_hosts(), self._drift_params)
         for address in [a for a in service.drift if a not in views]:
             # No fast view (too little traffic: floored, or idle): the test has nothing to go on; forget it.
             del service.drift[address]

@@ -42,9 +42,11 @@ class WeightParams:
     # weight share (up to ~2x in the simulator at 150 rps): the floor weights are set for half the budget.
     probe_share: float = 0.005
     # A host on the floor whose last few requests (Estimate.recent) show it recovered climbs at once to
-    # this part of the heaviest weight, then `climb_rise`x per update: back at a fair weight in ~2 s.
+    # this part of the heaviest weight, then `climb_rise`x per update: at its fair weight one update later,
+    # if the second of requests that tenth brings (~3 % of the service's) still counts it among the best (it
+    # falls at once if not). x4 took two updates (100 -> 400 -> 1000) for no more evidence.
     climb_start: float = 0.1
-    climb_rise: float = 4.0
+    climb_rise: float = 10.0
     # A host the split would give less than this share of the requests goes to the floor: it adds little
     # capacity, and a slow host's few percent of the requests are exactly what sets the p99.
     min_share: float = 0.02
@@ -92,16 +94,17 @@ def square_root_split(capacity: Mapping[str, float], demand: float, overload: fl
     return {h: max(alloc.get(h, 0.0), 0.0) / spread for h in hosts}
 
 
-def shares_to_weights(shares: Mapping[str, float], params: WeightParams) -> dict[str, int]:
+def shares_to_weights(shares: Mapping[str, float], params: WeightParams,
+                      floored: Collection[str] = ()) -> dict[str, int]:
     """Heaviest share -> `max_weight`; anything under `probe_band` x the floor -> the floor (probe traffic
-    only), so a host hovering just above the floor does not cause rewrites for nothing."""
+    only), so a host hovering just above the floor does not cause rewrites for nothing; `floored` too."""
     top = max(shares.values(), default=0.0)
     if top <= 0:
         return dict.fromkeys(shares, params.max_weight)
     weights = {h: min(params.max_weight, round(params.max_weight * s / top)) for h, s in shares.items()}
     band = min(params.probe_band * params.floor, params.max_weight)
     total = sum(shares.values()) or 1.0
-    floored = {h for h, w in weights.items() if w < band or shares[h] / total < params.min_share}
+    floored = {h for h, w in weights.items() if w < band or shares[h] / total < params.min_share or h in floored}
     probe = probe_weight(sum(w for h, w in weights.items() if h not in floored), len(floored), params)
     return {h: probe if h in floored else w for h, w in weights.items()}
 
@@ -116,9 +119,11 @@ def probe_weight(others: float, floored: int, params: WeightParams) -> int:
 
 
 def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
-                   top: Collection[str] = (), below: Collection[str] = ()) -> dict[str, int]:
+                   top: Collection[str] = (), below: Collection[str] = (),
+                   floored: Collection[str] = ()) -> dict[str, int]:
     """The weights these estimates call for, before smoothing (`top`: hosts at the heaviest weight now;
-    `below`: hosts found slower than the others, which are not snapped to the best)."""
+    `below`: hosts found slower than the others, which are not snapped to the best; `floored`: hosts that
+    get probe traffic only, whatever their estimates say)."""
     if not estimates:
         return {}
     # Failing more than the others: when every host fails alike (a bad request mix), none is singled out.
@@ -126,7 +131,7 @@ def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
     below = set(below) | {h for h, e in estimates.items() if e.failed_share - least >= params.error_tolerance}
     capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
     demand = sum(e.rate for e in estimates.values())
-    return shares_to_weights(square_root_split(capacity, demand, params.overload), params)
+    return shares_to_weights(square_root_split(capacity, demand, params.overload), params, floored)
 
 
 def smooth(current: Mapping[str, int], target: Mapping[str, int], params: WeightParams,
@@ -185,12 +190,19 @@ class ServiceWeights:
         self._answers_at_change: dict[str, int] = {}
 
     def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False,
-                below: Collection[str] = ()) -> dict[str, int] | None:
+                below: Collection[str] = (), recovered: Mapping[str, float | None] | None = None,
+                relapsed: Collection[str] = (), hold: Collection[str] = ()) -> dict[str, int] | None:
         """New weights worth publishing, or None to keep the current ones. Call once per update interval.
 
         `all_equal`: too little evidence yet to tell hosts apart (every host at the heaviest weight).
         `below`: hosts the drift detector found slower than the others (judged by their own capacity).
+        `recovered`: floored hosts whose probes a sequential test judges (drift.RecoveryTest), with the
+        latency of the answers that called one back, or None while it has not: judged by that, not by their
+        recent view (the mean of ~3 answers, which a slow host with exponential times often wins by chance). `relapsed`:
+        climbing hosts whose later answers undid that call: back to the floor at once. `hold`: climbing hosts
+        whose later answers weakened it: no higher for now.
         """
+        recovered = recovered or {}
         params = self.params
         top = {h for h, w in self.published.items() if w >= params.max_weight}
         # Hosts on the floor, or climbing back from it, are judged by their last few requests when those
@@ -206,6 +218,8 @@ class ServiceWeights:
         for h, kind in self.evidence.items():
             e = estimates[h]
             view = e.recent if kind == "recent" else e.fast
+            if kind == "recent" and h in recovered:
+                view = recovered[h]
             if kind == "recent" and view is not None and e.failed_share > 0:
                 # The recent view times the answers that had a body: charge the failures too, or a
                 # floored, failing host would look recovered and climb back at every update.
@@ -215,7 +229,7 @@ class ServiceWeights:
         # Climbing hosts are presumed back (their recent requests said so): they join the best at the
         # top group's tolerance, or fresh, thin evidence would stall them below it.
         target = dict.fromkeys(estimates, params.max_weight) if all_equal \
-            else target_weights(judged, params, top | self.climbing, below)
+            else target_weights(judged, params, top | (self.climbing - set(relapsed)), below, floored=relapsed)
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()
@@ -223,10 +237,13 @@ class ServiceWeights:
                         and (w >= self.published[h] * (1 + self.params.min_change) or w >= self.params.max_weight)}
         may_rise = {h for h, n in self._rising.items() if n >= params.rise_confirmations}
         # A climb goes on only while the host still counts as one of the best; otherwise the usual rules.
-        self.climbing = {h for h in self.climbing if target.get(h, 0) >= params.max_weight}
+        self.climbing = {h for h in self.climbing if target.get(h, 0) >= params.max_weight and h not in relapsed}
         climbing = self.climbing | {h for h in low if judged[h] is not estimates[h]
                                     and target.get(h, 0) > self.published.get(h, 0)}
         proposed = smooth(self.published, target, params, may_rise, climbing)
+        for h in hold:
+            if h in proposed and h in self.published:
+                proposed[h] = min(proposed[h], self.published[h])
         for h, w in proposed.items():
             if h in self.published and w > self.published[h] and h in estimates \
                     and estimates[h].answers <= self._answers_at_change.get(h, -1):

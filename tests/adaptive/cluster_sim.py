@@ -83,7 +83,7 @@ class ClusterSim:
     """Hosts behind one simulated Envoy; also the `CounterReader` the feedback loop reads."""
 
     def __init__(self, instances: Mapping[str, Instance], rate: float | Callable[[float], float],
-                 seed: int = 1, sample_interval: float = 0.05, timing: bool = True) -> None:
+                 seed: int = 1, sample_interval: float = 0.05, timing: bool = True, edf: bool = False) -> None:
         self.instances = dict(instances)
         self.rate = rate if callable(rate) else (lambda _t, r=rate: r)
         self.weights: dict[str, int] = {}
@@ -91,6 +91,12 @@ class ClusterSim:
         self.rng = random.Random(seed)
         self.sample_interval = sample_interval
         self.timing = timing  # the Envoy has the agent's timing logger (per-request times to first byte)
+        # Unequal weights: Envoy's own pick, an EDF schedule whose entries are re-added with weight / (in flight
+        # + 1) when picked (a floored host's probes come at regular intervals), instead of a random pick with
+        # those odds (the same shares on average, with Poisson gaps between one host's probes).
+        self.edf = edf
+        self._deadlines: dict[str, float] = {}
+        self._edf_clock = 0.0
         self.reset_at: set[str] = set()  # hosts whose counters go back to 0 at the next read (Envoy restart)
         self._events: list[tuple[float, int, str, str, float]] = []  # (time, seq, kind, host, arrival)
         self._seq = 0
@@ -120,6 +126,7 @@ class ClusterSim:
 
     def publish(self, weights: Mapping[str, Mapping[str, int]]) -> None:
         self.weights = dict(weights.get(SERVICE, {}))
+        self._deadlines = {}  # Envoy rebuilds its schedule on new weights
         self.weight_log.append((self.now, dict(self.weights)))
 
     # -- traffic ---------------------------------------------------------------------------------------
@@ -146,6 +153,13 @@ class ClusterSim:
             ia, ib = self.instances[a], self.instances[b]
             return a if ia.active < ib.active or (ia.active == ib.active and self.rng.random() < 0.5) else b
         scores = [w / (self.instances[h].active + 1) for h, w in zip(hosts, weights, strict=True)]
+        if self.edf:
+            for h, score in zip(hosts, scores, strict=True):
+                self._deadlines.setdefault(h, self._edf_clock + self.rng.random() / score)
+            host = min(hosts, key=lambda h: self._deadlines[h])
+            self._edf_clock = self._deadlines[host]
+            self._deadlines[host] = self._edf_clock + 1.0 / scores[hosts.index(host)]
+            return host
         return self.rng.choices(hosts, weights=scores)[0]
 
     def _start(self, host: str, arrival: float) -> None:

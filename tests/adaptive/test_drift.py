@@ -5,13 +5,14 @@ per-request times), and the CUSUM on its own."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.adaptive.drift import DriftDetector, DriftParams, Reference, common_mode, references
+from agent.adaptive.drift import DriftDetector, DriftParams, RecoveryTest, Reference, common_mode, references
 from tests.adaptive.cluster_sim import ClusterSim, Instance, MeanAt, constant
 
 VICTIM = "h0:1"
@@ -134,3 +135,37 @@ def test_the_reference_is_the_others_and_leaves_out_slow_hosts() -> None:
     ref = Reference(0.010, 0.3)
     assert ref.expected(0.0) == pytest.approx(0.010)
     assert ref.expected(50.0) > ref.expected(20.0) > 0.010
+
+
+def test_the_recovery_test_calls_a_floored_host_back_after_two_good_probes() -> None:
+    """drift.RecoveryTest on its own: a host floored at 40 ms (nearly constant) whose probes now take 10 ms, the
+    others' best at 11 ms: called back at the second answer (one read moves the sum at most 2.5 of 4), with
+    the change point's evidence only (not the spell's answers)."""
+    test = RecoveryTest(0.040)
+    for _ in range(5):
+        assert not test.observe(1, 0.041, 0.011)
+    assert not test.observe(1, 0.010, 0.011)
+    assert test.observe(1, 0.010, 0.011)
+    answers, seconds = test.evidence
+    assert answers == 2 and seconds == pytest.approx(0.020)
+    for _ in range(3):  # the climb's answers are slow again: the run is undone
+        test.observe(1, 0.040, 0.011)
+    assert test.relapsed and not test.decided
+
+
+@pytest.mark.parametrize(("sigma", "ratio", "most"), [(0.5, 4.0, 5), (0.5, 2.0, 25), (1.0, 4.0, 30)])
+def test_the_recovery_test_rarely_calls_back_a_host_that_stays_slow(sigma: float, ratio: float, most: int) -> None:
+    """Lognormal probes of a host that stays `ratio` x slower than the best, 2,000 of them (~80 minutes at the
+    probe budget's pace at 150 rps): at most ~1 call in 70 probes (measured 3, 16 and 21 calls; e^4 odds per
+    run, and the runs restart often). Each call costs about a second at a tenth of the heaviest weight before
+    the climb's answers undo it (tests/adaptive/test_loop_sim.py: the slow host's share over two minutes)."""
+    rng = random.Random(7)
+    good = 0.010
+    calls = 0
+    test = RecoveryTest(ratio * good)
+    for _ in range(2000):
+        x = ratio * good * math.exp(rng.gauss(-sigma * sigma / 2, sigma))
+        if test.observe(1, x, good):
+            calls += 1
+            test = RecoveryTest(ratio * good)
+    assert calls <= most, calls

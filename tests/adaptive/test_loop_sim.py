@@ -23,9 +23,10 @@ def settle_time(sim: ClusterSim, host: str, after: float, test: str) -> float | 
 
 def test_a_slow_spell_is_cut_at_once_and_the_host_is_back_at_its_fair_weight_within_10_s() -> None:
     """20 s at 4x its service time, 150 rps over 4 instances (the issue: on the floor 29 s, then ~7 s of
-    doublings). Recovery is driven by the floored host's last ~3 probe requests, which arrive at the
-    probe budget's pace (~0.4/s here), so it varies from run to run: the median within 10 s, none over 25 s
-    (six runs: 5.1, 4.0, 1.0, 21.9, 16.4, 13.5 s; the 10 s target is not met every time). The cut:
+    doublings). Recovery is driven by the floored host's probe answers, which arrive at the probe budget's
+    pace (~0.4/s here); with this simulator's random pick they come with Poisson gaps (one seed waits 13 s
+    for its second probe), so the bound here is loose: six runs 3.3, 1.6, 2.8, 3.4, 15.2, 4.1 s (before the
+    recovery test: 5.1, 4.0, 1.0, 21.9, 16.4, 13.5 s). With Envoy's EDF pick, every run: see below. The cut:
     2.5-3.6 s (P2C steers around the slowing host, so its latency and the fast-horizon peak rise gradually)."""
     downs, backs = [], []
     for seed in range(6):
@@ -65,3 +66,39 @@ def test_identical_instances_keep_equal_weights(dist: str, slots: int) -> None:
         loop = sim.loop()
         sim.run(loop, 60)
         assert all(w == 1000 for _, ws in sim.weight_log for w in ws.values()), sim.weight_log
+
+
+@pytest.mark.parametrize("dist", ["const", "lognormal"])
+def test_a_recovered_host_is_back_at_the_heaviest_weight_within_10_s_every_time(dist: str) -> None:
+    """Issue 17's recovery target in every run, not at the median: a 20 s spell at 4x, 150 rps over 4
+    instances. Before, the floored host's recent view (its last ~3 probe answers, decayed per answer) needed
+    ~5-6 answers after the recovery to forget the spell, at the probe budget's ~0.4 answers/s: 6-17 s. Now a
+    sequential test on its probe answers (as good as the others against as bad as it was) decides after 2-3,
+    and the climb goes 1/10 -> the top in two updates."""
+    backs = []
+    for seed in range(8):
+        sim = ClusterSim({f"h{i}:1": Instance(spell(0.010, 0.040, 20, 40) if i == 0 else constant(0.010), dist=dist)
+                          for i in range(4)}, rate=150, seed=seed, edf=True)
+        loop = sim.loop()
+        sim.run(loop, 60)
+        backs.append(settle_time(sim, SLOW, 40, "up"))
+        assert sim.share([SLOW], 25, 40) <= WeightParams().probe_share  # while slow: probe traffic only
+    assert all(b is not None and b <= 10 for b in backs), backs
+
+
+@pytest.mark.parametrize("dist", ["exp", "lognormal", "const"])
+def test_a_host_that_stays_slow_is_not_climbed_back_on_lucky_probes(dist: str) -> None:
+    """The other side of a faster recovery: a host that stays 4x slower for two minutes never gets back to
+    the heaviest weight, and stays within the probe budget (exponential service times: within twice it, since
+    its probes are often fast by chance and the starvation guard lifts it a little every ~20 s; measured
+    0.37-0.72 % against 0.44-0.93 % before the recovery test). An exponential host's lucky run that does get
+    called back climbs only to a tenth, and no further unless the answers that brings add to the call."""
+    budget = WeightParams().probe_share * (2 if dist == "exp" else 1)
+    for seed in range(4):
+        sim = ClusterSim({f"h{i}:1": Instance(constant(0.040 if i == 0 else 0.010), dist=dist) for i in range(4)},
+                         rate=150, seed=seed)
+        loop = sim.loop()
+        sim.run(loop, 130)
+        assert sim.share([SLOW], 10, 130) <= budget, (seed, sim.share([SLOW], 10, 130))
+        highest = max((ws.get(SLOW, 0) for t, ws in sim.weight_log if t > 10), default=sim.weight_at(SLOW, 10))
+        assert highest < 1000, (seed, sim.weight_log)
