@@ -65,14 +65,22 @@ def phases_text(phases: dict[str, Any]) -> str:
     return ", ".join(f"{label} {phases[key]:.2f} s" for key, label in names if phases.get(key) is not None)
 
 
+def _group_mib(data: dict[str, Any], name: str) -> float:
+    return float(((data.get("import_memory") or {}).get("groups") or {}).get(name, {}).get("rss_kib", 0)) / 1024
+
+
 def sidecar_checks(data: dict[str, Any]) -> list[list[str]]:
     rows = []
+    memory = data.get("import_memory") or {}
     for case in data.get("cases") or []:
         n = case["services"]
         rss = case["idle"]["rss_mib"]
         anon = case["idle"]["memory"].get("RssAnon", float("nan"))
-        why_rss = "" if rss <= RSS_TARGET_MIB else \
-            f"interpreter + imports: {anon:.0f} MiB of it is the process's own heap (see the breakdown)"
+        why_rss = "" if rss <= RSS_TARGET_MIB else (
+            f"the interpreter and its imports, before any Service: CPython "
+            f"{memory.get('interpreter_rss_kib', 0) / 1024:.0f} MiB, pydantic's and protobuf's modules "
+            f"{_group_mib(data, 'pydantic'):.0f} and {_group_mib(data, 'protobuf and the Envoy protos'):.0f} MiB "
+            f"on their own, OpenSSL; {anon:.0f} MiB of it is the process's own heap (see Reading)")
         rows.append([f"sidecar RSS, idle, {n} service(s)", f"{rss:.1f} MiB (anon {anon:.1f})",
                      f"≤ {RSS_TARGET_MIB:.0f} MiB", verdict(rss <= RSS_TARGET_MIB), why_rss])
         start = case["envoy_all_clusters_s"]
@@ -166,6 +174,14 @@ def _breakdown(data: dict[str, Any]) -> list[str]:
            f"the order it imported them; interpreter alone {memory['interpreter_rss_kib'] / 1024:.1f} MiB, all "
            f"modules {memory['total_rss_kib'] / 1024:.1f} MiB):", ""]
     out += _table(["package", "modules", "RSS added (MiB)", "Python heap added (MiB, tracemalloc)"], rows)
+    groups = memory.get("groups") or {}
+    if groups:
+        out += ["", "What leaving a package out would save (`bench.import_cost` groups: a fresh process imports "
+                    "every module while the group's imports fail, then the group; what it adds is what only it "
+                    "needs, without the code that uses it):", ""]
+        out += _table(["left out", "RSS (MiB)", "anon (MiB)"],
+                      [[name, f"{g['rss_kib'] / 1024:.1f}", f"{g['anon_kib'] / 1024:.1f}"]
+                       for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["rss_kib"])])
     if importtime:
         out += ["", f"Import time (`-X importtime`, self time summed per package, {importtime['total_ms']:.0f} ms in "
                     f"all over {importtime['packages']} packages): "
@@ -212,10 +228,15 @@ def render(results: Path) -> str:
     return "\n".join(out)
 
 
-# Each cut of this session measured on its own (hand-written from smoke runs, 2026-12-02 03:20-03:45 UTC,
-# through the gate at load 4-10: the RSS figures hold under load, the wall-clock times do not).
+# Each cut measured on its own (hand-written). The first session's from smoke runs, 2026-12-02 03:20-03:45 UTC,
+# through the gate at load 4-10; this session's on a local harness (a fake HTTPS apiserver on loopback, the
+# sidecar in file mode with compiled bytecode and MALLOC_ARENA_MAX=2, 2026-12-02 06:55-07:25 UTC).
 CUTS = [
-    "  Cuts, each measured on its own: **the generated Kubernetes client is no longer loaded** "
+    "  Cuts, each measured on its own: **one EndpointSlice watch for all followed Services** "
+    "(agent/sources/kubernetes.py SliceWatch: one list and one watch with `kubernetes.io/service-name in (...)`, "
+    "each Service still its own source): 52.0 → 50.9 MiB with 10 Services and 56.2 → 52.3 MiB with 30 on the "
+    "harness (each Service's own watch was a thread and a TLS connection, about 0.2 MiB), 17 → 8 threads; "
+    "**the generated Kubernetes client is no longer loaded** "
     "(agent/kube/rest.py: list and watch over urllib3 with the pod's token and CA, as strict as the generated "
     "client; exotic kubeconfigs still go to it): RSS 60.2 → 53.2 MiB with 10 Services, 57.6 → 50.5 MiB with 1, "
     "and 0.15-0.2 s less import time; **bytecode in the image** (the Dockerfile installed with --no-compile on a "
@@ -223,12 +244,24 @@ CUTS = [
     "the hosts 0.86-0.97 → 0.57-0.71 s with the agent's modules compiled, and 2.8 MiB RSS more when nothing is "
     "compiled (as in the image before); **MALLOC_ARENA_MAX=2** in the image: 0.7-1.0 MiB less with 10 Services "
     "(17 threads), within the noise with 1.",
-    "  Evaluated and left: `gc.freeze()` (it keeps the collector off start-up objects; it saves memory only "
-    "across a fork, and the sidecar does not fork), pydantic `defer_build` (0.1 MiB: the sidecar validates "
-    "every model it imports), lazy Envoy protos (the file sink renders clusters, listeners and routes, so it "
-    "loads the same messages). 40 MiB stays out of reach with CPython + pydantic + protobuf + OpenSSL "
-    "(about 12 + 12 + 5 + 5 MiB): it would take a sidecar that renders its config without pydantic and its "
-    "Envoy files without protobuf, a rewrite rather than a trim.",
+    "  Evaluated and left (RSS with 10 Services on the harness, 52.0 MiB before): `malloc_trim(0)` after the "
+    "start, `threading.stack_size(256 KiB)`, MALLOC_ARENA_MAX=1, MALLOC_TRIM_THRESHOLD_=0: no change (the heap "
+    "is live objects, not free memory, and untouched stack pages are not resident); PYTHONMALLOC=malloc: +1.2 "
+    "MiB; `-OO` (no docstrings): 0.3 MiB less, and `--help` would lose its texts; PYDANTIC_DISABLE_PLUGINS: no "
+    "change; pydantic `defer_build` on every config model: 0.3 MiB less (the models' validators are small; the "
+    "cost is pydantic's own modules); building the CLI parser without the other commands' modules: nothing "
+    "with compiled bytecode (the 1.2 MiB `agent.inject` seemed to cost was compiling its source); "
+    "`gc.freeze()`: saves only across a fork. Lazy Envoy protos: the optional ones (JWT, API key, upstream "
+    "TLS, the ring-hash/maglev/random policies, CEL and stats access-log filters) are 0.6 MiB together; the "
+    "core the file sink renders (clusters, endpoints, listeners, HTTP connection manager, routes, "
+    "json_format) is the rest.",
+    "  **What 40 MiB would take**: dropping the grouped packages above (the table's figures do not add up "
+    "exactly, since what two of them share is counted in neither). Protobuf is the largest cut that keeps "
+    "CPython and pydantic: the file sink would render its JSON without protobuf messages (agent/envoy builds "
+    "protobuf messages for both the files and xDS; a file-mode renderer of its own is a change there), and "
+    "a metrics registry without prometheus_client would add about 1 MiB more. That still leaves about "
+    "42 MiB; below 40 the config would have to be validated without pydantic (its modules alone, before any "
+    "model, are the second line of the table).",
 ]
 
 
@@ -266,8 +299,9 @@ def reading(results: Path) -> list[str]:
             f"{_package_mib(memory, 'pydantic', 'pydantic_core', 'annotated_types', 'typing_extensions'):.0f} MiB, "
             f"protobuf with the Envoy protos {_package_mib(memory, 'google', 'envoy', 'xds', 'udpa', 'validate'):.0f}"
             f" MiB, OpenSSL (TLS, hashlib) {_package_mib(memory, 'ssl', '_ssl', '_hashlib'):.0f} MiB, the agent's own "
-            f"modules {_package_mib(memory, 'agent'):.0f} MiB (its pydantic config models being built: "
-            f"agent.config alone is about 4 MiB), the generated Kubernetes client {kube_text}.")
+            f"modules {_package_mib(memory, 'agent'):.0f} MiB, the generated Kubernetes client {kube_text} (summed "
+            f"per package in import order: a module several packages use counts for the first; the groups table "
+            f"measures each package left out).")
         out.extend(CUTS)
         if before and before.get("cases"):
             b1, b10 = before["cases"][0], before["cases"][-1]
@@ -284,23 +318,27 @@ def reading(results: Path) -> list[str]:
             f"{_phase(one, 'admin_listening_s')} / {_phase(ten, 'admin_listening_s')}, every Service listed "
             f"{_phase(one, 'all_services_listed_s')} / {_phase(ten, 'all_services_listed_s')}, Envoy files with "
             f"all of them {_phase(one, 'all_published_s')} / {_phase(ten, 'all_published_s')}, Envoy showing "
-            f"every host {one['envoy_all_clusters_s']:.2f} / {ten['envoy_all_clusters_s']:.2f} s. The lists run "
-            f"in parallel (a thread per Service) and the first publication that holds all of them follows within "
-            f"about 0.1 s. The earlier 2.76 s with 10 Services (00:54 UTC, load 1.6 → 3.8) was the same set-up "
-            f"under load: the apiserver's audit log shows that start reached its first list 3.0 s after the "
-            f"benchmark's last request before the exec, against 1.4 s for the 1-Service start just before it.{rerun} "
+            f"every host {one['envoy_all_clusters_s']:.2f} / {ten['envoy_all_clusters_s']:.2f} s. One list brings "
+            f"every Service's slices (one watch for all of them), and the first publication that holds all of "
+            f"them follows within about 0.1 s.{rerun} "
             f"Wall-clock "
             f"starts on this shared 2-core machine swing with the load (0.8 to 5 s in smoke runs at load 1 to 10); "
             f"the CPU the sidecar used until Envoy showed every host does not: "
             f"{_cpu(one)} / {_cpu(ten)}.")
+        before_text = ""
+        if before and before.get("cases"):
+            b10 = before["cases"][-1]
+            before_text = (f" (Before: {b10['idle']['watches_open']:.0f} watches, "
+                           f"{b10['startup_requests']['total']} start-up requests and "
+                           f"{b10['idle']['apiserver']['per_minute']:.0f} requests/min idle with 10 Services)")
         out.append(
-            f"- **What a sidecar costs the apiserver:** one list and one watch per followed Service at start "
-            f"({ten['startup_requests']['total']} requests for 10), then one re-opened watch per Service about every "
-            f"minute (the reflector's 48-72 s server timeout): {one['idle']['apiserver']['per_minute']:.0f} and "
-            f"{ten['idle']['apiserver']['per_minute']:.0f} requests/min idle. Churn costs nothing more: changes "
-            f"arrive on the open watches. 10 Services hold 10 watches; one namespace watch with a set-based selector "
-            f"(`kubernetes.io/service-name in (...)`) would hold one, and one thread instead of ten (not changed "
-            f"here: agent/sources and the sidecar's wiring were being reworked by another change).")
+            f"- **What a sidecar costs the apiserver:** one list and one watch for all its followed Services "
+            f"(`kubernetes.io/service-name in (...)`): {one['startup_requests']['total']} / "
+            f"{ten['startup_requests']['total']} requests at start with 1 / 10 Services, "
+            f"{one['idle']['watches_open']:.0f} / {ten['idle']['watches_open']:.0f} open watches, then the watch "
+            f"re-opened about every minute (the reflector's 48-72 s server timeout): "
+            f"{one['idle']['apiserver']['per_minute']:.0f} / {ten['idle']['apiserver']['per_minute']:.0f} "
+            f"requests/min idle{before_text}. Churn costs nothing more: changes arrive on the open watch.")
         out.append(
             f"- **Envoy's own RSS** is {one['envoy']['rss_mib']:.0f} MiB, of which "
             f"{one['envoy']['memory'].get('RssAnon', 0):.0f} MiB is its own memory; the rest is the binary's code, "
