@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import re
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,56 @@ LOADGEN_CPU = "0"
 UPSTREAM_CPU = "0"
 ENVOY_CPU = "1"
 AGENT_CPU = "1"
+
+
+# PM QoS: while a process holds this device open with a value written, no idle CPU enters an idle state
+# whose exit latency exceeds that many microseconds (the kernel's cpu_latency_qos; tuned's
+# latency-performance profile holds it at 1 µs). With 0, idle CPUs poll instead of halting.
+CPU_DMA_LATENCY = Path("/dev/cpu_dma_latency")
+CPUIDLE = Path("/sys/devices/system/cpu/cpuidle")
+
+
+def cpuidle_facts() -> dict[str, Any]:
+    """The cpuidle driver and governor and cpu0's idle states (name: exit latency in µs): what an idle
+    CPU does, and so what waking one costs (a halted vCPU in a VM is woken through the hypervisor)."""
+    def read(path: Path) -> str:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return ""
+
+    states = {}
+    for state in sorted((CPUIDLE.parent / "cpu0" / "cpuidle").glob("state*")):
+        states[read(state / "name")] = read(state / "latency")
+    facts: dict[str, Any] = {"driver": read(CPUIDLE / "current_driver"),
+                             "governor": read(CPUIDLE / "current_governor_ro") or read(CPUIDLE / "current_governor"),
+                             "states_exit_latency_us": states}
+    halt_poll = read(Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns"))
+    if halt_poll:
+        facts["guest_halt_poll_ns"] = int(halt_poll)
+    return facts
+
+
+@contextlib.contextmanager
+def cpu_latency_qos(max_us: int | None = 0) -> Iterator[str]:
+    """Hold /dev/cpu_dma_latency at `max_us` for the block (None: leave the machine as it is).
+
+    A machine setting for latency measurements, applied to every arm alike; it ends when the file is
+    closed, so nothing outlives the block. Yields what was done, for the report ("not set: ..." when the
+    device is missing or not writable: the run goes on without it)."""
+    if max_us is None:
+        yield "not held (the machine's default idle states)"
+        return
+    try:
+        fd = os.open(CPU_DMA_LATENCY, os.O_WRONLY)
+    except OSError as exc:
+        yield f"not set: {CPU_DMA_LATENCY}: {exc.strerror}"
+        return
+    try:
+        os.write(fd, struct.pack("i", max_us))  # the device takes a native 32-bit integer
+        yield f"{CPU_DMA_LATENCY} held at {max_us} µs"
+    finally:
+        os.close(fd)
 
 
 def envoy_binary() -> str:
