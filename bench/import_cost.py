@@ -9,8 +9,9 @@ lazily, late, is counted the same way.
 
 `groups` adds what leaving a group of packages out would save: in a fresh process, every module is
 imported in order while imports of the group fail (so whatever needs the group is left out), then the
-group's own modules: the RSS they add is what only the group needs (the code that uses it, e.g. the
-models agent.config builds with pydantic, is not counted). Summing per package instead charges a module
+group's own modules: the RSS they add is what only the group needs, a lower bound (the code that uses
+it, e.g. the models agent.config builds with pydantic, and the standard-library modules only it imports
+are not counted). Summing per package instead charges a module
 several packages use (http.client, hashlib's libcrypto) to whichever imported it first.
 """
 

@@ -178,7 +178,8 @@ def _breakdown(data: dict[str, Any]) -> list[str]:
     if groups:
         out += ["", "What leaving a package out would save (`bench.import_cost` groups: a fresh process imports "
                     "every module while the group's imports fail, then the group; what it adds is what only it "
-                    "needs, without the code that uses it):", ""]
+                    "needs, a lower bound: the code that uses it and standard-library modules only it imports are "
+                    "not counted):", ""]
         out += _table(["left out", "RSS (MiB)", "anon (MiB)"],
                       [[name, f"{g['rss_kib'] / 1024:.1f}", f"{g['anon_kib'] / 1024:.1f}"]
                        for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["rss_kib"])])
