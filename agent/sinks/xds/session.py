@@ -44,6 +44,7 @@ class Session:
         self.view: NodeView | None = None
         self.states = {type_url: TypeState(type_url) for type_url in ORDER}
         self._settled: dict[str, tuple[object, ...]] = {}  # type -> inputs of its last idle pass
+        self._quiet: tuple[object, ...] | None = None  # `_pass_key` after the last pass that left nothing to send
         self._unknown_types: set[str] = set()
 
     # -- requests ------------------------------------------------------------------------------------
@@ -87,6 +88,11 @@ class Session:
         current = self._cache.current
         if self.view is None or current is None:
             return []
+        # After a pass that left nothing to send, the next one is needed only once an input moved. The usual
+        # request is the ACK of the EDS response a push sent, on every stream at every push: it moves none.
+        key = self._pass_key(current.version)
+        if key == self._quiet:
+            return []
         try:
             view = current.view(self.view)
         except Exception:
@@ -95,6 +101,7 @@ class Session:
             return []
         planner = Planner(view, self.states)
         out: list[bytes] = []
+        sent: list[str] = []
         for type_url in ORDER:
             state = self.states[type_url]
             if not state.subscribed:
@@ -111,11 +118,25 @@ class Session:
                 continue
             body, changed = result
             out.append(body)
+            sent.append(type_url)
             PUSHED[type_url].inc()
             self._invalidate(type_url, changed)
             # Envoy now holds what was desired: until an input moves, there is nothing more to send.
             self._settled[type_url] = self._inputs(type_url, view)
+        # The pass reached a state that the next pass would leave alone, unless what it sent moved an input of
+        # a type it had already passed. It did not if it sent nothing, or only EDS: what an EDS response moves
+        # (`changes` of EDS) is read by EDS, LDS and RDS, never by CDS, the one type before it.
+        self._quiet = self._pass_key(current.version) if all(t == EDS for t in sent) else None
         return out
+
+    def _pass_key(self, cache_version: int) -> tuple[object, ...]:
+        """Everything any type's `_inputs` reads, besides the view (fixed by the cache version), and each
+        type's subscription flag: equal keys, equal passes. `ack_changes` of EDS is left out because no
+        input reads it (what Envoy acknowledged of EDS gates nothing), and its ACK is the common request."""
+        states = self.states
+        cds, eds, lds, rds = states[CDS], states[EDS], states[LDS], states[RDS]
+        return (cache_version, cds.subscribed, cds.changes, cds.ack_changes, eds.subscribed, eds.changes,
+                lds.subscribed, lds.changes, lds.ack_changes, rds.subscribed, rds.changes, rds.ack_changes)
 
     def _inputs(self, type_url: str, view: ViewResources) -> tuple[object, ...]:
         """Everything `Planner.desired(type_url)` and `_respond` read (see plan.py)."""
