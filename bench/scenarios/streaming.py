@@ -36,6 +36,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -185,6 +186,24 @@ def wake_round_trips(count: int, gap_s: float = 0.001, cpu: str = ENVOY_CPU) -> 
     return out
 
 
+def _cpu_times(cpu: str) -> list[int]:
+    """/proc/stat's jiffies for one CPU: user nice system idle iowait irq softirq steal."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return [int(v) for v in line.split()[1:9]]
+    return [0] * 8
+
+
+def core_share(before: list[int], after: list[int], own_seconds: float) -> tuple[float, float]:
+    """(share of the core busy with anything but `own_seconds` of our processes, share stolen by the
+    hypervisor) between two _cpu_times readings: what else competed for Envoy's core in a round."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (delta[0] + delta[1] + delta[2] + delta[5] + delta[6]) / tick
+    return max(0.0, busy - own_seconds) / (total / tick), delta[7] / total
+
+
 def _pin(cpu: str) -> Callable[[], None]:
     """Pin this process (the clients) to `cpu` for the scenario; returns the undo."""
     try:
@@ -274,6 +293,9 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     envoy_cpu: dict[tuple[str, str, str], list[float]] = {
         (st, arm, kind): [] for st in settings for arm, kind in proxies}  # µs per call or stream
     qos_done: dict[str, str] = {}
+    envoy_pids = sorted(set(proxies.values()))
+    # per setting, one (other work, steal) share of Envoy's core per round
+    contention: dict[str, list[tuple[float, float]]] = {st: [] for st in settings}
 
     def measured(setting: str, kind: str, arm: str, work: Callable[[], list[float]]) -> None:
         pid = proxies.get((arm, kind))
@@ -292,6 +314,7 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
                 # Held for this part of the round only, for every arm in it alike; closed at its end.
                 with cpu_latency_qos(0 if setting == "held" else None) as done:
                     qos_done[setting] = done
+                    core0, envoys0 = _cpu_times(ENVOY_CPU), sum(proc_cpu_seconds(p) for p in envoy_pids)
                     for arm in order:
                         grpc_address, sse_host, sse_at = arms[arm]
                         label = f"round {index + 1}/{opts.rounds}" + (f", {setting}" if len(settings) > 1 else "")
@@ -308,6 +331,8 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
                                  functools.partial(grpc_ttft_round, grpc_address, opts.streams_per_round))
                         measured(setting, "sse", arm,
                                  functools.partial(sse_ttft_round, sse_host, sse_at, opts.streams_per_round))
+                    envoys = sum(proc_cpu_seconds(p) for p in envoy_pids) - envoys0
+                    contention[setting].append(core_share(core0, _cpu_times(ENVOY_CPU), envoys))
     finally:
         undo()
 
@@ -375,6 +400,15 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
                       for st in settings), "(info)", None,
             note=f"{len(wake[settings[0]])} round trips per setting, before the rounds: two hand-offs to an idle "
                  "core, what each proxied request pays twice on top of Envoy's work"))
+    if all(contention.values()):
+        result.checks.append(Check(
+            "other work on Envoy's core, and time stolen from it, per round",
+            "; ".join(f"{st}: other work median {np.median(other):.1%}, max {max(other):.1%}; steal median "
+                      f"{np.median(steal):.1%}, max {max(steal):.1%}"
+                      for st in settings for other, steal in [list(zip(*contention[st], strict=True))]),
+            "(info)", None,
+            note="from /proc/stat for that core, less the Envoys' own CPU time: an Envoy that wakes while other "
+                 "work runs there may wait a scheduler slice (about 6 ms here); per round in the JSON"))
     result.checks.append(Check("gRPC unary calls failed", ", ".join(f"{unary_failed[a]} {a}" for a in ARMS), "0",
                                not any(unary_failed.values())))
     result.tables.append(report.table(
@@ -404,6 +438,8 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     result.raw["settings"] = list(settings)
     result.raw["latency_qos"] = qos_done
     result.raw["cpuidle"] = idle
+    result.raw["envoy_core_other_steal"] = {st: [[round(a, 4), round(b, 4)] for a, b in values]
+                                            for st, values in contention.items()}
     result.raw["wake_round_trip_us"] = {st: [round(v, 1) for v in values] for st, values in wake.items()}
     result.raw["envoy_cpu_us"] = {f"{st}/{arm}/{kind}": values for (st, arm, kind), values in envoy_cpu.items()}
     return result
