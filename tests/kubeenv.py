@@ -44,7 +44,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -57,6 +56,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
+from tests.ports import free_port as free_port  # re-exported for the kube tests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "testenv" / "build.sh"
@@ -134,30 +135,6 @@ def ensure_binaries(bin_dir: Path | None = None) -> Path:
     return target
 
 
-_HANDED_OUT_PORTS: set[int] = set()
-
-
-def free_port(*, udp_too: bool = False) -> int:
-    """A port that is free on 127.0.0.1 for TCP (and UDP when ``udp_too``).
-
-    Never the same port twice in one process, so ports picked one after the
-    other for a component's listeners cannot collide.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            if port in _HANDED_OUT_PORTS:
-                continue
-            if udp_too:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    try:
-                        udp.bind(("127.0.0.1", port))
-                    except OSError:
-                        continue
-            _HANDED_OUT_PORTS.add(port)
-            return port
-    raise KubeEnvError("no free port found on 127.0.0.1")
 
 
 def _tail_text(text: str, lines: int = 40) -> str:

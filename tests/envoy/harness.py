@@ -40,6 +40,7 @@ from agent.config import AgentConfig, parse_config
 from agent.envoy.bootstrap import build_bootstrap
 from agent.envoy.serialize import to_yaml
 from agent.model import Endpoint, Schema, ServiceSnapshot, Snapshot
+from tests.ports import free_port as free_port  # re-exported: the envoy, xds and adaptive tests import it from here
 
 ENVOY_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 
@@ -63,12 +64,6 @@ def require_envoy() -> str:
             pytest.fail(f"{reason}; under CI=true this is a failure, not a skip", pytrace=False)
         pytest.skip(reason)
     return binary
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 _next_ip = itertools.count(2)
