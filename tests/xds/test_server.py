@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from agent.metrics import REGISTRY
 from agent.model import Endpoint
-from agent.sinks.xds.server import GC_THRESHOLDS, raise_gc_thresholds
+from agent.sinks.xds.server import GC_THRESHOLDS, new_event_loop, raise_gc_thresholds
 from agent.sinks.xds.sink import XdsSink
 from agent.sinks.xds.sotw import SotwSession
 from agent.sinks.xds.types import CDS
@@ -98,3 +101,37 @@ def test_the_server_raises_the_young_gc_threshold_and_never_lowers_one(tmp_path:
         assert gc.get_threshold() == (0, 10, 10)
     finally:
         gc.set_threshold(*saved)
+
+
+def test_the_server_runs_on_uvloop_when_it_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpc.aio's two completions per stream per push are loop callbacks: uvloop runs them in C."""
+    made: list[asyncio.AbstractEventLoop] = []
+
+    def uvloop_new_event_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()  # stands in for uvloop's: what matters is that the server asked for it
+        made.append(loop)
+        return loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", types.SimpleNamespace(new_event_loop=uvloop_new_event_loop))
+    config = xds_config(tmp_path, [{"name": "a"}])
+    sink = XdsSink(config)
+    sink.start()
+    try:
+        sink.publish(make_snapshot(config, {"a": [Endpoint("10.0.0.1", 80)]}))
+        channel, responses = open_stream(sink)
+        try:
+            assert names(next(responses)) == ["a"]  # type: ignore[call-overload]
+        finally:
+            channel.close()
+    finally:
+        sink.close(grace=0)
+    assert len(made) == 1
+
+
+def test_without_uvloop_the_server_runs_on_asyncios_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # importing it raises ImportError
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+    finally:
+        loop.close()
