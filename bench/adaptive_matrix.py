@@ -79,19 +79,23 @@ class Sampler:
 
 def loop_detail(rig: Rig) -> dict[str, Any]:
     """Per host of the adaptive service: weight, estimated latency (ms), rate, and the drift test's
-    state (up / down CUSUMs, marked slow): what explains when a weight moved. Reads the loop's
+    state (up / down CUSUMs, marked slow), or for a floored host its recovery test's ("recovery", sum,
+    level of its probes in ms, answers in the run): what explains when a weight moved. Reads the loop's
     internals (a benchmark's diagnostic, not an interface)."""
     loop = rig.runner.loop if rig.runner is not None else None
     if loop is None:
         return {}
     service = loop._services.get("adaptive")
     drift = dict(service.drift) if service is not None else {}
+    recovery = dict(service.recovery) if service is not None else {}
     out: dict[str, Any] = {}
     for row in loop.table.rows("adaptive"):
         address = str(row["address"])
-        d = drift.get(address)
+        d, r = drift.get(address), recovery.get(address)
         out[address] = [row["weight"], row["latency_ms"], row["rate"],
-                        *((round(d.up, 2), round(d.down, 2), d.slow) if d is not None else ())]
+                        *((round(d.up, 2), round(d.down, 2), d.slow) if d is not None else ()),
+                        *(("recovery", round(r.score, 2), round(r.level()[0] * 1000, 1), r.answers)
+                          if r is not None else ())]
     return out
 
 

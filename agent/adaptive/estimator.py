@@ -80,6 +80,7 @@ class EstimatorParams:
     base_batches: int = 40
     base_min_batches: int = 8
     base_quantile: float = 0.0
+    peak_tau: float = 60.0  # a streaming host's slots (the most streams in flight at once) are forgotten slowly
 
 
 class _Decayed:
@@ -180,6 +181,13 @@ class Estimate:
     fast: float | None = None  # latency over the fast horizon, when it has `fast_min_requests` answers
     answers: int = 0  # answers (successes and failures) seen so far, a running count: is there news?
     failed_share: float = 0.0  # share of the slow horizon's answers that failed (0 with too few answers)
+    # The most requests seen in flight at once lately (for streams, a lower bound of the host's slots), and for
+    # a streaming host (its requests hold it well after their first byte) the seconds one holds it.
+    peak_active: float = 0.0
+    hold: float | None = None
+    # The lowest of its last reads' mean times to first byte (answers that found a free slot), any host with
+    # per-request times: what a service of streams is split by before each host is judged a streaming one.
+    base: float | None = None
 
     @property
     def recent_capacity(self) -> float | None:
@@ -227,6 +235,7 @@ class EndpointEstimator:
         self._timing = False
         self._answers = 0
         self._batches: deque[float] = deque(maxlen=self.params.base_batches)  # per-read mean times to first byte
+        self._peak = 0.0  # in flight at once, the most lately (decays over `peak_tau`)
         self._streaming = False  # its requests hold it after their first byte (see `hold_factor`)
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
@@ -243,6 +252,7 @@ class EndpointEstimator:
         if dt <= 0:
             return
         busy = dt * (self._last_active + sample.active) / 2.0
+        self._peak = max(float(sample.active), self._peak * math.exp(-dt / p.peak_tau))
         self._answers += sample.succeeded + sample.failed
         prior = _positive(prior)
         capped = busy if prior is None else min(busy, max(sample.succeeded, 1) * p.cap_factor * prior)
@@ -329,6 +339,21 @@ class EndpointEstimator:
                 setattr(pooled._slow, name, getattr(pooled._slow, name) + getattr(e._slow, name))
         return pooled
 
+    def answered(self) -> float:
+        """Answers over the slow horizon (decayed): for a pooled estimator, the service's evidence."""
+        return self._slow.done
+
+    def stream_hold(self) -> float | None:
+        """For a pooled estimator (`pooled`): the seconds a request holds a host (in flight per answer), when
+        the service's requests are streams (held at least `hold_factor` x their time to first byte, over at
+        least `confident_requests` answers); None for a unary service or too little evidence. Decided for the
+        service as a whole: a host on the floor has too few answers of its own to tell."""
+        slow, p = self._slow, self.params
+        if slow.done < p.confident_requests or not slow.is_timed or slow.timed < p.confident_requests:
+            return None
+        hold, ttfb = slow.busy / slow.done, slow.timed_sum / slow.timed
+        return hold if hold >= p.hold_factor * ttfb else None
+
     @property
     def fast_busy(self) -> float:
         return self._fast.busy
@@ -403,10 +428,13 @@ class EndpointEstimator:
             recent = max(prior, self._recent.busy / self._recent.succeeded)  # no prior: it would flatter
         fast_latency = fast.latency() if self._fast_count() >= p.fast_min_requests else None
         failed = 1.0 - slow.succeeded / slow.done if slow.done >= p.confident_requests else 0.0
+        hold = slow.busy / slow.done if self._streaming and slow.done >= p.confident_requests else None
+        lowest = min(self._batches) if self._timing and len(self._batches) >= p.base_min_batches else None
         return Estimate(latency=latency, rate=slow.sent / span, throughput=throughput,
                         in_flight=slow.busy / span, evidence=answers, measured=slow.latency(), recent=recent,
                         fast=None if fast_latency is None else max(prior, fast_latency), answers=self._answers,
-                        failed_share=min(max(failed, 0.0), 1.0))
+                        failed_share=min(max(failed, 0.0), 1.0), peak_active=self._peak, hold=hold,
+                        base=lowest)
 
     def trust_recent(self, fast: bool = False, evidence: tuple[float, float] | None = None) -> None:
         """The host climbs back on its recent evidence: the slow horizon forgets the bad spell and keeps only

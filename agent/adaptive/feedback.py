@@ -43,6 +43,7 @@ Publish = Callable[[Mapping[str, Mapping[str, int]]], None]
 NO_EVIDENCE_PRIOR = 0.05
 # Seconds of traffic a service needs before its hosts may get unequal weights (early estimates are noisy).
 WARMUP_SECONDS = 3.0
+WARMUP_ANSWERS = 10.0  # ... and this many answers per host
 WARN_EVERY_SECONDS = 60.0
 # Until the first good read, failures this soon after start are expected (Envoy starting) and not warned about.
 STARTUP_GRACE_SECONDS = 30.0
@@ -349,14 +350,19 @@ class FeedbackLoop:
             prior = NO_EVIDENCE_PRIOR if service.prior is None else service.prior
             estimates = {address: e.estimate(prior)
                          for address, e in service.estimators.items()}
-            warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS
+            pooled = EndpointEstimator.pooled(service.estimators.values())
+            # Warm-up: 3 s of traffic and ~10 answers per host. Streams answer only when they end: seconds
+            # after the first ones started, too late to tell a stream from a slow unary request before then.
+            warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS or \
+                pooled is None or pooled.answered() < WARMUP_ANSWERS * len(service.estimators)
             self._refresh_drift(service)
             recovered, relapsed = service.recovered(prior), service.relapsed()
             # A climb on a recovery test's call rises only once the answers it brings have added to the call.
             hold = {h for h in service.weights.climbing if (t := service.recovery.get(h)) is not None
                     and not t.confirmed}
             proposed = service.weights.propose(estimates, all_equal=warming, below=service.slow_hosts(),
-                                               recovered=recovered, relapsed=relapsed, hold=hold)
+                                               recovered=recovered, relapsed=relapsed, hold=hold,
+                                               stream_hold=None if pooled is None else pooled.stream_hold())
             for address in relapsed:
                 del service.recovery[address]  # back on the floor: a fresh test from its level now
             for address in service.weights.lifted:

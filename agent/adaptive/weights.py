@@ -94,6 +94,51 @@ def square_root_split(capacity: Mapping[str, float], demand: float, overload: fl
     return {h: max(alloc.get(h, 0.0), 0.0) / spread for h in hosts}
 
 
+def speed_split(capacity: Mapping[str, float], first: Mapping[str, float], demand: float,
+                overload: float = 0.95) -> dict[str, float]:
+    """Share of `demand` per host for streams: host i holds a stream for a while (capacity `capacity[i]`
+    streams/s, its slots / the time a stream holds one) and answers its first byte `first[i]` seconds after a
+    slot is free. The split minimises the mean time to first byte with each host's slot wait as an M/M/1 queue
+    at its slot capacity (a host's slots taken together as one server: it overstates the wait, so it errs
+    towards using every host's slots):
+
+        minimise sum_i  lambda_i * (first_i - 1/mu_i + 1/(mu_i - lambda_i))
+        ->  lambda_i = mu_i - sqrt(mu_i / (nu - first_i + 1/mu_i)),  or 0 when that is <= 0,
+
+    `nu` (the marginal cost) set by bisection so that the shares add up to the demand. With all first-byte
+    times equal it is the square-root split; a host that is slow only to its first byte gets streams once the
+    others' slots are busy enough that waiting for one costs more than its slowness (at a low demand none, near
+    the pool's capacity nearly its part). Demand >= `overload` x the total capacity: shares by capacity."""
+    hosts = sorted(capacity)
+    total = sum(capacity.values())
+    if not hosts or total <= 0:
+        return dict.fromkeys(hosts, 0.0)
+    if demand >= overload * total:
+        return {h: capacity[h] / total for h in hosts}
+
+    def alloc(nu: float) -> dict[str, float]:
+        out = {}
+        for h in hosts:
+            mu, room = capacity[h], nu - first[h] + 1.0 / capacity[h]
+            out[h] = max(mu - math.sqrt(mu / room), 0.0) if room > 0 else 0.0
+        return out
+
+    low, high = min(first[h] for h in hosts), max(first[h] for h in hosts) + 1.0
+    for _ in range(200):  # bounded: double the upper end until it serves the demand
+        if sum(alloc(high).values()) >= demand:
+            break
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        if sum(alloc(mid).values()) >= demand:
+            high = mid
+        else:
+            low = mid
+    shares = alloc(high)
+    spread = sum(shares.values()) or 1.0
+    return {h: v / spread for h, v in shares.items()}
+
+
 def shares_to_weights(shares: Mapping[str, float], params: WeightParams,
                       floored: Collection[str] = ()) -> dict[str, int]:
     """Heaviest share -> `max_weight`; anything under `probe_band` x the floor -> the floor (probe traffic
@@ -120,18 +165,46 @@ def probe_weight(others: float, floored: int, params: WeightParams) -> int:
 
 def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
                    top: Collection[str] = (), below: Collection[str] = (),
-                   floored: Collection[str] = ()) -> dict[str, int]:
+                   floored: Collection[str] = (), stream_hold: float | None = None) -> dict[str, int]:
     """The weights these estimates call for, before smoothing (`top`: hosts at the heaviest weight now;
     `below`: hosts found slower than the others, which are not snapped to the best; `floored`: hosts that
-    get probe traffic only, whatever their estimates say)."""
+    get probe traffic only, whatever their estimates say; `stream_hold`: the service's requests are streams
+    that hold a host this long (estimator.stream_hold): split by slots, `stream_shares`)."""
     if not estimates:
         return {}
     # Failing more than the others: when every host fails alike (a bad request mix), none is singled out.
     least = min(e.failed_share for e in estimates.values())
     below = set(below) | {h for h, e in estimates.items() if e.failed_share - least >= params.error_tolerance}
-    capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
     demand = sum(e.rate for e in estimates.values())
+    if stream_hold is not None:
+        return shares_to_weights(stream_shares(estimates, demand, params, stream_hold, top, below), params, floored)
+    capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
     return shares_to_weights(square_root_split(capacity, demand, params.overload), params, floored)
+
+
+def stream_shares(estimates: Mapping[str, Estimate], demand: float, params: WeightParams, hold: float,
+                  top: Collection[str] = (), below: Collection[str] = ()) -> dict[str, float]:
+    """Streaming hosts (issue 16): a host's capacity is its slots, not 1 / its time to first byte. A stream
+    holds a slot for its whole length, so a host 10x slower to its first token but with the same slots
+    carries a quarter of a 4-host pool's streams; split by its first-byte time alone (as a single server whose
+    service is that time) it was floored at any demand, and the other three then ran at ~80 % of their slots
+    with streams waiting for one (tests/adaptive/test_streams_uneven_ttft.py). Slots: the most streams seen in
+    flight at once on any host of the service (the hosts of a service run the same server; a lower bound, so
+    the pool looks busier than it is and every host's slots are counted on sooner). Capacity = slots / the
+    time a stream holds one (its own, or the service's `hold` while it has too few answers: on the floor);
+    speed = the time to first byte without the slot wait (the estimate: see estimator.base_latency). Both
+    snapped to the best within the top group's tolerance (identical hosts seen through noise stay equal),
+    then `speed_split`."""
+    slots = max(max(e.peak_active for e in estimates.values()), 1.0)
+    capacity = snap_capacities({h: slots / (e.hold or hold) for h, e in estimates.items()},
+                               params.equal_tolerance, top, below)
+    # Speed: each host's time to first byte without the slot wait (its lowest recent read, never below the
+    # best estimate), also for a host not yet judged a streaming one on its own answers: slot waits are load and
+    # differ by chance between identical hosts. As a "bigger is better" figure, so the same snapping applies.
+    best = min(e.latency for e in estimates.values())
+    first = {h: e.latency if e.base is None else min(e.latency, max(e.base, best)) for h, e in estimates.items()}
+    speed = snap_capacities({h: 1.0 / v for h, v in first.items()}, params.equal_tolerance, top, below)
+    return speed_split(capacity, {h: 1.0 / v for h, v in speed.items()}, demand, params.overload)
 
 
 def smooth(current: Mapping[str, int], target: Mapping[str, int], params: WeightParams,
@@ -191,16 +264,18 @@ class ServiceWeights:
 
     def propose(self, estimates: Mapping[str, Estimate], all_equal: bool = False,
                 below: Collection[str] = (), recovered: Mapping[str, float | None] | None = None,
-                relapsed: Collection[str] = (), hold: Collection[str] = ()) -> dict[str, int] | None:
+                relapsed: Collection[str] = (), hold: Collection[str] = (),
+                stream_hold: float | None = None) -> dict[str, int] | None:
         """New weights worth publishing, or None to keep the current ones. Call once per update interval.
 
         `all_equal`: too little evidence yet to tell hosts apart (every host at the heaviest weight).
         `below`: hosts the drift detector found slower than the others (judged by their own capacity).
         `recovered`: floored hosts whose probes a sequential test judges (drift.RecoveryTest), with the
         latency of the answers that called one back, or None while it has not: judged by that, not by their
-        recent view (the mean of ~3 answers, which a slow host with exponential times often wins by chance). `relapsed`:
-        climbing hosts whose later answers undid that call: back to the floor at once. `hold`: climbing hosts
-        whose later answers weakened it: no higher for now.
+        recent view (the mean of ~3 answers, which a slow host with exponential times often wins by chance).
+        `relapsed`: climbing hosts whose later answers undid that call: back to the floor at once. `hold`:
+        climbing hosts whose later answers have not added to it: no higher for now. `stream_hold`: see
+        `target_weights`.
         """
         recovered = recovered or {}
         params = self.params
@@ -229,7 +304,8 @@ class ServiceWeights:
         # Climbing hosts are presumed back (their recent requests said so): they join the best at the
         # top group's tolerance, or fresh, thin evidence would stall them below it.
         target = dict.fromkeys(estimates, params.max_weight) if all_equal \
-            else target_weights(judged, params, top | (self.climbing - set(relapsed)), below, floored=relapsed)
+            else target_weights(judged, params, top | (self.climbing - set(relapsed)), below, floored=relapsed,
+                                stream_hold=stream_hold)
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()
