@@ -25,6 +25,7 @@ generated client. Tokens are registered with agent.logs, so they are redacted fr
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import ssl
@@ -34,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import urllib3
 import yaml
@@ -141,9 +142,23 @@ def kubeconfig_credentials(path: Path, context: str | None = None) -> Credential
     token = str(user["token"]).strip() if user.get("token") else None
     if token:
         register_secret(token)
+    if (token or user.get("tokenFile")) and server.startswith("http://") and not _is_loopback(server):
+        # A bearer token over plain HTTP can be read by anyone on the path; only a local apiserver may take one.
+        raise ConfigError(f"cannot load Kubernetes credentials: {path}: refusing to send a bearer token to {server} "
+                          f"over plain HTTP; use https:// (plain HTTP is allowed only to a loopback address)")
     return Credentials(server=server, ca_file=file(cluster.get("certificate-authority")), ca_data=ca_data,
                        tls_server_name=cluster.get("tls-server-name") or None, token=token,
                        token_file=file(user.get("tokenFile")) if not token else None, cert_file=cert, key_file=key)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Token:

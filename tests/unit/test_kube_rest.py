@@ -204,3 +204,19 @@ def test_watch_lines_are_split_across_chunks() -> None:
     chunks = [b'{"type":"ADDED"}\n{"ty', b'pe":"MODIFIED"}\n', b'{"type":"DELETED"}']
     assert list(_iter_lines(_Chunks(chunks))) == [  # type: ignore[arg-type]
         '{"type":"ADDED"}', '{"type":"MODIFIED"}', '{"type":"DELETED"}']
+
+
+@pytest.mark.parametrize("server", ["http://192.168.205.10:8080", "http://apiserver.example:80", "http://10.0.0.1"])
+@pytest.mark.parametrize("user", [{"token": "t0k%en'\"s3cret"}, {"tokenFile": "token"}])
+def test_a_bearer_token_is_never_sent_over_plain_http_to_another_host(tmp_path: Path, server: str,
+                                                                      user: dict[str, Any]) -> None:
+    config = kubeconfig(tmp_path / "kc", {"server": server}, user)
+    with pytest.raises(ConfigError, match="refusing to send a bearer token") as caught:
+        kubeconfig_credentials(config)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("server", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"])
+def test_plain_http_with_a_token_is_allowed_to_a_loopback_apiserver(tmp_path: Path, server: str) -> None:
+    credentials = kubeconfig_credentials(kubeconfig(tmp_path / "kc", {"server": server}, {"token": "abcd"}))
+    assert credentials is not None and credentials.server == server
