@@ -47,6 +47,14 @@ class EstimatorParams:
     stuck_busy_seconds: float = 1.0
     # The fast horizon wins only when clearly worse (its noise must not demote a healthy host).
     peak_factor: float = 2.0
+    # ... and, with per-request times, only once every read's answers have been that slow for this long:
+    # with heavy-tailed service times (lognormal sigma 1.5) a single request of ~1 s now and then holds a
+    # 1-slot host, the answers queued behind it come within a read or a few, and their mean alone took the
+    # 2 s horizon past 2x. The adoption then held a healthy, identical host at ~1/3 of the heaviest weight
+    # for 6-9 s, several times in two minutes (the queue was gone before the weight was published). A host
+    # that really got slower is slow at every read: this costs it `peak_persist_seconds`; a host stuck on
+    # its requests (no answers) is caught by `stuck_busy_seconds` instead.
+    peak_persist_seconds: float = 0.5
     # The slow horizon counts at most this many times the prior per request (winsorizing): a queue
     # blow-up must not dominate the estimate for minutes after the host has recovered.
     cap_factor: float = 20.0
@@ -236,6 +244,7 @@ class EndpointEstimator:
         self._answers = 0
         self._batches: deque[float] = deque(maxlen=self.params.base_batches)  # per-read mean times to first byte
         self._peak = 0.0  # in flight at once, the most lately (decays over `peak_tau`)
+        self._high_since: float | None = None  # first of the reads in a row above the peak line
         self._streaming = False  # its requests hold it after their first byte (see `hold_factor`)
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
@@ -268,8 +277,16 @@ class EndpointEstimator:
         else:
             self._recent.add(dt, sample.succeeded, busy)
         fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
+        if sample.timing and sample.timed and slow_latency is not None:
+            # The run of reads whose answers were all slower than the peak line (see `peak_persist_seconds`).
+            if timed / sample.timed <= p.peak_factor * slow_latency:
+                self._high_since = None
+            elif self._high_since is None:
+                self._high_since = now
+        broad = not (sample.timing and self._fast.is_timed) or \
+            (self._high_since is not None and now - self._high_since >= p.peak_persist_seconds)
         if self._fast_count() >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \
-                and fast_latency > p.peak_factor * slow_latency:
+                and fast_latency > p.peak_factor * slow_latency and broad:
             # Peak: the host got clearly slower; what the long horizon remembers no longer applies.
             self._slow.adopt(self._fast, None if prior is None else self._fast.succeeded * p.cap_factor * prior)
         elif self._fast.is_timed and self._slow.is_timed and self._fast.timed >= p.fast_min_requests \
