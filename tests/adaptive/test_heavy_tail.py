@@ -57,7 +57,7 @@ def seconds_cut(seed: int) -> float:
 
 def test_identical_heavy_tailed_instances_are_cut_less_often() -> None:
     """Six runs of 120 s at 60 % load: before, 5 of 6 had a healthy host below 0.8 of the heaviest weight
-    (7-43 s in all, 104 s together); now 3 of 6 (the stalls that last over `peak_persist_seconds`: a run of
+    (7-43 s in all, 89 s together); now 3 of 6 (the stalls that last over `peak_persist_seconds`: a run of
     long requests in a row on one host, which a latency-based balancer cannot tell from a host that got
     slower; 32 s together)."""
     cuts = [seconds_cut(seed) for seed in range(6)]
