@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import http.client
 import os
 import random
@@ -62,21 +63,32 @@ OPTIONS = [("grpc.enable_http_proxy", 0)]
 SETTINGS = ("held", "off")
 QOS_CHOICES = {"on": ("held",), "off": ("off",), "ab": ("held", "off")}
 QOS_ENV = "BENCH_LATENCY_QOS"
+# The scenario's bound, set up included (bench/run.py budgets this much for it): ~225 s in full with the
+# defaults, ~13 s quick; a round that would end past it is not started.
+MAX_SECONDS, QUICK_MAX_SECONDS = 240.0, 25.0
 
 
 @dataclass(frozen=True)
 class Options:
     rounds: int
-    streams_per_round: int
-    unary_seconds: float
+    streams_per_round: int  # per arm and kind
+    unary_seconds: float  # per round: every arm at the rate at once, interleaved
     qos: str = "on"  # a key of QOS_CHOICES
+    max_seconds: float = MAX_SECONDS  # no round starts that would end past this
 
     @classmethod
     def default(cls, quick: bool) -> Options:
         qos = os.environ.get(QOS_ENV, "on")
         if qos not in QOS_CHOICES:
             raise ValueError(f"{QOS_ENV}={qos!r}: expected one of {', '.join(QOS_CHOICES)}")
-        return cls(3, 60, 2.0, qos) if quick else cls(8, 250, 6.0, qos)
+        return cls(3, 100, 2.0, qos, QUICK_MAX_SECONDS) if quick else cls(10, 800, 12.0, qos, MAX_SECONDS)
+
+
+# The resampling units: a block is a stretch of time in which every arm ran (interleaved), so resampling
+# blocks keeps the pairs; smaller than a round, so there are enough of them for an interval.
+UNARY_BLOCK_SECONDS = 2.0
+STREAM_BLOCK = 100
+SLOW_MS = 10.0  # a unary call this slow is a stall (the p50 is ~3 ms), counted per arm
 
 
 def _stub(channel: grpc.Channel, method: str, stream: bool) -> Any:
@@ -85,74 +97,126 @@ def _stub(channel: grpc.Channel, method: str, stream: bool) -> Any:
                 response_deserializer=struct_pb2.Struct.FromString)
 
 
-def unary_round(address: str, rate: float, seconds: float) -> tuple[list[float], int]:
-    """Open-loop Predict calls at `rate`/s for `seconds`; (latencies in ms, failures)."""
-    latencies: list[float] = []
-    failures = [0]
+# One stream's shape: the first token at once, then one more; TTFT is all that is measured, so the rest
+# of the stream is kept short and more streams fit in the same time.
+STREAM_TOKENS, STREAM_INTERVAL_MS = 2, 1
+
+
+def rotated(arms: tuple[str, ...], index: int) -> tuple[str, ...]:
+    shift = index % len(arms)
+    return arms[shift:] + arms[:shift]
+
+
+def unary_interleaved(addresses: dict[str, str], rate: float, seconds: float,
+                      block_seconds: float) -> tuple[dict[str, list[list[float]]], dict[str, int]]:
+    """Open-loop Predict calls at `rate`/s to every arm at once, for `seconds`: tick i sends one call to each
+    arm, 1/(rate x arms) apart, in an order that rotates with i, so a stall of the machine lands on every arm
+    alike. Returns per arm its latencies (ms, from the scheduled time) in blocks of `block_seconds`, and the
+    failures per arm."""
+    arms = tuple(addresses)
+    per_block = max(1, int(rate * block_seconds))
+    ticks = int(rate * seconds)
+    blocks: dict[str, list[list[float]]] = {arm: [[] for _ in range((ticks + per_block - 1) // per_block)]
+                                            for arm in arms}
+    failures = dict.fromkeys(arms, 0)
     lock = threading.Lock()
-    with grpc.insecure_channel(address, options=OPTIONS) as channel:
-        predict = _stub(channel, PREDICT, stream=False)
-        predict(to_struct({}), timeout=5)  # connect outside the measurement
+    channels = {arm: grpc.insecure_channel(address, options=OPTIONS) for arm, address in addresses.items()}
+    try:
+        stubs = {arm: _stub(channel, PREDICT, stream=False) for arm, channel in channels.items()}
+        for stub in stubs.values():
+            stub(to_struct({}), timeout=5)  # connect outside the measurement
+        request = to_struct({"n": 1})
         pending = []
+        step = 1.0 / (rate * len(arms))
         start = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            due = start + index / rate
-            while (now := time.perf_counter()) < due:
-                time.sleep(min(0.0005, due - now))
-            future = predict.future(to_struct({"n": index}), timeout=5)
+        for tick in range(ticks):
+            for slot, arm in enumerate(rotated(arms, tick)):
+                due = start + tick / rate + slot * step
+                while (now := time.perf_counter()) < due:
+                    time.sleep(min(0.0005, due - now))
+                future = stubs[arm].future(request, timeout=5)
 
-            def done(f: Any, due: float = due) -> None:
-                elapsed = (time.perf_counter() - due) * 1000.0
-                with lock:
-                    if f.exception() is None:
-                        latencies.append(elapsed)
-                    else:
-                        failures[0] += 1
+                def done(f: Any, due: float = due, arm: str = arm, block: int = tick // per_block) -> None:
+                    elapsed = (time.perf_counter() - due) * 1000.0
+                    with lock:
+                        if f.exception() is None:
+                            blocks[arm][block].append(elapsed)
+                        else:
+                            failures[arm] += 1
 
-            future.add_done_callback(done)
-            pending.append(future)
+                future.add_done_callback(done)
+                pending.append(future)
         for future in pending:
             future.exception(timeout=10)
-    return latencies, failures[0]
-
-
-def grpc_ttft_round(address: str, streams: int) -> list[float]:
-    out = []
-    with grpc.insecure_channel(address, options=OPTIONS) as channel:
-        generate = _stub(channel, GENERATE, stream=True)
-        list(generate(to_struct({"tokens": 1}), timeout=5))  # connect outside the measurement
-        for _ in range(streams):
-            started = time.perf_counter()
-            call = generate(to_struct({"tokens": 3, "interval_ms": 2}), timeout=10)
-            iterator = iter(call)
-            next(iterator)
-            out.append((time.perf_counter() - started) * 1000.0)
-            for _ in iterator:
-                pass
-    return out
-
-
-def sse_ttft_round(host: str, port: int, streams: int) -> list[float]:
-    out = []
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        for index in range(streams + 1):  # the first one connects, outside the measurement
-            started = time.perf_counter()
-            conn.request("GET", "/stream?tokens=3&interval_ms=2")
-            response = conn.getresponse()
-            seen = b""
-            for _ in range(1000):
-                seen += response.read1(65536)
-                if b"data: {" in seen:
-                    break
-            if index:
-                out.append((time.perf_counter() - started) * 1000.0)
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"SSE stream answered HTTP {response.status}")
     finally:
-        conn.close()
-    return out
+        for channel in channels.values():
+            channel.close()
+    return blocks, failures
+
+
+class _GrpcStreams:
+    """One kept channel to one arm; `ttft()` opens a Generate stream and returns its time to first token."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address, options=OPTIONS)
+        self.generate = _stub(self.channel, GENERATE, stream=True)
+        self.request = to_struct({"tokens": STREAM_TOKENS, "interval_ms": STREAM_INTERVAL_MS})
+        list(self.generate(to_struct({"tokens": 1}), timeout=5))  # connect outside the measurement
+
+    def ttft(self) -> float:
+        started = time.perf_counter()
+        iterator = iter(self.generate(self.request, timeout=10))
+        next(iterator)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        for _ in iterator:
+            pass
+        return elapsed
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class _SseStreams:
+    """One kept-alive HTTP/1.1 connection to one arm; `ttft()` opens a /stream and returns its TTFT."""
+
+    PATH = f"/stream?tokens={STREAM_TOKENS}&interval_ms={STREAM_INTERVAL_MS}"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.conn = http.client.HTTPConnection(host, port, timeout=10)
+        self.ttft()  # connects, outside the measurement
+
+    def ttft(self) -> float:
+        started = time.perf_counter()
+        self.conn.request("GET", self.PATH)
+        response = self.conn.getresponse()
+        seen = b""
+        for _ in range(1000):
+            seen += response.read1(65536)
+            if b"data: {" in seen:
+                break
+        elapsed = (time.perf_counter() - started) * 1000.0
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"SSE stream answered HTTP {response.status}")
+        return elapsed
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def streams_interleaved(clients: dict[str, _GrpcStreams] | dict[str, _SseStreams], streams: int,
+                        block_streams: int) -> dict[str, list[list[float]]]:
+    """`streams` streams per arm, one after another, the arms taking turns stream by stream (the order
+    rotating), so drift lands on every arm alike; TTFTs (ms) in blocks of `block_streams` per arm."""
+    arms = tuple(clients)
+    blocks: dict[str, list[list[float]]] = {arm: [] for arm in arms}
+    for index in range(streams):
+        if index % block_streams == 0:
+            for arm in arms:
+                blocks[arm].append([])
+        for arm in rotated(arms, index):
+            blocks[arm][-1].append(clients[arm].ttft())
+    return blocks
 
 
 # Echoes each byte back: the other end of the wake-up probe, on Envoy's core.
@@ -218,17 +282,25 @@ def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def added_p99(rounds: dict[str, list[list[float]]], arm: str, base: str, seed: int = 1) -> tuple[float, float, float]:
-    """p99 of `arm` minus p99 of `base`, all rounds pooled, and a 95 % interval from resampling whole rounds
-    (the same rounds for both arms: they ran next to each other)."""
-    def diff(indices: list[int]) -> float:
-        return (_p([v for i in indices for v in rounds[arm][i]], 99)
-                - _p([v for i in indices for v in rounds[base][i]], 99))
+def added_p99(units: dict[str, list[list[float]]], arm: str, base: str, seed: int = 1) -> tuple[float, float, float]:
+    """p99 of `arm` minus p99 of `base`, all units pooled, and a 95 % interval from resampling whole units
+    (the same units for both arms: a unit is a block of time in which both ran, interleaved)."""
+    arm_units = [np.asarray(u, dtype=float) for u in units[arm]]
+    base_units = [np.asarray(u, dtype=float) for u in units[base]]
 
-    count = len(rounds[arm])
+    def diff(indices: list[int]) -> float:
+        return float(np.percentile(np.concatenate([arm_units[i] for i in indices]), 99)
+                     - np.percentile(np.concatenate([base_units[i] for i in indices]), 99))
+
+    count = len(arm_units)
     rng = random.Random(seed)
     draws = sorted(diff([rng.randrange(count) for _ in range(count)]) for _ in range(BOOTSTRAP))
     return diff(list(range(count))), draws[int(0.025 * BOOTSTRAP)], draws[int(0.975 * BOOTSTRAP) - 1]
+
+
+def round_differences(rounds: dict[str, list[list[float]]], arm: str, base: str) -> list[float]:
+    """Per round, p99 of `arm` minus p99 of `base` in that round: the paired differences, one a round."""
+    return [_p(a, 99) - _p(b, 99) for a, b in zip(rounds[arm], rounds[base], strict=True)]
 
 
 def verdict(low: float, high: float, target: float) -> tuple[bool, bool]:
@@ -244,9 +316,10 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     result = ScenarioResult(NAME, TITLE)
     opts = options or Options.default(ctx.quick)
     settings = QOS_CHOICES[opts.qos]
-    # 100 calls/s: well inside what the Python client and instance serve on one shared core, so the
-    # instance side does not queue and what differs between the arms is the proxy.
+    # 100 calls/s per arm (300/s in all): well inside what the Python client and instance serve on one
+    # shared core, so the instance side does not queue and what differs between the arms is the proxy.
     rate = 100.0
+    began = time.monotonic()
 
     ctx.step("starting the emulator (gRPC and SSE instances), the sidecar Envoy and the minimal Envoys")
     emulator, info = start_emulator(ctx, {"instance_address_base": "127.0.0.41", "services": [
@@ -268,25 +341,29 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
                                           llm.port, http2=True)).start()
     minimal_sse = ctx.track(MinimalEnvoy(ctx.workdir, "minimal-sse", minimal_sse_port, free_port(), chat.ip,
                                          chat.port)).start()
-    arms = {"direct": (llm.address, chat.ip, chat.port),
-            "minimal": (f"127.0.0.1:{minimal_grpc_port}", "127.0.0.1", minimal_sse_port),
-            "sidecar": (f"127.0.0.1:{grpc_port}", "127.0.0.1", sse_port)}
+    grpc_at = {"direct": llm.address, "minimal": f"127.0.0.1:{minimal_grpc_port}",
+               "sidecar": f"127.0.0.1:{grpc_port}"}
+    sse_at = {"direct": (chat.ip, chat.port), "minimal": ("127.0.0.1", minimal_sse_port),
+              "sidecar": ("127.0.0.1", sse_port)}
     # The Envoy process each (arm, kind) goes through, for its CPU time per call or stream.
     proxies = {("sidecar", "unary"): envoy.pid, ("sidecar", "grpc"): envoy.pid, ("sidecar", "sse"): envoy.pid,
                ("minimal", "unary"): minimal_grpc.pid, ("minimal", "grpc"): minimal_grpc.pid,
                ("minimal", "sse"): minimal_sse.pid}
 
     undo = _pin(LOADGEN_CPU)
-    wake: dict[str, list[float]] = {st: [] for st in settings}
+    # The probe runs with both settings whatever the arms run with: it is what the setting is for.
+    wake: dict[str, list[float]] = {st: [] for st in SETTINGS}
     try:
         ctx.step("the cross-core wake-up probe")
         for block in range(4):  # settings alternating, so drift hits both alike
-            for setting in (settings if block % 2 == 0 else settings[::-1]):
+            for setting in (SETTINGS if block % 2 == 0 else SETTINGS[::-1]):
                 with cpu_latency_qos(0 if setting == "held" else None):
                     wake[setting].extend(wake_round_trips(100 if ctx.quick else 500))
     except OSError as exc:  # the probe explains the figures; it is not one of them
         ctx.log(f"wake-up probe failed: {exc}")
-    # per setting, kind and arm: one list of values per round
+    # per setting, kind and arm: the resampling blocks, and one list of values per round
+    units: dict[str, dict[str, dict[str, list[list[float]]]]] = {
+        st: {k: {a: [] for a in ARMS} for k in KINDS} for st in settings}
     data: dict[str, dict[str, dict[str, list[list[float]]]]] = {
         st: {k: {a: [] for a in ARMS} for k in KINDS} for st in settings}
     unary_failed = dict.fromkeys(ARMS, 0)
@@ -296,44 +373,74 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     envoy_pids = sorted(set(proxies.values()))
     # per setting, one (other work, steal) share of Envoy's core per round
     contention: dict[str, list[tuple[float, float]]] = {st: [] for st in settings}
+    grpc_clients = sse_clients = None
 
-    def measured(setting: str, kind: str, arm: str, work: Callable[[], list[float]]) -> None:
-        pid = proxies.get((arm, kind))
-        cpu0 = proc_cpu_seconds(pid) if pid else 0.0
-        values = work()
-        if pid and values:
-            envoy_cpu[(setting, arm, kind)].append((proc_cpu_seconds(pid) - cpu0) / len(values) * 1e6)
-        data[setting][kind][arm].append(values)
+    def measured(setting: str, kind: str, work: Callable[[], dict[str, list[list[float]]]]) -> None:
+        """Runs one interleaved phase (every arm in it) and files its blocks and the Envoys' CPU per call."""
+        cpu0 = {pid: proc_cpu_seconds(pid) for pid in envoy_pids}
+        blocks = work()
+        cpu1 = {pid: proc_cpu_seconds(pid) for pid in envoy_pids}
+        for arm in ARMS:
+            count = sum(len(b) for b in blocks[arm])
+            pid = proxies.get((arm, kind))
+            if pid and count:
+                envoy_cpu[(setting, arm, kind)].append((cpu1[pid] - cpu0[pid]) / count * 1e6)
+            units[setting][kind][arm].extend(blocks[arm])
+            data[setting][kind][arm].append([v for b in blocks[arm] for v in b])
+
+    rounds_done = 0
+    slowest_round = 0.0
+    # The client's own garbage collector would pause whichever arm's call is in flight: collected between
+    # the phases, never during one.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     try:
-        for arm in ARMS:  # connections and code paths warm, outside the measurement
-            grpc_ttft_round(arms[arm][0], 10)
-            sse_ttft_round(arms[arm][1], arms[arm][2], 10)
+        grpc_clients = {arm: _GrpcStreams(grpc_at[arm]) for arm in ARMS}
+        sse_clients = {arm: _SseStreams(*sse_at[arm]) for arm in ARMS}
+        for clients in (grpc_clients, sse_clients):  # connections and code paths warm, outside the measurement
+            streams_interleaved(clients, 10, 10)
         for index in range(opts.rounds):
-            order = ARMS[index % len(ARMS):] + ARMS[:index % len(ARMS)]
+            if index and time.monotonic() - began + slowest_round > opts.max_seconds:
+                result.notes.append(f"Stopped after {index} of {opts.rounds} rounds: the next would have ended "
+                                    f"past the scenario's bound of {opts.max_seconds:.0f} s.")
+                break
+            round_began = time.monotonic()
             for setting in (settings if index % 2 == 0 else settings[::-1]):
                 # Held for this part of the round only, for every arm in it alike; closed at its end.
                 with cpu_latency_qos(0 if setting == "held" else None) as done:
                     qos_done[setting] = done
                     core0, envoys0 = _cpu_times(ENVOY_CPU), sum(proc_cpu_seconds(p) for p in envoy_pids)
-                    for arm in order:
-                        grpc_address, sse_host, sse_at = arms[arm]
-                        label = f"round {index + 1}/{opts.rounds}" + (f", {setting}" if len(settings) > 1 else "")
-                        ctx.step(f"{label}: {arm}: gRPC unary at {rate:.0f}/s")
+                    label = f"round {index + 1}/{opts.rounds}" + (f", {setting}" if len(settings) > 1 else "")
+                    ctx.step(f"{label}: gRPC unary at {rate:.0f}/s per arm, the arms interleaved")
 
-                        def unary_work(address: str = grpc_address, arm: str = arm) -> list[float]:
-                            latencies, failed = unary_round(address, rate, opts.unary_seconds)
-                            unary_failed[arm] += failed
-                            return latencies
+                    def unary_work(index: int = index) -> dict[str, list[list[float]]]:
+                        blocks, failed = unary_interleaved(
+                            {arm: grpc_at[arm] for arm in rotated(ARMS, index)}, rate, opts.unary_seconds,
+                            UNARY_BLOCK_SECONDS)
+                        for arm, count in failed.items():
+                            unary_failed[arm] += count
+                        return blocks
 
-                        measured(setting, "unary", arm, unary_work)
-                        ctx.step(f"{label}: {arm}: gRPC and SSE time to first token")
-                        measured(setting, "grpc", arm,
-                                 functools.partial(grpc_ttft_round, grpc_address, opts.streams_per_round))
-                        measured(setting, "sse", arm,
-                                 functools.partial(sse_ttft_round, sse_host, sse_at, opts.streams_per_round))
+                    gc.collect()
+                    measured(setting, "unary", unary_work)
+                    ctx.step(f"{label}: gRPC and SSE time to first token, the arms interleaved")
+                    gc.collect()
+                    measured(setting, "grpc", functools.partial(streams_interleaved, grpc_clients,
+                                                                opts.streams_per_round, STREAM_BLOCK))
+                    gc.collect()
+                    measured(setting, "sse", functools.partial(streams_interleaved, sse_clients,
+                                                               opts.streams_per_round, STREAM_BLOCK))
                     envoys = sum(proc_cpu_seconds(p) for p in envoy_pids) - envoys0
                     contention[setting].append(core_share(core0, _cpu_times(ENVOY_CPU), envoys))
+            rounds_done = index + 1
+            slowest_round = max(slowest_round, time.monotonic() - round_began)
     finally:
+        gc.enable()
+        gc.unfreeze()
+        for group in (grpc_clients, sse_clients):
+            for client in (group or {}).values():
+                client.close()
         undo()
 
     main_setting = settings[0]
@@ -347,18 +454,23 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     rows = []
     for label, kind, target, what in figures:
         rounds = data[main_setting][kind]
+        blocks = units[main_setting][kind]
         pooled = {arm: [v for part in rounds[arm] for v in part] for arm in ARMS}
-        added, low, high = added_p99(rounds, "sidecar", "direct")
+        added, low, high = added_p99(blocks, "sidecar", "direct")
         passed, unsure = verdict(low, high, target)
         p50_added = _p(pooled["sidecar"], 50) - _p(pooled["direct"], 50)
-        minimal, m_low, m_high = added_p99(rounds, "minimal", "direct")
-        extra, e_low, e_high = added_p99(rounds, "sidecar", "minimal")
+        minimal, m_low, m_high = added_p99(blocks, "minimal", "direct")
+        extra, e_low, e_high = added_p99(blocks, "sidecar", "minimal")
+        paired = round_differences(rounds, "sidecar", "direct")
         result.checks.append(Check(
             f"{label} p99 added by the sidecar ({what})",
             f"{added:+.2f} ms ({fmt_ms(_p(pooled['direct'], 99))} -> {fmt_ms(_p(pooled['sidecar'], 99))})",
             f"≤ {target:.0f} ms", passed, inconclusive=unsure,
-            note=f"all rounds pooled; 95 % interval {low:+.2f} to {high:+.2f} ms (resampled rounds)"
-                 + ("; the interval straddles the target" if unsure else "") + f"; p50 added {p50_added:+.2f} ms; "
+            note=f"all rounds pooled, {len(pooled['sidecar'])} per arm; 95 % interval {low:+.2f} to {high:+.2f} ms "
+                 f"(resampled paired blocks, {len(blocks['sidecar'])})"
+                 + ("; the interval straddles the target" if unsure else "")
+                 + f"; per-round paired differences median {np.median(paired):+.2f} ms, "
+                 f"{min(paired):+.2f} to {max(paired):+.2f}; p50 added {p50_added:+.2f} ms; "
                  + SETTING_TEXT[main_setting] + main_note))
         result.checks.append(Check(
             f"{label} p99 added by a hand-written minimal Envoy, and by the generated config over it ({what})",
@@ -367,8 +479,8 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
             note="the minimal Envoy is the least any Envoy sidecar adds on this machine; 95 % intervals"))
         for other in settings[1:]:
             o_rounds = data[other][kind]
-            o_added, o_low, o_high = added_p99(o_rounds, "sidecar", "direct")
-            o_min, om_low, om_high = added_p99(o_rounds, "minimal", "direct")
+            o_added, o_low, o_high = added_p99(units[other][kind], "sidecar", "direct")
+            o_min, om_low, om_high = added_p99(units[other][kind], "minimal", "direct")
             direct_p99 = _p([v for part in o_rounds["direct"] for v in part], 99)
             result.checks.append(Check(
                 f"{label} p99 added, {SETTING_TEXT[other]}, in the same rounds ({what})",
@@ -397,8 +509,8 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
         result.checks.append(Check(
             "cross-core wake-up round trip (a byte to a process on Envoy's core and back, 1 ms apart), p50 / p99",
             "; ".join(f"{SETTING_TEXT[st].split(' (')[0]}: {_p(wake[st], 50):.0f} / {_p(wake[st], 99):.0f} µs"
-                      for st in settings), "(info)", None,
-            note=f"{len(wake[settings[0]])} round trips per setting, before the rounds: two hand-offs to an idle "
+                      for st in SETTINGS), "(info)", None,
+            note=f"{len(wake[SETTINGS[0]])} round trips per setting, before the rounds: two hand-offs to an idle "
                  "core, what each proxied request pays twice on top of Envoy's work"))
     if all(contention.values()):
         result.checks.append(Check(
@@ -409,6 +521,12 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
             "(info)", None,
             note="from /proc/stat for that core, less the Envoys' own CPU time: an Envoy that wakes while other "
                  "work runs there may wait a scheduler slice (about 6 ms here); per round in the JSON"))
+    slow = {arm: [sum(v > SLOW_MS for v in part) for part in data[main_setting]["unary"][arm]] for arm in ARMS}
+    result.checks.append(Check(
+        f"gRPC unary calls over {SLOW_MS:.0f} ms, per arm (in how many rounds)",
+        ", ".join(f"{sum(slow[a])} {a} ({sum(1 for c in slow[a] if c)})" for a in ARMS), "(info)", None,
+        note="the stalls that decide a p99: on every arm alike (the machine or the client), or on the proxied arms "
+             "only (Envoy or its core); per round in the table's p99 column"))
     result.checks.append(Check("gRPC unary calls failed", ", ".join(f"{unary_failed[a]} {a}" for a in ARMS), "0",
                                not any(unary_failed.values())))
     result.tables.append(report.table(
@@ -419,11 +537,15 @@ def run(ctx: Ctx, options: Options | None = None) -> ScenarioResult:
     idle = cpuidle_facts()
     held = "; ".join(f"{st}: {qos_done.get(st, '')}" for st in settings)
     result.notes.append(
-        f"{opts.rounds} rounds, the three arms next to each other in each, rotating which goes first"
+        f"{rounds_done} rounds, the three arms interleaved call by call and stream by stream in each"
         + (" (and, in each round, both idle-CPU settings, alternating which goes first)" if len(settings) > 1 else "")
-        + f". Per round and arm: {opts.unary_seconds:.1f} s of gRPC Predict at {rate:.0f} calls/s (open loop, grpcio "
-        f"futures), then {opts.streams_per_round} gRPC Generate streams and {opts.streams_per_round} SSE streams one "
-        "after another (3 tokens, 2 ms apart, first token at once). Client: Python (grpcio, http.client), pinned "
+        + f". Per round: {opts.unary_seconds:.1f} s of gRPC Predict at {rate:.0f} calls/s to each arm at once (open "
+        "loop, grpcio futures; tick by tick one call to each arm, a third of a tick apart, the order rotating), then "
+        f"{opts.streams_per_round} gRPC Generate streams and {opts.streams_per_round} SSE streams per arm one after "
+        f"another, the arms taking turns ({STREAM_TOKENS} tokens, {STREAM_INTERVAL_MS} ms apart, first token at "
+        f"once). Intervals resample blocks of {UNARY_BLOCK_SECONDS:.0f} s (unary) or {STREAM_BLOCK} streams per arm, "
+        "every arm in each block. Client: Python (grpcio, http.client) with its garbage collector run between the "
+        "phases, not during one, pinned "
         "with the emulator's instances to core 0; each Envoy on core 1 with one worker; HTTP/2 upstream for gRPC, "
         f"HTTP/1.1 for SSE. Idle CPUs: {held} (cpuidle driver {idle.get('driver') or 'none'}, states "
         f"{idle.get('states_exit_latency_us')}"
@@ -464,14 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-qos", choices=list(QOS_CHOICES), default=None,
                         help=f"hold /dev/cpu_dma_latency at 0 while measuring (on, the default; {QOS_ENV} too), "
                              "leave the machine as it is (off), or both in each round (ab)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 8, quick 3)")
-    parser.add_argument("--streams", type=int, help="streams per round, arm and kind (default 250, quick 60)")
-    parser.add_argument("--unary-seconds", type=float, help="seconds of unary calls per round and arm (default 6)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 10, quick 3)")
+    parser.add_argument("--streams", type=int, help="streams per round, arm and kind (default 800, quick 100)")
+    parser.add_argument("--unary-seconds", type=float,
+                        help="seconds of unary calls per round, every arm at once (default 12)")
     args = parser.parse_args(argv)
     base = Options.default(args.quick)
     options = Options(args.rounds or base.rounds, args.streams or base.streams_per_round,
                       args.unary_seconds if args.unary_seconds is not None else base.unary_seconds,
-                      args.latency_qos or base.qos)
+                      args.latency_qos or base.qos, base.max_seconds)
     scenario = types.ModuleType(__name__)  # this module with the options bound, as run_scenario takes one
     scenario.NAME, scenario.TITLE = NAME, TITLE  # type: ignore[attr-defined]
     scenario.run = functools.partial(run, options=options)  # type: ignore[attr-defined]
