@@ -183,6 +183,13 @@ class RecoveryParams:
     memory: float = 10.0  # the host's level and spread while floored: over its last ~10 probe reads
     prior_reads: float = 2.0  # ... starting from this many pseudo-reads at its estimate when it was floored
     unknown_cv2: float = 1.0  # the per-request CV^2 of those pseudo-reads when the others' is not known
+    # ... and at most this when it is: the others' CV^2 is of batch means under load, queueing included, and
+    # after a spell near capacity it stays far above what an idle host's probes show (60-80 after a 90 % load
+    # phase, 40 s later: a recovered host's good probes then moved the sum ~0.4 each, and it was called back
+    # 21-25 s after recovering instead of 3-5 s). The floored host's own probes replace the pseudo-reads
+    # within ~`memory` reads, so a truly variable service still shows its spread. Not 1 (an exponential's): a
+    # host staying 4x slow with exponential times was then called back on lucky probes and climbed to the top.
+    max_prior_cv2: float = 4.0
     min_cv: float = 0.25  # the spread is at least log(1 + min_cv^2): the noise of a nearly constant service
 
 
@@ -224,7 +231,7 @@ class RecoveryTest:
 
     def __init__(self, bad: float, cv2: float | None = None, params: RecoveryParams | None = None) -> None:
         p = self.params = params or RecoveryParams()
-        spread = math.log1p(max(p.unknown_cv2 if cv2 is None else cv2, p.min_cv ** 2))
+        spread = math.log1p(max(p.unknown_cv2 if cv2 is None else min(cv2, p.max_prior_cv2), p.min_cv ** 2))
         mean = math.log(max(bad, 1e-9)) - spread / 2
         # decayed sums of weight, log time and its square over the reads outside a run (pseudo-reads first)
         self._s0, self._s1, self._s2 = p.prior_reads, p.prior_reads * mean, p.prior_reads * (mean * mean + spread)
