@@ -35,6 +35,7 @@ import gc
 import http.client
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -584,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from bench import env
-    from bench.run import results_dir, run_scenario
+    from bench.run import _on_term, results_dir, run_scenario
 
     parser = argparse.ArgumentParser(prog="python -m bench.scenarios.streaming", description=main.__doc__)
     parser.add_argument("--quick", action="store_true", help="3 short rounds")
@@ -600,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.rounds or base.rounds, args.streams or base.streams_per_round,
                       args.unary_seconds if args.unary_seconds is not None else base.unary_seconds,
                       args.latency_qos or base.qos, base.max_seconds)
+    # A harness timeout's SIGTERM unwinds like Ctrl-C, so the scenario's finally blocks stop its Envoys.
+    signal.signal(signal.SIGTERM, _on_term)
     scenario = types.ModuleType(__name__)  # this module with the options bound, as run_scenario takes one
     scenario.NAME, scenario.TITLE = NAME, TITLE  # type: ignore[attr-defined]
     scenario.run = functools.partial(run, options=options)  # type: ignore[attr-defined]
