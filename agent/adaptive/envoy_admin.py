@@ -75,7 +75,10 @@ def parse_clusters(data: Any, wanted: Iterable[str] | None = None) -> ClusterHos
 
 
 TIMING_PREFIX = "modelarts.adaptive_"
-TIMING_FILTER = "/stats?format=json&filter=%5Emodelarts%5C.adaptive_"  # ^modelarts\.adaptive_
+# ^modelarts\.adaptive_, counters only (the timing stats are counters): Envoy then does not walk its gauges and
+# histograms at all. The same answer for about a quarter less of Envoy's CPU per /stats read (issue 18: these
+# reads run on Envoy's main thread 20 times a second and were the p99 share of the adaptive loop's cost).
+TIMING_FILTER = "/stats?format=json&type=Counters&filter=%5Emodelarts%5C.adaptive_"
 _TIMING_STATS = {"answers": "timed", "ttfb_us": "timed_us"}
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from agent.adaptive.envoy_admin import HostCounters, parse_clusters
+from agent.adaptive.envoy_admin import AdminReader, HostCounters, parse_clusters
 from agent.adaptive.sampling import DeltaTracker, HostSample
 
 
@@ -48,3 +52,45 @@ def test_deltas_per_envoy_are_summed_and_resets_are_not_negative() -> None:
     assert second["llm"]["h:1"] == HostSample(sent=10, succeeded=9, failed=1, active=1)
     third = tracker.update({"http://a": a1})  # b did not answer: a's part only
     assert third["llm"]["h:1"] == HostSample(sent=0, succeeded=0, failed=0, active=0)
+
+
+class _FakeAdmin(http.server.BaseHTTPRequestHandler):
+    """An Envoy admin that answers the loop's two reads and records the paths it was asked for."""
+
+    paths: list[str] = []
+    answers = {"/clusters": clusters(("llm", [host("10.0.0.1", 80, 5, 0, 5)])),
+               "/stats": {"stats": [{"name": "modelarts.adaptive_answers.cluster.llm.instance.10.0.0.1:80", "value": 5},
+                                    {"name": "modelarts.adaptive_ttfb_us.cluster.llm.instance.10.0.0.1:80",
+                                     "value": 5000}]}}
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        body = json.dumps(self.answers[urlsplit(self.path).path]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_timing_read_asks_envoy_for_counters_only() -> None:
+    # Issue 18: these reads run on Envoy's main thread 20 times a second; without `type=Counters` Envoy
+    # also walks every gauge and histogram against the filter, for the same answer.
+    _FakeAdmin.paths = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeAdmin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reader = AdminReader([f"http://127.0.0.1:{server.server_address[1]}"])
+    try:
+        answer = reader.read(["llm"])
+    finally:
+        reader.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    counters = next(iter(answer.values()))["llm"]["10.0.0.1:80"]
+    assert (counters.timed, counters.timed_us) == (5, 5000)
+    stats = [parse_qs(urlsplit(path).query) for path in _FakeAdmin.paths if urlsplit(path).path == "/stats"]
+    assert len(stats) == 1 and stats[0].get("type") == ["Counters"], _FakeAdmin.paths
