@@ -1,13 +1,20 @@
 """Adaptive on vs off for token streams, with enough streams to decide (issue 16 item 3):
-`python -m bench.streams_adaptive [--cells identical,uneven] [--rounds 8] [--segment 15]`.
+`python -m bench.streams_adaptive [--cells identical,uneven] [--rounds 8] [--segment 20]`.
 
-The workload of the matrix's group c stream cells (bench/adaptive_matrix.py: `stream_run`, SSE streams of
-5-40 tokens 50 ms apart, ~60 % of 4 x 4 slots, first token 20 ms lognormal; uneven: one instance at
-200 ms), on the same rig, but with ~1,000 streams per policy per cell instead of ~130: at 130 streams a
-p99 is the 2nd-slowest stream, and the matrix's 1.72x on identical instances was noise. The two policies
-alternate segment by segment; each verdict comes with a bootstrap over the segment pairs (resampling
-whole pairs keeps the machine's drift in the interval), so a figure whose interval straddles its target
-is reported as INCONCLUSIVE rather than as a PASS or a MISS.
+The workload of the matrix's group c stream cells (bench/adaptive_matrix.py: SSE streams of 5-40 tokens
+50 ms apart, ~60 % of 4 x 4 slots, first token 20 ms lognormal; uneven: one instance at 200 ms).
+
+Method. Each policy has a set of instances of its own (8 emulator instances, 4 per policy, configured
+alike: in the uneven cell the last of each set is the slow one), and the two policies run at the same
+time, stream by stream: stream k of the plan goes to both listeners, the first of the two alternating
+with k and the other half an interval later. A stall of the machine or of the client (both listeners
+are in one Envoy, the client is one event loop) so lands on both arms alike. Before (one 14 s segment
+per policy, in turn, on shared instances) each policy caught its stalls alone, and at ~117 streams a
+segment the p99 was the 2nd-slowest stream: 0.308x least_request on identical instances with all weights
+equal (5 rounds of 5), which can only have been the method. Both arms are warmed up alike; the client's
+garbage collector runs between the phases, never during one. Each figure is the p99 of all streams
+pooled, with a 95 % interval from resampling paired blocks (BLOCK consecutive stream indices: the same
+plan, the same moments, for both arms): an interval that straddles its target is INCONCLUSIVE.
 
 Writes bench/results/streams-adaptive.json (cells not run are kept from the earlier file).
 """
@@ -15,26 +22,72 @@ Writes bench/results/streams-adaptive.json (cells not run are kept from the earl
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import gc
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType, MappingProxyType
 from typing import Any
 
+import bench.adaptive_bench as adaptive_bench
+from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from bench.adaptive_bench import PROXY_CPU, Rig, Run, machine, percentile, pinned, quiet
-from bench.adaptive_matrix import STREAM_MS, STREAM_SLOW_MS, STREAM_TOKENS, stream_run
+from bench.adaptive_matrix import STREAM_MS, STREAM_SLOW_MS, STREAM_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "streams-adaptive.json"
 CELLS = ("identical", "uneven")
-BOOTSTRAP = 2000  # resamples of the segment pairs
+ARMS = ("default", "adaptive")  # least_request with adaptive off / on
+PER_ARM = 4  # instances per arm
+BLOCK = 50  # stream indices per resampled block (~6 s at 8.4 streams/s)
+BOOTSTRAP = 2000  # resamples of the blocks
 TARGETS = {"identical": 1.05, "uneven": 1.0}  # adaptive TTFT p99 / least_request's: no worse / better
+MIN_WEIGHT_RATIO = 0.8  # identical instances: lightest / heaviest weight, the matrix's "within 20 %"
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Send:
+    index: int  # the plan's stream index: both arms get each index once
+    at: float  # seconds after the phase's start
+    arm: str
+    tokens: int
+
+
+def schedule(rate: float, seconds: float, seed: int) -> list[Send]:
+    """Stream k at k / rate to both arms, the first of the two alternating with k, the other half an
+    interval later: the arms see the same plan at the same moments, neither always first."""
+    rng = random.Random(seed)
+    gap = 0.5 / rate
+    sends = []
+    for k in range(int(rate * seconds)):
+        tokens = rng.randint(*STREAM_TOKENS)
+        first, second = ARMS if k % 2 == 0 else ARMS[::-1]
+        sends += [Send(k, k / rate, first, tokens), Send(k, k / rate + gap, second, tokens)]
+    return sends
+
+
+def blocks(index: Sequence[int], latency: Sequence[float], size: int = BLOCK) -> list[list[float]]:
+    """One arm's latencies grouped by stream index into blocks of `size` consecutive indices."""
+    grouped: dict[int, list[float]] = {}
+    for k, value in zip(index, latency, strict=True):
+        grouped.setdefault(k // size, []).append(value)
+    return [grouped[b] for b in sorted(grouped)]
+
+
+def p99_ratio(adaptive: Sequence[Sequence[float]], default: Sequence[Sequence[float]]) -> float:
+    a = [v for block in adaptive for v in block]
+    d = [v for block in default for v in block]
+    return percentile(a, 99) / percentile(d, 99)
 
 
 @dataclass(frozen=True)
@@ -46,14 +99,10 @@ class Verdict:
     reason: str
 
 
-def p99_ratio(adaptive: Sequence[Run], default: Sequence[Run]) -> float:
-    a = [v for run in adaptive for v in run.latency]
-    d = [v for run in default for v in run.latency]
-    return percentile(a, 99) / percentile(d, 99)
-
-
-def decide(cell: str, adaptive: Sequence[Run], default: Sequence[Run], seed: int = 1) -> Verdict:
-    """Pooled p99 ratio, and its interval from resampling the (adaptive, default) segment pairs."""
+def decide(cell: str, adaptive: Sequence[Sequence[float]], default: Sequence[Sequence[float]],
+           seed: int = 1) -> Verdict:
+    """Pooled p99 ratio, and its interval from resampling paired blocks (block i of both arms together,
+    so what happened to the machine during a block stays in both arms of a draw)."""
     ratio = p99_ratio(adaptive, default)
     rng = random.Random(seed)
     pairs = list(zip(adaptive, default, strict=True))
@@ -72,70 +121,204 @@ def decide(cell: str, adaptive: Sequence[Run], default: Sequence[Run], seed: int
     return Verdict(ratio, low, high, "INCONCLUSIVE", f"the interval straddles {target:g}")
 
 
-def run_cell(rig: Rig, cell: str, segment: float, rounds: int, log: Log) -> dict[str, Any]:
+def split(instance_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The sorted instances in consecutive halves, one per arm: position j plays the same part in both."""
+    ordered = sorted(instance_ids)
+    if len(ordered) != PER_ARM * len(ARMS):
+        raise ValueError(f"{len(ordered)} instances, want {PER_ARM * len(ARMS)}")
+    return {arm: ordered[n * PER_ARM:(n + 1) * PER_ARM] for n, arm in enumerate(ARMS)}
+
+
+class _EightInstances:
+    """bench.adaptive_bench's `yaml` while the rig starts: its emulator scenario with PER_ARM per arm."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def safe_dump(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        for service in data.get("services", []) if isinstance(data, dict) else []:
+            service["instances"] = PER_ARM * len(ARMS)
+        return self.real.safe_dump(data, *args, **kwargs)
+
+
+class PairedRig(Rig):
+    """The adaptive bench's rig with 8 instances, 4 for each arm's cluster (the other listeners get the
+    default arm's, and stay idle)."""
+
+    def _start(self) -> None:
+        module = vars(adaptive_bench)
+        real = module["yaml"]
+        module["yaml"] = _EightInstances(real)
+        try:
+            super()._start()
+        finally:
+            module["yaml"] = real
+
+    def sets(self) -> dict[str, list[str]]:
+        return split([i.instance_id for i in self.instances])
+
+    def slow_ids(self) -> list[str]:
+        return [ids[-1] for ids in self.sets().values()]
+
+    def _snapshot(self) -> Snapshot:
+        sets = self.sets()
+        by_id = {i.instance_id: i for i in self.instances}
+
+        def endpoints(name: str) -> tuple[Endpoint, ...]:
+            ids = sets.get(name, sets["default"])
+            return tuple(sorted(Endpoint(ip=by_id[i].ip, port=by_id[i].port) for i in ids))
+
+        services = {spec.name: ServiceSnapshot(spec.name, spec.service_id, synced=True, endpoints=endpoints(spec.name))
+                    for spec in self.config.services}
+        return Snapshot(version=1, services=MappingProxyType(dict(sorted(services.items()))))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The client's garbage collector between phases only: a collection during one would stall whichever
+    streams were due then."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.collect()
+
+
+def phase(rig: PairedRig, rate: float, seconds: float, seed: int) -> dict[str, tuple[list[int], Run]]:
+    """One phase of the schedule, both arms at once; per arm the plan indices and their Run (TTFT from
+    the intended send time, so a late client counts against the stream it delayed)."""
+    import aiohttp
+
+    rig.idle()
+    served = {arm: rig.cluster_requests(arm) for arm in ARMS}
+    out: dict[str, tuple[list[int], Run]] = {arm: ([], Run(arm, rate, time.time())) for arm in ARMS}
+    urls = {arm: f"http://{rig.listen_ip}:{rig.ports[arm]}/stream" for arm in ARMS}
+
+    async def one(session: aiohttp.ClientSession, send: Send, origin: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = send.at - (loop.time() - origin)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        ttft, status, instance = float("nan"), 0, ""
+        try:
+            async with session.get(urls[send.arm], params={"tokens": str(send.tokens), "interval_ms": "50"}) as resp:
+                status, instance = resp.status, resp.headers.get("X-Instance-Id", "")
+                async for line in resp.content:
+                    if line.startswith(b"data:") and ttft != ttft:
+                        ttft = loop.time() - origin - send.at
+        except (TimeoutError, aiohttp.ClientError):
+            status = 0
+        index, run = out[send.arm]
+        index.append(send.index)
+        run.sent.append(run.started + send.at)
+        run.latency.append(ttft if ttft == ttft else loop.time() - origin - send.at)
+        run.status.append(status)
+        run.instance.append(instance)
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            origin = asyncio.get_running_loop().time()
+            await asyncio.gather(*(one(session, s, origin) for s in schedule(rate, seconds, seed)))
+
+    with gc_paused():
+        asyncio.run(main())
+    for arm, (_, run) in out.items():
+        reached = rig.cluster_requests(arm) - served[arm]
+        if reached < 0.95 * (len(run.latency) - run.errors):
+            raise RuntimeError(f"{arm}: only {reached} of {len(run.latency)} streams went through its cluster")
+    return out
+
+
+def run_cell(rig: PairedRig, cell: str, segment: float, rounds: int, log: Log) -> dict[str, Any]:
     uneven = cell == "uneven"
-    rate = 0.6 * 4 * rig.concurrency / (sum(STREAM_TOKENS) / 2 * 0.05 + STREAM_MS / 1000)  # as the matrix
+    rate = 0.6 * PER_ARM * rig.concurrency / (sum(STREAM_TOKENS) / 2 * 0.05 + STREAM_MS / 1000)  # per arm
     for info in rig.instances:
         rig.set_latency(info.instance_id, STREAM_MS, "lognormal")
     if uneven:
-        rig.set_latency(rig.slow.instance_id, STREAM_SLOW_MS, "lognormal")
+        for slow in rig.slow_ids():
+            rig.set_latency(slow, STREAM_SLOW_MS, "lognormal")
     load0 = os.getloadavg()[0]
-    stream_run(rig, "adaptive", rate, 8, seed=99)  # warm-up for the loop, not measured
-    runs: dict[str, list[Run]] = {"default": [], "adaptive": []}
+    phase(rig, rate, 8, seed=99)  # warm-up of both arms alike (the loop's evidence, both pools), not measured
+    index: dict[str, list[int]] = {arm: [] for arm in ARMS}
+    runs: dict[str, Run] = {arm: Run(arm, rate) for arm in ARMS}
+    per_round: dict[str, list[float]] = {arm: [] for arm in ARMS}
     weights: list[dict[str, int]] = []
+    offset = 0
     for n in range(rounds):
-        for policy in (("default", "adaptive") if n % 2 == 0 else ("adaptive", "default")):
-            runs[policy].append(stream_run(rig, policy, rate, segment, seed=n))  # one plan per pair
+        got = phase(rig, rate, segment, seed=n)
+        for arm, (ks, run) in got.items():
+            index[arm] += [k + offset for k in ks]  # indices unique across phases: blocks never span two
+            runs[arm].extend(run)
+            per_round[arm].append(round(run.p(99), 2))
+        offset += -(-int(rate * segment) // BLOCK) * BLOCK
         weights.append(rig.weights())
-        log(f"  {cell} round {n + 1}/{rounds}: TTFT p99 default {runs['default'][-1].p(99):.1f} ms, adaptive "
-            f"{runs['adaptive'][-1].p(99):.1f} ms, weights {weights[-1]}")
-    verdict = decide(cell, runs["adaptive"], runs["default"])
-    pooled = {}
-    for policy, parts in runs.items():
-        whole = Run(policy, rate)
-        for part in parts:
-            whole.extend(part)
-        pooled[policy] = {**whole.summary(), "p99_ms_per_segment": [round(r.p(99), 2) for r in parts]}
-    return {"cell": cell, "rate": round(rate, 2), "segment_seconds": segment, "rounds": rounds,
-            "slow_instance": rig.slow.instance_id if uneven else None,
+        log(f"  {cell} round {n + 1}/{rounds}: TTFT p99 default {per_round['default'][-1]:.1f} ms, adaptive "
+            f"{per_round['adaptive'][-1]:.1f} ms, weights {weights[-1]}")
+    grouped = {arm: blocks(index[arm], runs[arm].latency) for arm in ARMS}
+    verdict = decide(cell, grouped["adaptive"], grouped["default"])
+    min_ratio = round(min((min(w.values()) / max(w.values()) for w in weights if w), default=1.0), 3)
+    status, reason = verdict.status, verdict.reason
+    if not uneven and min_ratio < MIN_WEIGHT_RATIO:
+        status, reason = "MISS", f"lightest / heaviest weight {min_ratio} < {MIN_WEIGHT_RATIO}; {reason}"
+    sets = rig.sets()
+    pooled = {arm: {**runs[arm].summary(), "p99_ms_per_segment": per_round[arm], "instances": sets[arm]}
+              for arm in ARMS}
+    slow_share = {arm: round(runs[arm].shares().get(sets[arm][-1], 0.0), 4) for arm in ARMS} if uneven else None
+    return {"cell": cell, "method": "arms at once on instance sets of their own, stream by stream; paired blocks",
+            "rate_per_arm": round(rate, 2), "segment_seconds": segment, "rounds": rounds, "block_streams": BLOCK,
+            "blocks": len(grouped["default"]),
+            "slow_instances": rig.slow_ids() if uneven else None, "slow_share": slow_share,
             "first_token_ms": STREAM_MS, "slow_first_token_ms": STREAM_SLOW_MS if uneven else None,
             "policies": pooled, "weights_per_round": weights,
-            # The matrix's other check on identical instances (>= 0.8): a floored healthy host shows here.
-            "min_weight_ratio": round(min((min(w.values()) / max(w.values()) for w in weights if w), default=1.0), 3),
+            "min_weight_ratio": min_ratio, "min_weight_ratio_target": MIN_WEIGHT_RATIO if not uneven else None,
             "ratio_p99": round(verdict.ratio, 3), "interval_95": [round(verdict.low, 3), round(verdict.high, 3)],
-            "target": TARGETS[cell], "status": verdict.status, "reason": verdict.reason,
+            "target": TARGETS[cell], "status": status, "reason": reason,
             "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # a harness timeout unwinds like Ctrl-C: rig.close() stops Envoy and the emulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.streams_adaptive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated: identical, uneven")
-    parser.add_argument("--rounds", type=int, default=8, help="segment pairs per cell (default 8)")
-    parser.add_argument("--segment", type=float, default=15.0, help="seconds per segment (default 15)")
+    parser.add_argument("--rounds", type=int, default=8, help="phases per cell (default 8)")
+    parser.add_argument("--segment", type=float, default=20.0, help="seconds per phase (default 20)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     cells = [c.strip() for c in str(args.cells).split(",") if c.strip()]
     if not cells or any(c not in CELLS for c in cells) or not 1 <= args.rounds <= 40 or not 1 <= args.segment <= 120:
         print("--cells: a subset of identical,uneven; --rounds 1-40; --segment 1-120 s", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _on_term)
 
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     started = time.time()
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="streams-adaptive-") as tmp, pinned({int(PROXY_CPU)}):
-        rig = Rig(Path(tmp), "files", concurrency=4)  # the matrix's group c rig: 4 slots per instance
-        try:
-            for cell in cells:
-                quiet(log, limit=30)
-                log(f"cell {cell}")
-                results.append(run_cell(rig, cell, args.segment, args.rounds, log))
-                last = results[-1]
-                log(f"{last['status']} {cell}: adaptive/least_request TTFT p99 {last['ratio_p99']} "
-                    f"(95 % {last['interval_95']}, target {last['target']}): {last['reason']}")
-        finally:
-            rig.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="streams-adaptive-") as tmp, pinned({int(PROXY_CPU)}):
+            rig = PairedRig(Path(tmp), "files", concurrency=4)  # the matrix's group c rig: 4 slots per instance
+            try:
+                for cell in cells:
+                    quiet(log, limit=30)
+                    log(f"cell {cell}")
+                    results.append(run_cell(rig, cell, args.segment, args.rounds, log))
+                    last = results[-1]
+                    log(f"{last['status']} {cell}: adaptive/least_request TTFT p99 {last['ratio_p99']} "
+                        f"(95 % {last['interval_95']}, target {last['target']}): {last['reason']}")
+            finally:
+                rig.close()
+    except KeyboardInterrupt:
+        print("interrupted: Envoy and the emulator stopped, nothing written", file=sys.stderr)
+        return 130
     earlier = json.loads(args.output.read_text()) if args.output.exists() else {}
     kept = [c for c in earlier.get("cells", []) if c.get("cell") not in cells]
     out = {"benchmark": "adaptive on vs off for token streams (issue 16)", "machine": machine(),

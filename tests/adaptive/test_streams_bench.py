@@ -1,0 +1,102 @@
+"""The method of bench/streams_adaptive.py (adaptive on vs off for token streams), by counts and arithmetic.
+
+The old method ran one segment per policy in turn, so a stall of the machine landed on one arm only, and
+at ~117 streams a segment 2 slow streams decided its p99: it gave 0.308x least_request on identical
+instances with all weights equal. Now both arms run at once, stream by stream, on instance sets of
+their own, and the interval comes from paired blocks. No timing here: a stall is a made-up window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench.streams_adaptive import ARMS, BLOCK, PER_ARM, Send, blocks, decide, schedule, split
+
+RATE, SECONDS = 8.38, 20.0
+STALL = (5.0, 5.6)  # a 0.6 s stall of the machine: every stream sent in it gets 400 ms later
+BASE, EXTRA = 0.02, 0.4
+
+
+def _old_schedule(rate: float, seconds: float) -> list[Send]:
+    """The old method: a whole segment of the default arm, then one of the adaptive arm."""
+    n = int(rate * seconds)
+    return [Send(k, seg * seconds + k / rate, arm, 10) for seg, arm in enumerate(ARMS) for k in range(n)]
+
+
+def _stall_hits(sends: list[Send]) -> Counter[str]:
+    return Counter(s.arm for s in sends if STALL[0] <= s.at < STALL[1])
+
+
+def _ttft(sends: list[Send]) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = {arm: ([], []) for arm in ARMS}
+    for s in sends:
+        out[s.arm][0].append(s.index)
+        out[s.arm][1].append(BASE + (EXTRA if STALL[0] <= s.at < STALL[1] else 0.0))
+    return out
+
+
+def test_both_arms_get_the_same_plan() -> None:
+    sends = schedule(RATE, SECONDS, seed=3)
+    per_arm = {arm: [(s.index, s.tokens) for s in sends if s.arm == arm] for arm in ARMS}
+    assert per_arm["default"] == per_arm["adaptive"]
+    assert len(per_arm["default"]) == int(RATE * SECONDS)
+
+
+def test_neither_arm_is_always_sent_first() -> None:
+    sends = schedule(RATE, SECONDS, seed=3)
+    first: Counter[str] = Counter()
+    for k in {s.index for s in sends}:
+        pair = sorted((s for s in sends if s.index == k), key=lambda s: s.at)
+        assert pair[1].at - pair[0].at == pytest.approx(0.5 / RATE)
+        first[pair[0].arm] += 1
+    assert abs(first["default"] - first["adaptive"]) <= 1
+
+
+def test_a_stall_lands_on_both_arms_alike() -> None:
+    new, old = _stall_hits(schedule(RATE, SECONDS, seed=3)), _stall_hits(_old_schedule(RATE, SECONDS))
+    assert abs(new["default"] - new["adaptive"]) <= 1 and new["default"] >= 2
+    assert old["adaptive"] == 0 and old["default"] >= 4  # the control: the old method gave it to one arm
+
+
+def test_a_stall_shared_by_both_arms_leaves_the_ratio_at_one() -> None:
+    """A stall of the machine that reaches the p99 in one arm only reads as a 2x ratio on identical
+    instances; with the arms interleaved it cancels, and no verdict can be a MISS or a PASS from it alone."""
+    for sends, expect_one in ((schedule(RATE, SECONDS, seed=3), True), (_old_schedule(RATE, SECONDS), False)):
+        ttft = _ttft(sends)
+        grouped = {arm: blocks(*ttft[arm]) for arm in ARMS}
+        verdict = decide("identical", grouped["adaptive"], grouped["default"])
+        if expect_one:
+            assert verdict.ratio == pytest.approx(1.0)
+            assert verdict.low == pytest.approx(1.0) and verdict.high == pytest.approx(1.0)
+            assert verdict.status == "PASS"
+        else:
+            assert verdict.ratio < 0.2  # the old method: the stall made least_request's p99 20x adaptive's
+
+
+def test_blocks_pair_the_same_stream_indices() -> None:
+    sends = schedule(RATE, SECONDS, seed=3)
+    ttft = _ttft(sends)
+    grouped = {arm: blocks(*ttft[arm]) for arm in ARMS}
+    n = int(RATE * SECONDS)
+    assert [len(b) for b in grouped["default"]] == [len(b) for b in grouped["adaptive"]]
+    assert len(grouped["default"]) == -(-n // BLOCK)
+    assert sum(len(b) for b in grouped["default"]) == n
+
+
+def test_instance_sets_are_disjoint_and_play_the_same_parts() -> None:
+    ids = [f"llm-i{n}" for n in range(8, 0, -1)]
+    sets = split(ids)
+    assert sets == {"default": ["llm-i1", "llm-i2", "llm-i3", "llm-i4"],
+                    "adaptive": ["llm-i5", "llm-i6", "llm-i7", "llm-i8"]}
+    assert all(len(v) == PER_ARM for v in sets.values())
+    with pytest.raises(ValueError):
+        split(ids[:4])
+
+
+def test_the_uneven_target_is_strict() -> None:
+    """'Better than off' needs the whole interval below 1; equal arms are a MISS there, not a PASS."""
+    same = [[BASE] * 10 + [0.3]] * 6
+    assert decide("uneven", same, same).status == "MISS"
+    assert decide("identical", same, same).status == "PASS"
