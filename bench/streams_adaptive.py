@@ -10,8 +10,13 @@ time, stream by stream: stream k of the plan goes to both listeners, the first o
 with k and the other half an interval later. A stall of the machine or of the client (both listeners
 are in one Envoy, the client is one event loop) so lands on both arms alike. Before (one 14 s segment
 per policy, in turn, on shared instances) each policy caught its stalls alone, and at ~117 streams a
-segment the p99 was the 2nd-slowest stream: 0.308x least_request on identical instances with all weights
-equal (5 rounds of 5), which can only have been the method. Both arms are warmed up alike; the client's
+segment the p99 was the 2nd-slowest stream (0.308x least_request on identical instances with all weights
+equal, 5 rounds of 5). With this method the gap on identical instances remains (0.54x, 7 rounds of 7, at
+13:21 UTC on 2 December): it is a difference between the listeners, not the method's timing (unlocked
+diagnostics: a listener with equal static weights of 1000 and no loop 0.34x and 0.49x least_request in
+two short runs; the same with weights of 1, and a second plain least_request listener, ~1.2x and either
+way by phase; the mechanism is open). Both arms
+are warmed up alike; the client's
 garbage collector runs between the phases, never during one. Each figure is the p99 of all streams
 pooled, with a 95 % interval from resampling paired blocks (BLOCK consecutive stream indices: the same
 plan, the same moments, for both arms): an interval that straddles its target is INCONCLUSIVE.
