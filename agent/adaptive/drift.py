@@ -56,6 +56,22 @@ class DriftParams:
     batch_seconds: float = 1.0
     batch_answers: int = 5
     variance_tau: float = 20.0  # batches behind the variance estimate (decayed)
+    # ... and that is not always long enough: the expected time wanders with the host's 2 s throughput,
+    # which the single-server model amplifies for a host that serves several requests at once (4 slots at
+    # 60 % load invert to rho ~0.8, where the model moves 3 % per 1 % of throughput and the host hardly at
+    # all). Successive batch deviations then correlate (lag 1: 0.35-0.7 with 4 slots, ~0 with one), and the
+    # CUSUM, which sums them as independent evidence, found a 15-batch run of 20-35 % low expected times on
+    # identical hosts. The variance is the long-run one, the batch variance x (1 + r) / (1 - r) with r the
+    # lag-1 correlation of the batch deviations (AR(1)), r taken in [0, max_correlation] (never below the
+    # batch variance: the false-alarm rate is at most what it was where batches are independent).
+    max_correlation: float = 0.8
+    # r is a property of the service and its model: over ~60 batches (decayed), and taken only when white
+    # noise would not show it (r x sqrt(batches) > correlation_z; over ~20 batches r is +-0.2 where batches
+    # are independent, one slot, and taking that noise at face value slowed the detection of a 30 % fall
+    # past 5 s and a floored host's recovery, whose prior is these variances, past 10 s). At 4 slots r is
+    # 0.35-0.7.
+    correlation_tau: float = 60.0
+    correlation_z: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -111,8 +127,8 @@ def _median(values: list[float]) -> float:
 class DriftDetector:
     """The two CUSUMs of one host (see the module docstring)."""
 
-    __slots__ = ("_answers", "_expected", "_seconds", "_span", "batches", "down", "params", "slow", "up",
-                 "variance")
+    __slots__ = ("_answers", "_expected", "_last", "_seconds", "_span", "_square", "_weight", "batches", "covariance",
+                 "down", "level", "params", "slow", "up", "variance")
 
     def __init__(self, params: DriftParams | None = None) -> None:
         self.params = params or DriftParams()
@@ -122,6 +138,14 @@ class DriftDetector:
         # over batches): what the reference of the *other* hosts uses.
         self.variance = 0.0
         self.batches = 0.0
+        # ... their decayed mean, and the lag-1 covariance of successive ones (the long-run variance, see
+        # DriftParams.max_correlation; centred: a steady offset of the reference is in the variance once, not
+        # taken for a correlation), over `correlation_tau` batches; `_weight`: their decayed count of batches
+        self.level = 0.0
+        self.covariance = 0.0
+        self._square = 0.0
+        self._weight = 0.0
+        self._last: float | None = None  # the last batch's deviation, sqrt(n) x (mean - expected) / expected
         self._answers, self._seconds, self._expected, self._span = 0, 0.0, 0.0, 0.0
 
     def observe(self, dt: float, answers: int, seconds: float, expected: float, cv2: float | None) -> bool:
@@ -141,8 +165,16 @@ class DriftDetector:
         n, mean, expected = self._answers, self._seconds / self._answers, self._expected / self._answers
         self._answers, self._seconds, self._expected, self._span = 0, 0.0, 0.0, 0.0
         keep = math.exp(-1.0 / p.variance_tau)
-        self.variance = self.variance * keep + (1 - keep) * n * ((mean - expected) / expected) ** 2
+        z = math.sqrt(n) * (mean - expected) / expected
+        self.variance = self.variance * keep + (1 - keep) * z * z
         self.batches = self.batches * keep + 1.0
+        slow = math.exp(-1.0 / p.correlation_tau)
+        self.level = self.level * slow + z
+        self._square = self._square * slow + z * z
+        # (the first batch pairs with 0: the covariance lags the other sums by one batch of weight)
+        self.covariance = self.covariance * slow + z * (self._last or 0.0)
+        self._weight = self._weight * slow + 1.0
+        self._last = z
         if cv2 is None:
             return False
         delta = p.shift * expected
@@ -166,9 +198,20 @@ class DriftDetector:
         self.slow = False
 
     def variance_estimate(self) -> float | None:
-        """The decayed per-request variance (units of expected^2), once `batches` carry enough weight."""
-        filled = 1 - math.exp(-self.batches / self.params.variance_tau) if self.batches else 0.0
-        return self.variance / filled if self.batches >= 10 and filled > 0 else None
+        """The decayed per-request variance (units of expected^2), once `batches` carry enough weight: the
+        long-run one, what a sum of successive batches shows (see `max_correlation`)."""
+        tau = self.params.variance_tau
+        filled = 1 - math.exp(-self.batches / tau) if self.batches else 0.0
+        if self.batches < 10 or filled <= 0:
+            return None
+        variance = self.variance / filled
+        w = self._weight
+        mean, square = self.level / w, self._square / w
+        r = (self.covariance / w - mean * mean) / (square - mean * mean) if square > mean * mean else 0.0
+        # only a correlation that white noise would not show (Bartlett: r is +-1/sqrt(batches) there)
+        r = r if r * math.sqrt(w) > self.params.correlation_z else 0.0
+        r = min(max(r, 0.0), self.params.max_correlation)
+        return variance * (1 + r) / (1 - r)
 
 
 @dataclass(frozen=True)
