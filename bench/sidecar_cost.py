@@ -84,7 +84,7 @@ def _config(workdir: Path, services: list[str]) -> tuple[Path, int, dict[str, in
 
 class EnvoyProc:
     def __init__(self, bootstrap: Path, admin_port: int, log: Path) -> None:
-        # The flags the injector gives the sidecar Envoy (agent/inject/injector.py): no --concurrency.
+        # The flags the injector gives the sidecar Envoy (agent/inject/containers.py): no --concurrency.
         self.proc = subprocess.Popen([envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart",
                                       "--log-level", "warning", "--log-path", str(log)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

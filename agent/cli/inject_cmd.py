@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from agent.errors import AgentError
-from agent.inject.injector import InjectError, InjectOptions, inject_text
+from agent.inject.injector import inject_text
+from agent.inject.model import InjectError, InjectOptions
 
 _EPILOG = """\
 example:

@@ -1,2 +1,2 @@
 """The pod-spec injector behind `modelarts-agent inject`: workload manifests in, the same manifests with the
-agent and Envoy sidecars out (injector.py). Pure text and dict work: no cluster, no network."""
+agent and Envoy sidecars out. Pure text and dict work: no cluster, no network."""

@@ -15,7 +15,8 @@ import yaml
 from agent.cli.main import build_parser
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import AgentConfig
-from agent.inject.injector import InjectOptions, restricted_security_context
+from agent.inject.containers import restricted_security_context
+from agent.inject.model import InjectOptions
 from tests.helm.conftest import CHART, REPO, VALUES_ALL, Helm, find, kinds, load_yaml_docs
 
 CRD = REPO / "manifests" / "crd" / "vpc.modelarts.io_modelartsservices.yaml"

@@ -13,13 +13,9 @@ import yaml
 
 from agent.cli.main import build_parser, main
 from agent.cli.sidecar_cmd import load_sidecar_config
-from agent.inject.injector import (
-    ANNOTATION_CONFIG,
-    InjectError,
-    InjectOptions,
-    inject_text,
-    restricted_security_context,
-)
+from agent.inject.containers import restricted_security_context
+from agent.inject.injector import inject_text
+from agent.inject.model import ANNOTATION_CONFIG, InjectError, InjectOptions
 from tests.envoy.harness import require_envoy
 from tests.helm.conftest import APP, REPO
 

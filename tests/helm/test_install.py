@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.inject.injector import InjectOptions, inject_text
+from agent.inject.injector import inject_text
+from agent.inject.model import InjectOptions
 from tests.helm.conftest import APP, CHART, REPO, VALUES_ALL, Helm
 from tests.kubeenv import KubeTestEnv
 

@@ -15,7 +15,8 @@ from agent.cli import main
 from agent.cli.sidecar_cmd import load_sidecar_config
 from agent.config import DataPlaneConfig, parse_config
 from agent.errors import ConfigError
-from agent.inject.injector import InjectOptions, sidecar_config
+from agent.inject.model import InjectOptions
+from agent.inject.sidecar_config import sidecar_config
 from agent.model import Endpoint
 from agent.sinks.envoy.files import EnvoyFileSink
 from agent.snapshot import SnapshotStore
