@@ -16,6 +16,8 @@ import requests
 from modelarts_emulator import cli
 from modelarts_emulator.config import DEFAULT_PASSWORD, DEFAULT_SK
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -60,12 +62,6 @@ def test_subprocess_ready_file_line_and_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_shared_port_and_scenario_file(tmp_path):

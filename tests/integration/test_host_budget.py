@@ -10,7 +10,6 @@ import io
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from agent.modelarts.host_state import SharedBudgetFile
 from agent.snapshot import SnapshotStore
 from agent.sources.modelarts import ModelArtsSource
 from tests.integration.conftest import agent_config, emulator_config
+from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("creds_env")
 
@@ -40,12 +40,6 @@ pytestmark = pytest.mark.usefixtures("creds_env")
 def max_in_window(times: list[float], window: float) -> int:
     times = sorted(times)
     return max((bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_two_agents_of_one_user_never_exceed_the_limit_together(tmp_path: Path) -> None:

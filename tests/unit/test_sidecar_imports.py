@@ -10,10 +10,11 @@ loaded when one is used). bench/pod_bench.py measures the cost.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,8 @@ def test_the_sidecar_imports_nothing_that_only_other_commands_use() -> None:
 BUILT = """
 import json, sys
 from pathlib import Path
+
+from tests.ports import free_port
 from agent.app.sidecar import SidecarRuntime
 from agent.cli.sidecar_cmd import follow, load_sidecar_config
 from agent.kube.client import KubeClient
@@ -61,12 +64,6 @@ kube = KubeClient.connect(kubeconfig)  # nothing listens there: the runtime is o
 runtime = SidecarRuntime(load(path), path, kube=kube, namespace="apps", loader=load, sink_factory=sinks_for)
 print(json.dumps(sorted(sys.modules)))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def modules_of_a_built_sidecar(tmp_path: Path, config: str) -> set[str]:
