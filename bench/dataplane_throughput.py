@@ -16,6 +16,7 @@ Writes bench/results/dataplane-throughput.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from rich.console import Console
@@ -65,6 +67,31 @@ def _builtin_timing_filter(listener: dict[str, Any]) -> None:
                     log["filter"] = _status_between(200, 299)
 
 
+def _timing_loggers(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    """The adaptive timing loggers (counters named `adaptive_*`) of a rendered listener."""
+    out = []
+    for chain in listener.get("filter_chains", []):
+        for network_filter in chain.get("filters", []):
+            for log in network_filter.get("typed_config", {}).get("access_log", []):
+                counters = log.get("typed_config", {}).get("counters") or [{}]
+                if str(counters[0].get("stat", {}).get("name", "")).startswith("adaptive_"):
+                    out.append(log)
+    return out
+
+
+def _one_tag(listener: dict[str, Any]) -> None:
+    """The timing counters with one tag (cluster and host in one formatted value) instead of two: half the
+    per-request tag formatting and stat-name encoding."""
+    for log in _timing_loggers(listener):
+        for counter in log["typed_config"]["counters"]:
+            counter["stat"]["tags"] = [{"name": "upstream", "value_format": "%UPSTREAM_CLUSTER%/%UPSTREAM_HOST%"}]
+
+
+def _one_tag_builtin(listener: dict[str, Any]) -> None:
+    _one_tag(listener)
+    _builtin_timing_filter(listener)
+
+
 # Splits of the adaptive loop's cost, beside the cost table's variants: the loop's admin reads alone
 # (`logger-only` renders the generated config but does not run the loop), and its CEL filter.
 LOGGER_ONLY = "logger-only"
@@ -72,7 +99,11 @@ EXTRA = {"no-cel": Variant("no-cel", "the adaptive timing logger without its CEL
                            listener_edit=_drop_timing_filter),
          "builtin-filter": Variant("builtin-filter", "the adaptive timing logger with built-in 2xx filters",
                                    listener_edit=_builtin_timing_filter),
-         LOGGER_ONLY: Variant(LOGGER_ONLY, "the adaptive timing logger, the loop not running")}
+         LOGGER_ONLY: Variant(LOGGER_ONLY, "the adaptive timing logger, the loop not running"),
+         "one-tag": Variant("one-tag", "the adaptive timing counters with one tag instead of two",
+                            listener_edit=_one_tag),
+         "one-tag-builtin": Variant("one-tag-builtin", "one tag, and built-in 2xx filters instead of CEL",
+                                    listener_edit=_one_tag_builtin)}
 RESULTS = env.REPO / "bench" / "results" / "dataplane-throughput.json"
 SEED = 20261202
 
@@ -247,6 +278,34 @@ def admin_read_cost(arm: Arm, url: str, reads: int = 200) -> float:
         reader.close()
 
 
+# Each admin read the loop makes or could make, for what it costs Envoy's main thread (the reader picks).
+ADMIN_PATHS = ("/clusters?format=json", "/clusters",
+               "/stats?format=json&type=Counters&filter=%5Emodelarts%5C.adaptive_",
+               "/stats?format=json&usedonly&type=Counters&filter=%5Emodelarts%5C.adaptive_",
+               "/stats?usedonly&type=Counters&filter=%5Emodelarts%5C.adaptive_")
+
+
+def admin_path_costs(arm: Arm, url: str, reads: int = 1000) -> dict[str, float]:
+    """Envoy CPU (µs) per GET of each of ADMIN_PATHS, `reads` times each, Envoy otherwise idle."""
+    assert arm.pid is not None
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+    out: dict[str, float] = {}
+    try:
+        for path in ADMIN_PATHS:
+            conn.request("GET", path)
+            conn.getresponse().read()
+            cpu0 = proc_cpu_seconds(arm.pid)
+            for _ in range(reads):
+                conn.request("GET", path)
+                conn.getresponse().read()
+            out[path] = (proc_cpu_seconds(arm.pid) - cpu0) / reads * 1e6
+    finally:
+        conn.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dataplane_throughput",
                                      description=__doc__.split("\n\n")[0])
@@ -296,19 +355,23 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"block {block + 1}/{args.blocks}")
             for name, w in order:
                 visits.append(closed_loop(ctx, arms[name], f"{name}-{w}-{block}", w, args.window, block))
-        admin = admin_read_cost(arms["generated"], arms["generated"].admin)
+        admin = admin_read_cost(arms["generated"], arms["generated"].admin, reads=1000)
+        paths = admin_path_costs(arms["generated"], arms["generated"].admin)
     finally:
         ctx.stop_all()
     load.append(os.getloadavg()[0])
     table = markdown(visits)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     record = {"ran_at": env.machine_facts_date(), "git_commit": env.machine_facts()["git_commit"],
-              "loadavg": load, "admin_sample_envoy_cpu_us": admin, "blocks": args.blocks, "window": args.window,
+              "loadavg": load, "admin_sample_envoy_cpu_us": admin,
+              "admin_path_envoy_cpu_us": paths, "blocks": args.blocks, "window": args.window,
               "visits": [asdict(v) for v in visits], "table": table}
     args.output.write_text(json.dumps(record, indent=1), encoding="utf-8")
     console.print(f"load average at start / end: {load[0]:.2f} / {load[1]:.2f}")
     print(table)
     console.print(f"Envoy CPU per adaptive-loop sample (/clusters + /stats reads): {admin:.0f} µs")
+    for path, cost in paths.items():
+        console.print(f"  {path}: {cost:.0f} µs")
     return 0
 
 
