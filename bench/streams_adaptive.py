@@ -1,5 +1,5 @@
 """Adaptive on vs off for token streams, with enough streams to decide (issue 16 item 3):
-`python -m bench.streams_adaptive [--cells identical,uneven] [--rounds 8] [--segment 20]`.
+`python -m bench.streams_adaptive [--cells aa,identical,uneven] [--rounds 6] [--segment 20]`.
 
 The workload of the matrix's group c stream cells (bench/adaptive_matrix.py: SSE streams of 5-40 tokens
 50 ms apart, ~60 % of 4 x 4 slots, first token 20 ms lognormal; uneven: one instance at 200 ms).
@@ -8,18 +8,17 @@ Method. Each policy has a set of instances of its own (8 emulator instances, 4 p
 alike: in the uneven cell the last of each set is the slow one), and the two policies run at the same
 time, stream by stream: stream k of the plan goes to both listeners, the first of the two alternating
 with k and the other half an interval later. A stall of the machine or of the client (both listeners
-are in one Envoy, the client is one event loop) so lands on both arms alike. Before (one 14 s segment
-per policy, in turn, on shared instances) each policy caught its stalls alone, and at ~117 streams a
-segment the p99 was the 2nd-slowest stream (0.308x least_request on identical instances with all weights
-equal, 5 rounds of 5). With this method the gap on identical instances remains (0.54x, 7 rounds of 7, at
-13:21 UTC on 2 December): it is a difference between the listeners, not the method's timing (unlocked
-diagnostics: a listener with equal static weights of 1000 and no loop 0.34x and 0.49x least_request in
-two short runs; the same with weights of 1, and a second plain least_request listener, ~1.2x and either
-way by phase; the mechanism is open). Both arms
-are warmed up alike; the client's
-garbage collector runs between the phases, never during one. Each figure is the p99 of all streams
-pooled, with a 95 % interval from resampling paired blocks (BLOCK consecutive stream indices: the same
-plan, the same moments, for both arms): an interval that straddles its target is INCONCLUSIVE.
+are in one Envoy, the client is one event loop) so lands on both arms alike. The Envoy has the two
+listeners only, configured alike but for the policy. Halfway through a cell's rounds the arms swap
+instance sets (republished as EDS, then a warm-up), so whatever one set of instances does to the tail
+(its place in the emulator, its ports) lands on both arms; the JSON keeps the ratio of each half, which
+shows such a bias as halves on either side of the pooled ratio. The `aa` cell is the A/A control: the
+same bench with both listeners least_request, adaptive off, on identical instances, on a rig of its own;
+its interval must hold 1 (PASS), or the bench favours an arm (MISS) and the other cells say nothing.
+Both arms are warmed up alike; the client's garbage collector runs between the phases, never during
+one. Each figure is the p99 of all streams pooled, with a 95 % interval from resampling paired blocks
+(BLOCK consecutive stream indices: the same plan, the same moments, for both arms): an interval that
+straddles its target is INCONCLUSIVE.
 
 Writes bench/results/streams-adaptive.json (cells not run are kept from the earlier file).
 """
@@ -34,6 +33,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,12 +50,13 @@ from bench.adaptive_matrix import STREAM_MS, STREAM_SLOW_MS, STREAM_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "streams-adaptive.json"
-CELLS = ("identical", "uneven")
+CELLS = ("aa", "identical", "uneven")  # aa: the A/A control, both listeners least_request, adaptive off
 ARMS = ("default", "adaptive")  # least_request with adaptive off / on
 PER_ARM = 4  # instances per arm
+WARMUP = 8.0  # seconds of unmeasured streams at a cell's start and after the swap
 BLOCK = 50  # stream indices per resampled block (~6 s at 8.4 streams/s)
 BOOTSTRAP = 2000  # resamples of the blocks
-TARGETS = {"identical": 1.05, "uneven": 1.0}  # adaptive TTFT p99 / least_request's: no worse / better
+TARGETS = {"aa": 1.0, "identical": 1.05, "uneven": 1.0}  # TTFT p99 ratio: equal (A/A) / no worse / better
 MIN_WEIGHT_RATIO = 0.8  # identical instances: lightest / heaviest weight, the matrix's "within 20 %"
 Log = Callable[[str], None]
 
@@ -118,6 +119,10 @@ def decide(cell: str, adaptive: Sequence[Sequence[float]], default: Sequence[Seq
     draws.sort()
     low, high = draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
     target = TARGETS[cell]
+    if cell == "aa":  # the A/A control: the same policy on both arms, so 1 must be inside the interval
+        if low <= target <= high:
+            return Verdict(ratio, low, high, "PASS", f"the interval holds {target:g}: no arm bias")
+        return Verdict(ratio, low, high, "MISS", f"the interval misses {target:g}: the bench favours one arm")
     strict = cell == "uneven"  # "better than off" is < 1; "no worse" allows the matrix's 5 %
     if (high < target) if strict else (high <= target):
         return Verdict(ratio, low, high, "PASS", f"the whole interval is below {target:g}")
@@ -126,12 +131,20 @@ def decide(cell: str, adaptive: Sequence[Sequence[float]], default: Sequence[Seq
     return Verdict(ratio, low, high, "INCONCLUSIVE", f"the interval straddles {target:g}")
 
 
-def split(instance_ids: Sequence[str]) -> dict[str, list[str]]:
-    """The sorted instances in consecutive halves, one per arm: position j plays the same part in both."""
+def split(instance_ids: Sequence[str], swapped: bool = False) -> dict[str, list[str]]:
+    """The sorted instances in consecutive halves, one per arm: position j plays the same part in both.
+    `swapped`: each arm gets the other's half (the second half of a cell's rounds)."""
     ordered = sorted(instance_ids)
     if len(ordered) != PER_ARM * len(ARMS):
         raise ValueError(f"{len(ordered)} instances, want {PER_ARM * len(ARMS)}")
-    return {arm: ordered[n * PER_ARM:(n + 1) * PER_ARM] for n, arm in enumerate(ARMS)}
+    arms = ARMS[::-1] if swapped else ARMS
+    return {arm: ordered[n * PER_ARM:(n + 1) * PER_ARM] for n, arm in enumerate(arms)}
+
+
+def swapped_rounds(rounds: int) -> list[bool]:
+    """Which rounds run with the instance sets swapped: the second half (an odd round out goes to the first),
+    so each arm spends as many rounds on each set and an instance set's own bias cancels in the pooled p99."""
+    return [n >= (rounds + 1) // 2 for n in range(rounds)]
 
 
 class _EightInstances:
@@ -147,8 +160,18 @@ class _EightInstances:
 
 
 class PairedRig(Rig):
-    """The adaptive bench's rig with 8 instances, 4 for each arm's cluster (the other listeners get the
-    default arm's, and stay idle)."""
+    """The adaptive bench's rig with 8 instances, 4 for each arm's cluster, and only the two arms' listeners,
+    configured alike but for the policy. `control`: the A/A run, the `adaptive` listener with adaptive off too."""
+
+    def __init__(self, workdir: Path, concurrency: int, control: bool = False) -> None:
+        self.POLICIES = policies(control)
+        self.swapped = False
+        super().__init__(workdir, "files", concurrency=concurrency)
+
+    def swap(self) -> None:
+        """Each arm to the other's instance set (republished as EDS)."""
+        self.swapped = not self.swapped
+        self.sink.publish(self._snapshot())
 
     def _start(self) -> None:
         module = vars(adaptive_bench)
@@ -160,7 +183,7 @@ class PairedRig(Rig):
             module["yaml"] = real
 
     def sets(self) -> dict[str, list[str]]:
-        return split([i.instance_id for i in self.instances])
+        return split([i.instance_id for i in self.instances], self.swapped)
 
     def slow_ids(self) -> list[str]:
         return [ids[-1] for ids in self.sets().values()]
@@ -170,12 +193,18 @@ class PairedRig(Rig):
         by_id = {i.instance_id: i for i in self.instances}
 
         def endpoints(name: str) -> tuple[Endpoint, ...]:
-            ids = sets.get(name, sets["default"])
+            ids = sets[name]
             return tuple(sorted(Endpoint(ip=by_id[i].ip, port=by_id[i].port) for i in ids))
 
         services = {spec.name: ServiceSnapshot(spec.name, spec.service_id, synced=True, endpoints=endpoints(spec.name))
                     for spec in self.config.services}
         return Snapshot(version=1, services=MappingProxyType(dict(sorted(services.items()))))
+
+
+def policies(control: bool) -> dict[str, dict[str, Any]]:
+    """The two listeners' lb settings: the same policy, adaptive off and on (both off for the A/A control)."""
+    return {"default": {"policy": "least_request", "adaptive": False},
+            "adaptive": {"policy": "least_request", "adaptive": not control}}
 
 
 @contextlib.contextmanager
@@ -248,13 +277,24 @@ def run_cell(rig: PairedRig, cell: str, segment: float, rounds: int, log: Log) -
         for slow in rig.slow_ids():
             rig.set_latency(slow, STREAM_SLOW_MS, "lognormal")
     load0 = os.getloadavg()[0]
-    phase(rig, rate, 8, seed=99)  # warm-up of both arms alike (the loop's evidence, both pools), not measured
+    if rig.swapped:
+        rig.swap()  # every cell starts on the same sets
     index: dict[str, list[int]] = {arm: [] for arm in ARMS}
     runs: dict[str, Run] = {arm: Run(arm, rate) for arm in ARMS}
     per_round: dict[str, list[float]] = {arm: [] for arm in ARMS}
     weights: list[dict[str, int]] = []
-    offset = 0
-    for n in range(rounds):
+    sets_used: list[dict[str, list[str]]] = []
+    offset, swap_offset = 0, 0
+    for n, swapped in enumerate(swapped_rounds(rounds)):
+        if n == 0 or swapped != rig.swapped:
+            if swapped != rig.swapped:
+                rig.swap()
+                swap_offset = offset
+                log(f"  {cell}: instance sets swapped, {rig.sets()}")
+            # Warm-up of both arms alike (the loop's evidence, both pools), not measured: at the start, and
+            # after the swap, where the adaptive loop meets its new instances.
+            phase(rig, rate, WARMUP, seed=99 + n)
+        sets_used.append(rig.sets())
         got = phase(rig, rate, segment, seed=n)
         for arm, (ks, run) in got.items():
             index[arm] += [k + offset for k in ks]  # indices unique across phases: blocks never span two
@@ -266,24 +306,50 @@ def run_cell(rig: PairedRig, cell: str, segment: float, rounds: int, log: Log) -
             f"{per_round['adaptive'][-1]:.1f} ms, weights {weights[-1]}")
     grouped = {arm: blocks(index[arm], runs[arm].latency) for arm in ARMS}
     verdict = decide(cell, grouped["adaptive"], grouped["default"])
+    halves = half_ratios(index, runs, swap_offset) if swap_offset else None
     min_ratio = round(min((min(w.values()) / max(w.values()) for w in weights if w), default=1.0), 3)
     status, reason = verdict.status, verdict.reason
-    if not uneven and min_ratio < MIN_WEIGHT_RATIO:
+    if cell == "identical" and min_ratio < MIN_WEIGHT_RATIO:
         status, reason = "MISS", f"lightest / heaviest weight {min_ratio} < {MIN_WEIGHT_RATIO}; {reason}"
-    sets = rig.sets()
-    pooled = {arm: {**runs[arm].summary(), "p99_ms_per_segment": per_round[arm], "instances": sets[arm]}
-              for arm in ARMS}
-    slow_share = {arm: round(runs[arm].shares().get(sets[arm][-1], 0.0), 4) for arm in ARMS} if uneven else None
-    return {"cell": cell, "method": "arms at once on instance sets of their own, stream by stream; paired blocks",
+    pooled = {arm: {**runs[arm].summary(), "p99_ms_per_segment": per_round[arm],
+                    "instances_per_segment": [used[arm] for used in sets_used]} for arm in ARMS}
+    slow_ids = set(rig.slow_ids())
+    slow_share = {arm: round(sum(v for k, v in runs[arm].shares().items() if k in slow_ids), 4)
+                  for arm in ARMS} if uneven else None
+    return {"cell": cell, "method": "arms at once on instance sets of their own, swapped for the second half of "
+                                    "the rounds, stream by stream; paired blocks",
+            "policies_compared": "least_request vs least_request (A/A control)" if cell == "aa"
+            else "least_request, adaptive off vs on",
+            "ratio_p99_per_half": halves,
             "rate_per_arm": round(rate, 2), "segment_seconds": segment, "rounds": rounds, "block_streams": BLOCK,
             "blocks": len(grouped["default"]),
-            "slow_instances": rig.slow_ids() if uneven else None, "slow_share": slow_share,
+            "slow_instances": sorted(slow_ids) if uneven else None, "slow_share": slow_share,
             "first_token_ms": STREAM_MS, "slow_first_token_ms": STREAM_SLOW_MS if uneven else None,
             "policies": pooled, "weights_per_round": weights,
-            "min_weight_ratio": min_ratio, "min_weight_ratio_target": MIN_WEIGHT_RATIO if not uneven else None,
+            "min_weight_ratio": min_ratio, "min_weight_ratio_target": MIN_WEIGHT_RATIO if cell == "identical" else None,
             "ratio_p99": round(verdict.ratio, 3), "interval_95": [round(verdict.low, 3), round(verdict.high, 3)],
             "target": TARGETS[cell], "status": status, "reason": reason,
             "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+
+def half_ratios(index: dict[str, list[int]], runs: dict[str, Run], swap_offset: int) -> list[float]:
+    """The p99 ratio over the rounds before the swap and over those after: an instance set's own bias shows as
+    halves on either side of the pooled ratio (in the A/A control, on either side of 1)."""
+    out = []
+    for first in (True, False):
+        part = {arm: [v for k, v in zip(index[arm], runs[arm].latency, strict=True) if (k < swap_offset) == first]
+                for arm in ARMS}
+        out.append(round(percentile(part["adaptive"], 99) / percentile(part["default"], 99), 3))
+    return out
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except OSError:
+        return ""
+    return out.stdout.strip()
 
 
 def _on_term(signum: int, frame: FrameType | None) -> None:
@@ -292,14 +358,15 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.streams_adaptive", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated: identical, uneven")
-    parser.add_argument("--rounds", type=int, default=8, help="phases per cell (default 8)")
+    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated: aa (the A/A control), identical, "
+                                                                  "uneven")
+    parser.add_argument("--rounds", type=int, default=6, help="phases per cell, half on each instance set (default 6)")
     parser.add_argument("--segment", type=float, default=20.0, help="seconds per phase (default 20)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     cells = [c.strip() for c in str(args.cells).split(",") if c.strip()]
-    if not cells or any(c not in CELLS for c in cells) or not 1 <= args.rounds <= 40 or not 1 <= args.segment <= 120:
-        print("--cells: a subset of identical,uneven; --rounds 1-40; --segment 1-120 s", file=sys.stderr)
+    if not cells or any(c not in CELLS for c in cells) or not 2 <= args.rounds <= 40 or not 1 <= args.segment <= 120:
+        print("--cells: a subset of aa,identical,uneven; --rounds 2-40; --segment 1-120 s", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_term)
 
@@ -310,23 +377,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="streams-adaptive-") as tmp, pinned({int(PROXY_CPU)}):
-            rig = PairedRig(Path(tmp), "files", concurrency=4)  # the matrix's group c rig: 4 slots per instance
-            try:
-                for cell in cells:
-                    quiet(log, limit=30)
-                    log(f"cell {cell}")
-                    results.append(run_cell(rig, cell, args.segment, args.rounds, log))
-                    last = results[-1]
-                    log(f"{last['status']} {cell}: adaptive/least_request TTFT p99 {last['ratio_p99']} "
-                        f"(95 % {last['interval_95']}, target {last['target']}): {last['reason']}")
-            finally:
-                rig.close()
+            # The A/A control on a rig of its own (its second listener has adaptive off), then the real cells.
+            for control, group in ((True, [c for c in cells if c == "aa"]), (False, [c for c in cells if c != "aa"])):
+                if not group:
+                    continue
+                work = Path(tmp) / ("aa" if control else "on-off")
+                work.mkdir()
+                rig = PairedRig(work, concurrency=4, control=control)  # the matrix's group c rig: 4 slots each
+                try:
+                    for cell in group:
+                        quiet(log, limit=30)
+                        log(f"cell {cell}")
+                        results.append(run_cell(rig, cell, args.segment, args.rounds, log))
+                        last = results[-1]
+                        log(f"{last['status']} {cell}: TTFT p99 ratio {last['ratio_p99']} (95 % {last['interval_95']}, "
+                            f"halves {last['ratio_p99_per_half']}, target {last['target']}): {last['reason']}")
+                finally:
+                    rig.close()
     except KeyboardInterrupt:
         print("interrupted: Envoy and the emulator stopped, nothing written", file=sys.stderr)
         return 130
     earlier = json.loads(args.output.read_text()) if args.output.exists() else {}
     kept = [c for c in earlier.get("cells", []) if c.get("cell") not in cells]
     out = {"benchmark": "adaptive on vs off for token streams (issue 16)", "machine": machine(),
+           "ran_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "git_commit": _commit(),
            "wall_seconds": round(time.time() - started, 1), "cells": kept + results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")

@@ -12,7 +12,20 @@ from collections import Counter
 
 import pytest
 
-from bench.streams_adaptive import ARMS, BLOCK, PER_ARM, Send, blocks, decide, schedule, split
+from bench.adaptive_bench import Run
+from bench.streams_adaptive import (
+    ARMS,
+    BLOCK,
+    PER_ARM,
+    Send,
+    blocks,
+    decide,
+    half_ratios,
+    policies,
+    schedule,
+    split,
+    swapped_rounds,
+)
 
 RATE, SECONDS = 8.38, 20.0
 STALL = (5.0, 5.6)  # a 0.6 s stall of the machine: every stream sent in it gets 400 ms later
@@ -91,8 +104,53 @@ def test_instance_sets_are_disjoint_and_play_the_same_parts() -> None:
     assert sets == {"default": ["llm-i1", "llm-i2", "llm-i3", "llm-i4"],
                     "adaptive": ["llm-i5", "llm-i6", "llm-i7", "llm-i8"]}
     assert all(len(v) == PER_ARM for v in sets.values())
+    assert split(ids, swapped=True) == {"default": sets["adaptive"], "adaptive": sets["default"]}
     with pytest.raises(ValueError):
         split(ids[:4])
+
+
+@pytest.mark.parametrize("rounds", [2, 5, 6, 8])
+def test_each_arm_spends_as_many_rounds_on_each_instance_set(rounds: int) -> None:
+    """A set's own bias (its instances, their ports, their place in the emulator) then lands on both arms."""
+    plan = swapped_rounds(rounds)
+    assert plan == sorted(plan)  # one swap, halfway: the adaptive loop relearns its instances once
+    assert abs(plan.count(True) - plan.count(False)) <= 1 and plan[-1]
+
+
+def _biased_set_run(swap: bool) -> tuple[dict[str, list[int]], dict[str, Run], int]:
+    """Both arms alike, but the first instance set is slow at the tail (every 20th stream 300 ms late)."""
+    n = 200
+    index = {arm: list(range(2 * n)) for arm in ARMS}
+    runs = {}
+    for arm in ARMS:
+        run = Run(arm, 8.0)
+        for k in range(2 * n):
+            on_first_set = (arm == "default") != (swap and k >= n)
+            run.latency.append(0.32 if on_first_set and k % 20 == 0 else 0.02)
+        runs[arm] = run
+    return index, runs, n
+
+
+def test_the_swap_cancels_an_instance_set_bias() -> None:
+    """The confound of the 13:21 UTC run, made up: with fixed sets an A/A run reads the set's bias as the
+    policy's (16x here); swapped for half the rounds the pooled ratio is 1 and the halves show the bias."""
+    for swap in (False, True):
+        index, runs, n = _biased_set_run(swap)
+        grouped = {arm: blocks(index[arm], runs[arm].latency) for arm in ARMS}
+        verdict = decide("aa", grouped["adaptive"], grouped["default"])
+        if swap:
+            assert verdict.ratio == pytest.approx(1.0) and verdict.status == "PASS"
+            low, high = half_ratios(index, runs, n)
+            assert low < 0.2 and high > 5  # either way by half: the sets differ, not the arms
+        else:
+            assert verdict.ratio < 0.1 and verdict.status == "MISS"
+
+
+def test_the_control_differs_from_the_real_run_only_in_the_policy() -> None:
+    control, real = policies(control=True), policies(control=False)
+    assert list(control) == list(real) == list(ARMS)
+    assert control["default"] == real["default"] == control["adaptive"]
+    assert real["adaptive"] == {**control["adaptive"], "adaptive": True}
 
 
 def test_the_uneven_target_is_strict() -> None:

@@ -10,7 +10,7 @@ from tests.bench_children import sigterm_once_envoy_is_up
 
 def test_sigterm_stops_the_benchs_envoy_and_emulator(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    status, left = sigterm_once_envoy_is_up(["bench.streams_adaptive", "--cells", "identical", "--rounds", "1",
+    status, left = sigterm_once_envoy_is_up(["bench.streams_adaptive", "--cells", "identical", "--rounds", "2",
                                              "--segment", "60", "--output", str(out)], tmp_path)
     assert status != 0
     assert left == [], "Envoy or the emulator outlived the bench"
