@@ -125,6 +125,7 @@ class Run:
     instance: list[str] = field(default_factory=list)
     envoy_cpu: float = 0.0
     rounds_p99: list[float] = field(default_factory=list)  # p99 (ms) of each segment, when pooled
+    rounds_shares: list[dict[str, float]] = field(default_factory=list)  # each segment's shares, when pooled
 
     def extend(self, other: Run) -> None:
         self.sent += other.sent
@@ -160,6 +161,7 @@ class Run:
                 **{f"p{q:g}_ms": round(self.p(q), 2) for q in (50, 90, 99, 99.9)},
                 "max_ms": round(self.p(100), 2), "shares": {k: round(v, 4) for k, v in self.shares().items()},
                 "p99_ms_per_segment": self.rounds_p99,
+                **({"shares_per_segment": self.rounds_shares} if self.rounds_shares else {}),
                 "envoy_cpu_ms_per_1k_requests": round(1e6 * self.envoy_cpu / max(len(self.latency), 1), 1)}
 
 
@@ -325,6 +327,16 @@ class Rig:
         # bind would send one policy's load somewhere else, silently.
         wait_for(lambda: self._listening(admin), 30, "Envoy listening on every policy's port")
         # The agent's feedback loop, exactly as AgentRuntime runs it (in this process, pinned with Envoy).
+        self.runner = AdaptiveRunner(lambda: [self.weight_sink])
+        self.runner.apply(self.config)
+
+    def fresh_loop(self) -> None:
+        """A new feedback loop with nothing learnt, and the adaptive listener back at equal weights: what a
+        freshly started agent has. Each matrix cell starts from one, so no cell's history (a host floored in
+        the previous cell, a CV^2 or a prior from another load) helps or hurts the next."""
+        if self.runner is not None:
+            self.runner.stop()
+        self.weight_sink.update_weights({})
         self.runner = AdaptiveRunner(lambda: [self.weight_sink])
         self.runner.apply(self.config)
 
@@ -494,6 +506,8 @@ def interleaved(rig: Rig, policies: Sequence[str], rate: float, segment: float, 
             run = rig.run(policy, rate, segment) if measure is None else measure(policy, n)
             pooled[policy].extend(run)
             pooled[policy].rounds_p99.append(round(run.p(99), 2))
+            if len(run.instance) == len(run.status):  # a run that recorded which instance answered
+                pooled[policy].rounds_shares.append({k: round(v, 4) for k, v in run.shares().items()})
             line.append(f"{policy} {fmt_ms(run.p(99))}")
         log(f"  round {n + 1}/{rounds} p99: " + ", ".join(line) + f"  (adaptive weights {rig.weights()}; "
             f"{rig.loop_state()})")

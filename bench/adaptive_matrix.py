@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.adaptive.runner import AdaptiveRunner
 from agent.adaptive.weights import square_root_split
 from bench.adaptive_bench import (
     FAST_MS,
@@ -177,9 +176,16 @@ def cell_high_load(rig: Rig, segment: float, rounds: int, log: Log) -> Scenario:
         return rig.run(policy, rate, segment)
 
     rig.weight_sink.set_static(static)
-    warm(rig, rate, 10)
-    runs = interleaved(rig, ["default", "static", "static_half", "adaptive"], rate, segment, rounds, log, measure)
+    origin = time.time()
+    with Sampler(rig) as sampler:
+        warm(rig, rate, 10)
+        runs = interleaved(rig, ["default", "static", "static_half", "adaptive"], rate, segment, rounds, log,
+                           measure)
     rig.weight_sink.set_static(static)
+    # When the slow instance's weight changed, and when the adaptive listener had traffic (seconds since the
+    # warm-up began): whether a segment caught the loop before it had settled.
+    sc.extra["slow_weight_changes"] = changes(sampler, slow, origin)
+    sc.extra["adaptive_segments"] = segments(runs["adaptive"], origin)
     sc.checks.append(ratio_check("adaptive p99 / least_request p99", runs["adaptive"], runs["default"], 0.1))
     sc.checks.append(ratio_check("adaptive p99 / ideal static weights p99", runs["adaptive"], runs["static"], 1.0))
     # Not the loop's: what the better of the two static splits gives against least_request in the same run.
@@ -191,6 +197,26 @@ def cell_high_load(rig: Rig, segment: float, rounds: int, log: Log) -> Scenario:
     sc.policies = {p: r.summary() for p, r in runs.items()}
     sc.extra["weights_at_end"] = rig.weights()
     return sc
+
+
+def changes(sampler: Sampler, address: str, origin: float) -> list[tuple[float, int]]:
+    """(seconds since `origin`, weight) each time `address`'s published weight changed in the trace."""
+    out: list[tuple[float, int]] = []
+    for t, w, _ in sampler.trace:
+        if address in w and (not out or out[-1][1] != w[address]):
+            out.append((round(t - origin, 2), w[address]))
+    return out
+
+
+def segments(run: Run, origin: float, gap: float = 1.0) -> list[tuple[float, float]]:
+    """The (start, end) seconds since `origin` of the segments pooled in `run` (sends more than `gap` apart)."""
+    out: list[tuple[float, float]] = []
+    for t in sorted(run.sent):
+        if out and t - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return [(round(a - origin, 2), round(b - origin, 2)) for a, b in out]
 
 
 def timed_run(rig: Rig, policy: str, rate: float, seconds: float,
@@ -292,11 +318,8 @@ def cell_cold(rig: Rig, times: int, log: Log) -> Scenario:
     latched = blind = slow_down = 0
     states: list[str] = []
     for n in range(times):
+        rig.fresh_loop()
         assert rig.runner is not None
-        rig.runner.stop()
-        rig.weight_sink.update_weights({})
-        rig.runner = AdaptiveRunner(lambda: [rig.weight_sink])
-        rig.runner.apply(rig.config)
         time.sleep(1.5 + (n % 3) * 0.5)  # idle: the loop reads rarely, as a sidecar before its app does
         rig.run("adaptive", 150.0, 6.0)
         health: dict[str, Any] = dict(rig.runner.health() or {})
@@ -568,7 +591,7 @@ def run_matrix(img_dir: Path, log: Log, transport: str = "files", groups: tuple[
     scenarios: list[Scenario] = []
     skipped: list[str] = []
     cost: dict[str, Any] = {}
-    current = {"group": ""}
+    current: dict[str, Any] = {"group": "", "rig": None}
 
     def cell(name: str, body: Callable[[], Scenario]) -> None:
         if only and name not in only:
@@ -581,6 +604,9 @@ def run_matrix(img_dir: Path, log: Log, transport: str = "files", groups: tuple[
         load0 = os.getloadavg()[0]
         log(f"cell {name}")
         try:
+            rig = current["rig"]
+            if isinstance(rig, Rig):
+                rig.fresh_loop()  # from a freshly started agent: no cell inherits another's state
             sc = body()
         except Exception as exc:  # one broken cell must not cost the others (the bench runs once)
             log(f"cell {name} failed: {exc!r}")
@@ -626,7 +652,7 @@ def run_matrix(img_dir: Path, log: Log, transport: str = "files", groups: tuple[
         for group in groups:
             current["group"] = group
             (Path(tmp) / group).mkdir()
-            rig = Rig(Path(tmp) / group, transport, concurrency=4 if group == "c" else 1)
+            rig = current["rig"] = Rig(Path(tmp) / group, transport, concurrency=4 if group == "c" else 1)
             try:
                 log(f"group {group}: rig up ({rig.concurrency} slot(s)), load by {rig.load.tool}")
                 group_cells(rig, group)
