@@ -21,7 +21,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
-from agent.adaptive.estimator import Estimate
+from agent.adaptive.estimator import Estimate, service_time
 
 MAX_WEIGHT = 1000
 
@@ -55,6 +55,11 @@ class WeightParams:
     # which only costs 1/0.7 in latency per success, hid inside it (the breaker mix: 1.36x least_request's
     # errors). Out of the group the split gives it what its goodput capacity (successes/s of work) earns.
     error_tolerance: float = 0.05
+    # The tail rule (see `tail_floored`): a host the split gives under this share of the requests goes to the
+    # floor when the others, given its requests too, would still answer in at most 1 / `tail_margin` of its
+    # own service time. Its few percent sit above everything else and are the p99 (5 x the 1 % a p99 hides).
+    tail_share: float = 0.05
+    tail_margin: float = 2.0
 
     @property
     def floor(self) -> int:
@@ -139,6 +144,55 @@ def speed_split(capacity: Mapping[str, float], first: Mapping[str, float], deman
     return {h: v / spread for h, v in shares.items()}
 
 
+def queue_latency(service: float, rate: float) -> float:
+    """Mean time at a single-server queue with constant service time (M/D/1), inf at or over capacity."""
+    load = rate * service
+    return math.inf if load >= 1.0 else service + rate * service * service / (2.0 * (1.0 - load))
+
+
+def tail_floored(estimates: Mapping[str, Estimate], shares: Mapping[str, float], demand: float,
+                 params: WeightParams, low: Collection[str] = ()) -> set[str]:
+    """Hosts to floor for the tail's sake, though the split gives them a share (issue 17, 90 % load, one slow
+    instance of four). The square-root split minimises the mean: it gives a slow host a few percent of the
+    requests once the others' queueing, as the model predicts it, costs more than the host's slowness. Those
+    few percent are each slower than anything the others answer, so they are the p99. When the others' own
+    answers say they queue less than the model's Poisson arrivals would (paced load: 3 instances at 97 %
+    answer in ~1.2x their service time), the split still hands the slow host ~2-5 % and the p99 is its
+    service time (4x the others'), while the others could take those requests at a fraction of it.
+
+    A host the split gives less than `tail_share` of the requests (but at least `min_share`, under which it is
+    floored anyway) is floored when the other used hosts, its requests shared among them in proportion to
+    theirs, would answer in at most 1/`tail_margin` of its service time: the mean time at each, from its own
+    service time (`service_time`, the M/D/1 inversion of its latency at its throughput) at the new rate.
+    Slowest first, as long as the rule holds. With Poisson arrivals at 90 % load the same hosts would queue
+    ~20x their service time to take it, and the host keeps its share (the model's own prediction decides).
+    Hysteresis: a host on the floor now (`low`) leaves it only once the others would be slower than its service
+    time itself (margin 1), so noise near the line does not climb it back and floor it again."""
+    total = sum(shares.values())
+    if total <= 0 or demand <= 0:
+        return set()
+    rate = {h: demand * v / total for h, v in shares.items()}
+    service = {h: service_time(e.latency, e.throughput) for h, e in estimates.items() if h in rate}
+    used = {h for h, r in rate.items() if r > 0 and h in service}
+    out: set[str] = set()
+    for host in sorted(used, key=lambda h: (shares[h], h)):
+        share = shares[host] / total
+        if share < params.min_share:
+            continue  # floored anyway (shares_to_weights)
+        if share >= params.tail_share:
+            break
+        rest = used - out - {host}
+        carried = sum(rate[h] for h in rest)
+        if carried <= 0:
+            break
+        moved = rate[host] + sum(rate[h] for h in out)
+        worst = max(queue_latency(service[h], rate[h] * (1.0 + moved / carried)) for h in rest)
+        if worst * (1.0 if host in low else params.tail_margin) > service[host]:
+            break
+        out.add(host)
+    return out
+
+
 def shares_to_weights(shares: Mapping[str, float], params: WeightParams,
                       floored: Collection[str] = ()) -> dict[str, int]:
     """Heaviest share -> `max_weight`; anything under `probe_band` x the floor -> the floor (probe traffic
@@ -165,11 +219,13 @@ def probe_weight(others: float, floored: int, params: WeightParams) -> int:
 
 def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
                    top: Collection[str] = (), below: Collection[str] = (),
-                   floored: Collection[str] = (), stream_hold: float | None = None) -> dict[str, int]:
+                   floored: Collection[str] = (), stream_hold: float | None = None,
+                   low: Collection[str] = ()) -> dict[str, int]:
     """The weights these estimates call for, before smoothing (`top`: hosts at the heaviest weight now;
     `below`: hosts found slower than the others, which are not snapped to the best; `floored`: hosts that
     get probe traffic only, whatever their estimates say; `stream_hold`: the service's requests are streams
-    that hold a host this long (estimator.stream_hold): split by slots, `stream_shares`)."""
+    that hold a host this long (estimator.stream_hold): split by slots, `stream_shares`; `low`: hosts on the
+    probe floor now, for the tail rule's hysteresis, `tail_floored`)."""
     if not estimates:
         return {}
     # Failing more than the others: when every host fails alike (a bad request mix), none is singled out.
@@ -179,7 +235,8 @@ def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
     if stream_hold is not None:
         return shares_to_weights(stream_shares(estimates, demand, params, stream_hold, top, below), params, floored)
     capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
-    return shares_to_weights(square_root_split(capacity, demand, params.overload), params, floored)
+    shares = square_root_split(capacity, demand, params.overload)
+    return shares_to_weights(shares, params, set(floored) | tail_floored(estimates, shares, demand, params, low))
 
 
 def stream_shares(estimates: Mapping[str, Estimate], demand: float, params: WeightParams, hold: float,
@@ -305,7 +362,7 @@ class ServiceWeights:
         # top group's tolerance, or fresh, thin evidence would stall them below it.
         target = dict.fromkeys(estimates, params.max_weight) if all_equal \
             else target_weights(judged, params, top | (self.climbing - set(relapsed)), below, floored=relapsed,
-                                stream_hold=stream_hold)
+                                stream_hold=stream_hold, low={h for h, w in self.published.items() if w < band})
         # A rise must be called for in consecutive updates: one noisy estimate does not move a weight up
         # (falls are never delayed: they protect latency).
         self._rising = {h: self._rising.get(h, 0) + 1 for h, w in target.items()

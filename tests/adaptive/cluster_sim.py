@@ -1,12 +1,12 @@
 """A discrete-event stand-in for one Envoy cluster in front of real-ish instances, for loop-level tests.
 
-Requests arrive open loop (Poisson), Envoy picks a host the way its least_request does (all weights
-equal: the less loaded of two random hosts; unequal: weight / (in flight + 1), as its EDF schedule does
-on average), each instance serves `slots` requests at a time (the rest queue at the instance, and count
-as in flight, as Envoy's `rq_active` does) with service times drawn from a distribution whose mean may
-change over time. The project's `FeedbackLoop` reads it as it reads Envoy's admin: cumulative counters
-per host, at jittered times, 10x less often while idle. Everything runs on a virtual clock: a minute of
-traffic at 150 rps takes well under a second.
+Requests arrive open loop (Poisson, or at a constant spacing: `paced`), Envoy picks a host the way its
+least_request does (all weights equal: the less loaded of two random hosts; unequal: weight / (in flight
++ 1), as its EDF schedule does on average), each instance serves `slots` requests at a time (the rest
+queue at the instance, and count as in flight, as Envoy's `rq_active` does) with service times drawn
+from a distribution whose mean may change over time. The project's `FeedbackLoop` reads it as it reads
+Envoy's admin: cumulative counters per host, at jittered times, 10x less often while idle. Everything
+runs on a virtual clock: a minute of traffic at 150 rps takes well under a second.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class ClusterSim:
     """Hosts behind one simulated Envoy; also the `CounterReader` the feedback loop reads."""
 
     def __init__(self, instances: Mapping[str, Instance], rate: float | Callable[[float], float],
-                 seed: int = 1, sample_interval: float = 0.05, timing: bool = True, edf: bool = False) -> None:
+                 seed: int = 1, sample_interval: float = 0.05, timing: bool = True, edf: bool = False,
+                 paced: bool = False) -> None:
         self.instances = dict(instances)
         self.rate = rate if callable(rate) else (lambda _t, r=rate: r)
         self.weights: dict[str, int] = {}
@@ -95,6 +96,9 @@ class ClusterSim:
         # + 1) when picked (a floored host's probes come at regular intervals), instead of a random pick with
         # those odds (the same shares on average, with Poisson gaps between one host's probes).
         self.edf = edf
+        # Arrivals at a constant spacing (vegeta's constant pacer, the rig's load) instead of Poisson: at the
+        # same rate a host near capacity queues far less.
+        self.paced = paced
         self._deadlines: dict[str, float] = {}
         self._edf_clock = 0.0
         self.reset_at: set[str] = set()  # hosts whose counters go back to 0 at the next read (Envoy restart)
@@ -142,7 +146,7 @@ class ClusterSim:
             self._next_arrival = after + 0.01
             self._push(self._next_arrival, "tick")
             return
-        self._next_arrival = after + self.rng.expovariate(rate)
+        self._next_arrival = after + (1.0 / rate if self.paced else self.rng.expovariate(rate))
         self._push(self._next_arrival, "arrive")
 
     def _pick(self) -> str:
