@@ -31,40 +31,12 @@ import numpy as np
 from rich.console import Console
 
 from agent.adaptive.envoy_admin import AdminReader
-from agent.envoy.access_log import TIMING_FILTER
+from agent.envoy.access_log import BODY_TAG
 from bench import env, report
 from bench.env import LOADGEN_CPU
 from bench.loadgen import Attack, Target, Upstream
 from bench.scenarios import Check, Ctx, ScenarioResult, proc_cpu_seconds
 from bench.scenarios.dataplane_arms import GENERATED, VARIANTS, Arm, Variant, generated_arm, minimal_arm
-
-
-def _drop_timing_filter(listener: dict[str, Any]) -> None:
-    """The adaptive loop's timing logger without its CEL filter (it then counts every answer)."""
-    for chain in listener.get("filter_chains", []):
-        for network_filter in chain.get("filters", []):
-            for log in network_filter.get("typed_config", {}).get("access_log", []):
-                cel = log.get("filter", {}).get("extension_filter", {}).get("typed_config", {})
-                if cel.get("expression") == TIMING_FILTER:
-                    del log["filter"]
-
-
-def _status_between(low: int, high: int) -> dict[str, Any]:
-    def compare(op: str, value: int) -> dict[str, Any]:
-        return {"status_code_filter": {"comparison": {
-            "op": op, "value": {"default_value": value, "runtime_key": f"bench.adaptive_status_{op.lower()}"}}}}
-    return {"and_filter": {"filters": [compare("GE", low), compare("LE", high)]}}
-
-
-def _builtin_timing_filter(listener: dict[str, Any]) -> None:
-    """The adaptive timing logger's CEL filter replaced by Envoy's built-in status-code filters (2xx only;
-    they cannot test the body size)."""
-    for chain in listener.get("filter_chains", []):
-        for network_filter in chain.get("filters", []):
-            for log in network_filter.get("typed_config", {}).get("access_log", []):
-                cel = log.get("filter", {}).get("extension_filter", {}).get("typed_config", {})
-                if cel.get("expression") == TIMING_FILTER:
-                    log["filter"] = _status_between(200, 299)
 
 
 def _timing_loggers(listener: dict[str, Any]) -> list[dict[str, Any]]:
@@ -79,31 +51,46 @@ def _timing_loggers(listener: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _drop_timing_filter(listener: dict[str, Any]) -> None:
+    """The adaptive timing logger without any filter (it then counts every answer): the floor of its cost."""
+    for log in _timing_loggers(listener):
+        log.pop("filter", None)
+
+
+# The timing logger's filter before issue 18's change (agent/envoy/access_log.py): a CEL expression, no
+# `body` tag on the answers counter.
+CEL_FILTER = "response.code >= 200 && response.code < 300 && response.size > 0"
+
+
+def _cel_timing_filter(listener: dict[str, Any]) -> None:
+    """The adaptive timing logger as it was: its answers picked by a CEL filter, without the `body` tag."""
+    for log in _timing_loggers(listener):
+        log["filter"] = {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": CEL_FILTER}}}
+        for counter in log["typed_config"]["counters"]:
+            counter["stat"]["tags"] = [t for t in counter["stat"]["tags"] if t["name"] != BODY_TAG]
+
+
 def _one_tag(listener: dict[str, Any]) -> None:
-    """The timing counters with one tag (cluster and host in one formatted value) instead of two: half the
-    per-request tag formatting and stat-name encoding."""
+    """The timing counters with cluster and host in one tag instead of two: less per-request tag formatting
+    and stat-name encoding (issue 18's run at 15:14 UTC: no measurable saving)."""
     for log in _timing_loggers(listener):
         for counter in log["typed_config"]["counters"]:
-            counter["stat"]["tags"] = [{"name": "upstream", "value_format": "%UPSTREAM_CLUSTER%/%UPSTREAM_HOST%"}]
-
-
-def _one_tag_builtin(listener: dict[str, Any]) -> None:
-    _one_tag(listener)
-    _builtin_timing_filter(listener)
+            counter["stat"]["tags"] = [t for t in counter["stat"]["tags"] if t["name"] not in ("cluster", "instance")]
+            counter["stat"]["tags"].append({"name": "upstream", "value_format": "%UPSTREAM_CLUSTER%/%UPSTREAM_HOST%"})
 
 
 # Splits of the adaptive loop's cost, beside the cost table's variants: the loop's admin reads alone
-# (`logger-only` renders the generated config but does not run the loop), and its CEL filter.
+# (`logger-only` renders the generated config but does not run the loop), and the timing logger's filter.
 LOGGER_ONLY = "logger-only"
-EXTRA = {"no-cel": Variant("no-cel", "the adaptive timing logger without its CEL filter",
-                           listener_edit=_drop_timing_filter),
-         "builtin-filter": Variant("builtin-filter", "the adaptive timing logger with built-in 2xx filters",
-                                   listener_edit=_builtin_timing_filter),
+EXTRA = {"cel-filter": Variant("cel-filter", "the adaptive timing logger with its former CEL filter",
+                               listener_edit=_cel_timing_filter),
+         "no-timing-filter": Variant("no-timing-filter", "the adaptive timing logger without a filter",
+                                     listener_edit=_drop_timing_filter),
          LOGGER_ONLY: Variant(LOGGER_ONLY, "the adaptive timing logger, the loop not running"),
          "one-tag": Variant("one-tag", "the adaptive timing counters with one tag instead of two",
-                            listener_edit=_one_tag),
-         "one-tag-builtin": Variant("one-tag-builtin", "one tag, and built-in 2xx filters instead of CEL",
-                                    listener_edit=_one_tag_builtin)}
+                            listener_edit=_one_tag)}
 RESULTS = env.REPO / "bench" / "results" / "dataplane-throughput.json"
 SEED = 20261202
 
@@ -253,8 +240,8 @@ def report_into(result: ScenarioResult, record: dict[str, Any], target: float, w
         note=f"Envoy CPU per adaptive-loop sample (its /clusters and /stats reads, 20 a second): "
              f"{record.get('admin_sample_envoy_cpu_us', float('nan')):.0f} µs. "
              "Arms beyond minimal and generated are the generated config with one thing off: no-adaptive (the "
-             "loop and its timing logger), no-cel (the timing logger's CEL filter), builtin-filter (that filter "
-             "as Envoy's status-code filters), logger-only (the logger, the loop not running), no-stream-stats, "
+             "loop and its timing logger), cel-filter (the timing logger's former CEL filter), no-timing-filter "
+             "(that logger with no filter), logger-only (the logger, the loop not running), no-stream-stats, "
              "no-retries, no-endpoint-stats (as in the cost table). Neither core is fully busy: the closed loop "
              "alternates between Envoy's core and the load generator's, so the CPU per request is the firmer "
              "figure (with Envoy the limit, throughput is its inverse)." + (

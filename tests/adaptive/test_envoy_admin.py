@@ -8,7 +8,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from agent.adaptive.envoy_admin import AdminReader, HostCounters, parse_clusters
+from agent.adaptive.envoy_admin import AdminReader, HostCounters, parse_clusters, parse_timing
 from agent.adaptive.sampling import DeltaTracker, HostSample
 
 
@@ -59,7 +59,8 @@ class _FakeAdmin(http.server.BaseHTTPRequestHandler):
 
     paths: list[str] = []
     answers = {"/clusters": clusters(("llm", [host("10.0.0.1", 80, 5, 0, 5)])),
-               "/stats": {"stats": [{"name": "modelarts.adaptive_answers.cluster.llm.instance.10.0.0.1:80", "value": 5},
+               "/stats": {"stats": [{"name": "modelarts.adaptive_answers.body.0.cluster.llm.instance.10.0.0.1:80",
+                                     "value": 5},
                                     {"name": "modelarts.adaptive_ttfb_us.cluster.llm.instance.10.0.0.1:80",
                                      "value": 5000}]}}
 
@@ -75,9 +76,10 @@ class _FakeAdmin(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_timing_read_asks_envoy_for_counters_only() -> None:
+def test_the_timing_read_asks_envoy_for_used_counters_only() -> None:
     # Issue 18: these reads run on Envoy's main thread 20 times a second; without `type=Counters` Envoy
-    # also walks every gauge and histogram against the filter, for the same answer.
+    # also walks every gauge and histogram against the filter, and without `usedonly` it matches the regex
+    # against every counter never incremented, for the same answer.
     _FakeAdmin.paths = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeAdmin)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -92,5 +94,27 @@ def test_the_timing_read_asks_envoy_for_counters_only() -> None:
         thread.join(timeout=5)
     counters = next(iter(answer.values()))["llm"]["10.0.0.1:80"]
     assert (counters.timed, counters.timed_us) == (5, 5000)
-    stats = [parse_qs(urlsplit(path).query) for path in _FakeAdmin.paths if urlsplit(path).path == "/stats"]
-    assert len(stats) == 1 and stats[0].get("type") == ["Counters"], _FakeAdmin.paths
+    stats = [parse_qs(urlsplit(path).query, keep_blank_values=True) for path in _FakeAdmin.paths
+             if urlsplit(path).path == "/stats"]
+    assert len(stats) == 1 and stats[0].get("type") == ["Counters"] and "usedonly" in stats[0], _FakeAdmin.paths
+
+
+def _stat(name: str, value: int) -> dict[str, Any]:
+    return {"name": f"modelarts.adaptive_{name}", "value": value}
+
+
+def test_timing_counts_only_answers_with_a_body() -> None:
+    """The answers counter's `body` tag is "0" for answers with a first body byte and empty for the others
+    (a HEAD, a stream left before its first token): only the first pair up with the time sum."""
+    data = {"stats": [_stat("answers.body.0.cluster.llm.instance.10.0.0.1:80", 7),
+                      _stat("answers.body..cluster.llm.instance.10.0.0.1:80", 3),
+                      _stat("ttfb_us.cluster.llm.instance.10.0.0.1:80", 7000),
+                      _stat("answers.body..cluster.llm.instance.10.0.0.2:80", 4)]}
+    assert parse_timing(data) == {"llm": {"10.0.0.1:80": {"timed": 7, "timed_us": 7000}}}
+
+
+def test_timing_names_from_an_older_config_still_read() -> None:
+    # An Envoy still on the previous config (a CEL filter, no `body` tag) during an agent upgrade.
+    data = {"stats": [_stat("answers.cluster.llm.instance.[fd00::1]:8080", 2),
+                      _stat("ttfb_us.cluster.llm.instance.[fd00::1]:8080", 900)]}
+    assert parse_timing(data) == {"llm": {"[fd00::1]:8080": {"timed": 2, "timed_us": 900}}}

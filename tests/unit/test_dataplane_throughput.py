@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from agent.envoy.access_log import TIMING_FILTER
+from agent.envoy.access_log import BODY_TAG
 from agent.sinks.envoy.files import EnvoyFileSink
-from bench.dataplane_throughput import EXTRA, Visit, bootstrap_median_ci, report_into
+from bench.dataplane_throughput import CEL_FILTER, EXTRA, Visit, bootstrap_median_ci, report_into
 from bench.scenarios import ScenarioResult, agent_config, snapshot
 from bench.scenarios.dataplane_arms import _edit_file
 
@@ -44,18 +45,32 @@ def test_interval_brackets_the_median_and_is_reproducible() -> None:
     assert (lo, hi) == bootstrap_median_ci(values)
 
 
-def test_timing_filter_edits_touch_only_the_adaptive_logger(tmp_path: Path) -> None:
-    for name in ("no-cel", "builtin-filter"):
-        config = agent_config(tmp_path / name, 19902, [{"name": "llm", "listen_port": 18902}])
-        sink = EnvoyFileSink(config)
-        sink.publish(snapshot(config, {"llm": [("127.0.0.33", 8080)]}))
-        before = json.loads(sink.layout.lds_path.read_text())
-        edit = EXTRA[name].listener_edit
-        assert edit is not None
-        _edit_file(sink.layout.lds_path, edit)
-        after = json.loads(sink.layout.lds_path.read_text())
-        logs = [chain["filters"][0]["typed_config"]["access_log"]
-                for r in (before, after) for chain in r["resources"][0]["filter_chains"]]
-        changed = [i for i, (a, b) in enumerate(zip(*logs, strict=True)) if a != b]
+def _rendered_logs(tmp_path: Path, name: str) -> tuple[list[Any], list[Any]]:
+    """The access loggers of the generated listener, before and after variant `name`'s edit."""
+    config = agent_config(tmp_path / name, 19902, [{"name": "llm", "listen_port": 18902}])
+    sink = EnvoyFileSink(config)
+    sink.publish(snapshot(config, {"llm": [("127.0.0.33", 8080)]}))
+    before = json.loads(sink.layout.lds_path.read_text())
+    edit = EXTRA[name].listener_edit
+    assert edit is not None
+    _edit_file(sink.layout.lds_path, edit)
+    after = json.loads(sink.layout.lds_path.read_text())
+    logs = [chain["filters"][0]["typed_config"]["access_log"]
+            for r in (before, after) for chain in r["resources"][0]["filter_chains"]]
+    return logs[0], logs[1]
+
+
+def test_timing_logger_edits_touch_only_the_adaptive_logger(tmp_path: Path) -> None:
+    for name in ("cel-filter", "no-timing-filter", "one-tag"):
+        before, after = _rendered_logs(tmp_path, name)
+        changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
         assert len(changed) == 1, name
-        assert TIMING_FILTER in json.dumps(logs[0][changed[0]]) and TIMING_FILTER not in json.dumps(logs[1])
+        assert before[changed[0]]["typed_config"]["counters"][0]["stat"]["name"] == "adaptive_answers", name
+
+
+def test_the_cel_arm_is_the_former_logger(tmp_path: Path) -> None:
+    before, after = _rendered_logs(tmp_path, "cel-filter")
+    [timing] = [log for log in after if "extension_filter" in log.get("filter", {})]
+    assert timing["filter"]["extension_filter"]["typed_config"]["expression"] == CEL_FILTER
+    assert all(t["name"] != BODY_TAG for c in timing["typed_config"]["counters"] for t in c["stat"]["tags"])
+    assert not any("extension_filter" in log.get("filter", {}) for log in before)  # the default has none
