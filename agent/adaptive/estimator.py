@@ -55,6 +55,14 @@ class EstimatorParams:
     # that really got slower is slow at every read: this costs it `peak_persist_seconds`; a host stuck on
     # its requests (no answers) is caught by `stuck_busy_seconds` instead.
     peak_persist_seconds: float = 0.5
+    # ... answering throughout: a gap between two of the run's answered reads longer than the read gap
+    # (`max_gap_seconds`) or this many answers at the host's own pace (its slow horizon's throughput) starts
+    # the run again. A 1-slot host held by one request of ~1 s answers nothing meanwhile, then the dozen
+    # queued behind it within a few reads: the clock had run through the stall from two mildly slow reads
+    # before it, and their backlog was adopted as a peak at once (a healthy host at 420 of 1000 for 7 s in
+    # the simulator). A host that got slower keeps answering, slowly: the run goes on. A host that stops
+    # answering with requests in flight is the stuck rule's (`stuck_busy_seconds`).
+    peak_gap_answers: float = 4.0
     # The slow horizon counts at most this many times the prior per request (winsorizing): a queue
     # blow-up must not dominate the estimate for minutes after the host has recovered.
     cap_factor: float = 20.0
@@ -245,6 +253,7 @@ class EndpointEstimator:
         self._batches: deque[float] = deque(maxlen=self.params.base_batches)  # per-read mean times to first byte
         self._peak = 0.0  # in flight at once, the most lately (decays over `peak_tau`)
         self._high_since: float | None = None  # first of the reads in a row above the peak line
+        self._last_answered: float | None = None  # the last read with timed answers
         self._streaming = False  # its requests hold it after their first byte (see `hold_factor`)
 
     def observe(self, now: float, sample: HostSample, prior: float | None = None) -> None:
@@ -278,11 +287,16 @@ class EndpointEstimator:
             self._recent.add(dt, sample.succeeded, busy)
         fast_latency, slow_latency = self._fast.latency(), self._slow.latency()
         if sample.timing and sample.timed and slow_latency is not None:
-            # The run of reads whose answers were all slower than the peak line (see `peak_persist_seconds`).
+            # The run of reads whose answers were all slower than the peak line (see `peak_persist_seconds`),
+            # answering throughout (`peak_gap_answers`).
+            pace = self._slow.throughput()
+            gap = max(p.max_gap_seconds, p.peak_gap_answers / pace if pace > 0 else math.inf)
             if timed / sample.timed <= p.peak_factor * slow_latency:
                 self._high_since = None
-            elif self._high_since is None:
+            elif self._high_since is None or self._last_answered is None or now - self._last_answered > gap:
                 self._high_since = now
+        if sample.timing and sample.timed:
+            self._last_answered = now
         broad = not (sample.timing and self._fast.is_timed) or \
             (self._high_since is not None and now - self._high_since >= p.peak_persist_seconds)
         if self._fast_count() >= p.fast_min_requests and fast_latency is not None and slow_latency is not None \

@@ -3,7 +3,8 @@ instances with lognormal sigma 1.5 service times (CV^2 ~8.5). Now and then one r
 answers queued behind it come in the next read or few, and their mean alone took the 2 s horizon past the
 peak line (2x the 10 s one). The slow horizon then adopted it and a healthy instance sat at ~1/3 of the
 heaviest weight for 6-9 s after the queue was gone. A peak now needs every read's answers above the line
-for `peak_persist_seconds`; a host that really got slower is slow at every read and still falls."""
+for `peak_persist_seconds`, answering throughout (a gap in the answers, a stall, starts the run again:
+`peak_gap_answers`); a host that really got slower is slow at every read and still falls."""
 
 from __future__ import annotations
 
@@ -35,6 +36,33 @@ def test_the_queue_behind_one_long_request_is_not_a_peak() -> None:
     assert host.estimate(SERVICE).latency < 2 * SERVICE * 1.5, host.estimate(SERVICE)
 
 
+def test_a_stall_and_its_backlog_are_not_a_peak() -> None:
+    """The simulator's case (seed 2, 48.5 s): two mildly slow reads, then 1.2 s with requests in flight and no
+    answer (one long request holds the 1-slot host), then the backlog, ~1 s each, over four reads, then normal
+    answers. The persistence clock ran through the stall from the first mild read and the backlog was adopted
+    as a peak at its first read (slow horizon 25 -> 85 ms, the host at 420 of 1000 for 7 s). A gap in the
+    answers now starts the run again: the backlog's 0.2 s are not 0.5 s of slowness."""
+    host = EndpointEstimator()
+    now = feed(host, 0.0, 400, 3, SERVICE)
+    now = feed(host, now, 2, 2, 6 * SERVICE)  # mildly above the line (2x)
+    now = feed(host, now, 24, 0, 0.0, active=8)  # the stall: nothing answered, requests queue
+    now = feed(host, now, 4, 4, 1.0, active=4)  # the backlog
+    feed(host, now, 4, 3, SERVICE)
+    assert host.estimate(SERVICE).latency < 3 * SERVICE, host.estimate(SERVICE)
+
+
+def test_a_slower_host_answering_every_other_read_is_still_a_peak() -> None:
+    """The control for the gap rule: 4x slower with one answer every other read (empty reads between): the run
+    goes on across the empty reads, and its latency jumps within 5 s, exactly as before the gap rule (27.5 ms
+    both; the fast horizon needs that long to pass 2x the slow one at this pace)."""
+    host = EndpointEstimator()
+    now = feed(host, 0.0, 400, 3, SERVICE)
+    for _ in range(50):
+        now = feed(host, now, 1, 1, 4 * SERVICE)
+        now = feed(host, now, 1, 0, 0.0)
+    assert host.estimate(SERVICE).latency > 2.5 * SERVICE, host.estimate(SERVICE)
+
+
 def test_a_host_slower_at_every_read_is_still_a_peak() -> None:
     """The control: 10x slower at every read for 1 s, and its latency jumps (the peak rule still acts)."""
     host = EndpointEstimator()
@@ -55,10 +83,10 @@ def seconds_cut(seed: int) -> float:
     return cut
 
 
-def test_identical_heavy_tailed_instances_are_cut_less_often() -> None:
-    """Six runs of 120 s at 60 % load: before, 5 of 6 had a healthy host below 0.8 of the heaviest weight
-    (7-43 s in all, 89 s together); now 3 of 6 (the stalls that last over `peak_persist_seconds`: a run of
-    long requests in a row on one host, which a latency-based balancer cannot tell from a host that got
-    slower; 32 s together)."""
-    cuts = [seconds_cut(seed) for seed in range(6)]
-    assert sum(c > 0 for c in cuts) <= 3 and sum(cuts) <= 50, cuts
+def test_identical_heavy_tailed_instances_keep_equal_weights() -> None:
+    """Twelve runs of 120 s at 60 % load. Before the persistence rule 5 of the first 6 had a healthy host below
+    0.8 of the heaviest weight (89 s together); with it, 6 of 12 (69.7 s together: 7.2, 12.3, 12.2, 7.2, 6.1,
+    24.7 s), each a stall and its backlog adopted as a peak through the clock that ran across the stall; with
+    the gap rule (`peak_gap_answers`) none (the identical cells' target: weights within 20 % all run)."""
+    cuts = [seconds_cut(seed) for seed in range(12)]
+    assert sum(cuts) == 0, cuts
