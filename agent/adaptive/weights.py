@@ -22,6 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from agent.adaptive.estimator import Estimate, service_time
+from agent.adaptive.stream_tail import tail_split
 
 MAX_WEIGHT = 1000
 
@@ -251,7 +252,7 @@ def stream_shares(estimates: Mapping[str, Estimate], demand: float, params: Weig
     time a stream holds one (its own, or the service's `hold` while it has too few answers: on the floor);
     speed = the time to first byte without the slot wait (the estimate: see estimator.base_latency). Both
     snapped to the best within the top group's tolerance (identical hosts seen through noise stay equal),
-    then `speed_split`."""
+    then `speed_split`, then the tail rule (`stream_tail.tail_split`)."""
     slots = max(max(e.peak_active for e in estimates.values()), 1.0)
     capacity = snap_capacities({h: slots / (e.hold or hold) for h, e in estimates.items()},
                                params.equal_tolerance, top, below)
@@ -261,7 +262,10 @@ def stream_shares(estimates: Mapping[str, Estimate], demand: float, params: Weig
     best = min(e.latency for e in estimates.values())
     first = {h: e.latency if e.base is None else min(e.latency, max(e.base, best)) for h, e in estimates.items()}
     speed = snap_capacities({h: 1.0 / v for h, v in first.items()}, params.equal_tolerance, top, below)
-    return speed_split(capacity, {h: 1.0 / v for h, v in speed.items()}, demand, params.overload)
+    shares = speed_split(capacity, {h: 1.0 / v for h, v in speed.items()}, demand, params.overload)
+    # For the TTFT p99, not its mean: a host many times slower to its first token gets only the streams the
+    # others cannot carry without waiting for a slot (agent/adaptive/stream_tail.py).
+    return tail_split(shares, estimates, demand, hold)
 
 
 def smooth(current: Mapping[str, int], target: Mapping[str, int], params: WeightParams,
