@@ -766,8 +766,10 @@ def measure_cost(rig: Rig, log: Callable[[str], None], reads: int = 200) -> dict
 
 
 def machine() -> dict[str, Any]:
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
+    # BENCH_GIT_COMMIT: the commit of a snapshot without .git (git archive), so a run on it says what it ran.
+    commit = os.environ.get("BENCH_GIT_COMMIT") or subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+        check=False).stdout.strip()
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "load_generator": "vegeta" if os.access(VEGETA, os.X_OK) else "asyncio/aiohttp",
             "git_commit": commit, "date": machine_facts_date()}

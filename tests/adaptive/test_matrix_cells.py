@@ -53,3 +53,26 @@ def test_every_cell_starts_from_a_fresh_loop(monkeypatch: pytest.MonkeyPatch, tm
     assert [s.name for s in scenarios] == ["identical", "slow", "slow", "high load"]
     loops = [n for _, n in seen]
     assert len(set(loops)) == len(loops), seen  # a loop of its own for each cell
+
+
+def test_group_c_runs_the_break_cells_on_a_1_slot_rig_of_their_own(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """Group a could not fit its nine cells in a 10-minute locked run with a fresh loop each: heavy tails and
+    pauses (1-slot cells) moved to group c, after its 4-slot rig, on a 1-slot rig."""
+    slots: list[tuple[str, int]] = []
+
+    def cell(name: str) -> Any:
+        def body(rig: FakeRig, *_args: object) -> Scenario:
+            slots.append((name, rig.concurrency))
+            return Scenario(name, name)
+        return body
+
+    monkeypatch.setattr(matrix, "Rig", FakeRig)
+    monkeypatch.setattr(matrix, "cell_identical", cell("identical"))
+    monkeypatch.setattr(matrix, "cell_heavy_tail", cell("heavy tail"))
+    monkeypatch.setattr(matrix, "cell_pauses", cell("pauses"))
+    monkeypatch.setattr(adaptive_bench, "quiet", lambda *_a, **_k: None)
+    only = frozenset({"identical exponential 4 slots", "heavy tail", "pauses"})
+    matrix.run_matrix(tmp_path, lambda _text: None, groups=("c",), only=only)
+    assert slots == [("identical", 4), ("heavy tail", 1), ("pauses", 1)]
+    assert "heavy tail" not in matrix.CELLS["a"] and "pauses" in matrix.CELLS["c"]
