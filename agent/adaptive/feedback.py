@@ -353,8 +353,11 @@ class FeedbackLoop:
             pooled = EndpointEstimator.pooled(service.estimators.values())
             # Warm-up: 3 s of traffic and ~10 answers per host. Streams answer only when they end: seconds
             # after the first ones started, too late to tell a stream from a slow unary request before then.
+            # Answers counted since the start (Estimate.answers), not over the decayed slow horizon: that one
+            # holds at most rate x slow_tau, so a service answering under 1/s per host (streams at 25 % of 4 x 4
+            # slots: 3.5/s for 4 hosts) never left the warm-up, and every weight stayed equal.
             warming = max(e.span for e in service.estimators.values()) < WARMUP_SECONDS or \
-                pooled is None or pooled.answered() < WARMUP_ANSWERS * len(service.estimators)
+                pooled is None or sum(e.answers for e in estimates.values()) < WARMUP_ANSWERS * len(estimates)
             self._refresh_drift(service)
             recovered, relapsed = service.recovered(prior), service.relapsed()
             # A climb on a recovery test's call rises only once the answers it brings have added to the call.

@@ -106,3 +106,11 @@ def test_streams_uneven_at_low_load_the_ttft_p99_is_well_below_least_requests(se
     assert on.p99(30, 630) < 0.9 * off.p99(30, 630), (on.p99(30, 630), off.p99(30, 630))
     assert on.share([SLOW], 30, 630) < 0.1  # the mean split alone: ~23 %, least_request's share
 
+
+
+def test_streams_uneven_at_a_quarter_of_the_slots_the_loop_leaves_its_warm_up() -> None:
+    """3.5 streams/s over 4 hosts: the warm-up counted answers over the decayed 10 s horizon (at most ~35 here,
+    against 10 per host), so the loop never left it and every weight stayed equal at least_request's pick."""
+    off, on = _sim(1, adaptive=False, load=0.25), _sim(1, adaptive=True, load=0.25)
+    assert on.share([SLOW], 30, 630) < 0.1, on.share([SLOW], 30, 630)
+    assert on.p99(30, 630) < 0.9 * off.p99(30, 630), (on.p99(30, 630), off.p99(30, 630))
