@@ -364,12 +364,17 @@ def half_ratios(index: dict[str, list[int]], runs: dict[str, Run], swap_offset: 
 
 
 def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True,
-                             timeout=10, check=False)
-    except OSError:
-        return ""
-    return out.stdout.strip()
+    """HEAD, and the files others had changed in the tree when it ran (the run used them)."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
+                                 check=False)
+        except OSError:
+            return ""
+        return out.stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return git("log", "-1", "--format=%h") + (f" +dirty: {', '.join(dirty)}" if dirty else "")
 
 
 def _on_term(signum: int, frame: FrameType | None) -> None:
