@@ -346,8 +346,10 @@ class ServiceWeights:
         band = params.probe_band * params.floor
         # Floored hosts by their last few requests, other low ones by their fast horizon; and only when that
         # looks as good as the best (a lucky few requests of a slow host must not lift it).
+        # Hosts still in the service only: one floored and then removed (scale-in, a replaced instance) made
+        # every later update fail on it (KeyError), and the service's weights stayed frozen.
         low = {h for h, w in self.published.items()
-               if w < params.climb_start * params.max_weight and h not in self.climbing}
+               if h in estimates and w < params.climb_start * params.max_weight and h not in self.climbing}
         best = min((e.latency for e in estimates.values()), default=0.0)
         self.evidence = {h: "recent" if self.published[h] < band else "fast" for h in low if h in estimates}
         judged = dict(estimates)

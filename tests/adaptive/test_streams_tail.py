@@ -15,7 +15,7 @@ import pytest
 
 from agent.adaptive.estimator import Estimate
 from agent.adaptive.stream_tail import TailParams, carry_limit, erlang_c, tail_hosts, tail_split
-from agent.adaptive.weights import WeightParams, target_weights
+from agent.adaptive.weights import ServiceWeights, WeightParams, target_weights
 from tests.adaptive.cluster_sim import Instance, constant
 from tests.adaptive.stream_sim import StreamSim
 
@@ -114,3 +114,15 @@ def test_streams_uneven_at_a_quarter_of_the_slots_the_loop_leaves_its_warm_up() 
     off, on = _sim(1, adaptive=False, load=0.25), _sim(1, adaptive=True, load=0.25)
     assert on.share([SLOW], 30, 630) < 0.1, on.share([SLOW], 30, 630)
     assert on.p99(30, 630) < 0.9 * off.p99(30, 630), (on.p99(30, 630), off.p99(30, 630))
+
+
+def test_a_floored_host_that_leaves_the_service_does_not_freeze_its_weights() -> None:
+    """Found by the bench's instance swap: a floored host removed from the service (scale-in, a replaced
+    instance) made every later update fail with a KeyError, so the service's weights never changed again."""
+    params = WeightParams()
+    service = ServiceWeights(params)
+    demand = 0.25 * 16 / HOLD
+    service.published = {h: (params.floor if h == SLOW else params.max_weight) for h in _uneven(demand)}
+    fresh = {f"h{i}:2": _estimate(0.200 if i == 0 else 0.020, demand / 4) for i in range(4)}  # new instances
+    proposed = service.propose(fresh, stream_hold=HOLD)
+    assert proposed is not None and set(proposed) == set(fresh)
