@@ -51,6 +51,7 @@ import bench.adaptive_bench as adaptive_bench
 from agent.model import Endpoint, ServiceSnapshot, Snapshot
 from bench.adaptive_bench import PROXY_CPU, Rig, Run, machine, percentile, pinned, quiet
 from bench.adaptive_matrix import STREAM_MS, STREAM_SLOW_MS, STREAM_TOKENS
+from bench.doc_sections import replace_marked
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "streams-adaptive.json"
@@ -363,6 +364,118 @@ def half_ratios(index: dict[str, list[int]], runs: dict[str, Run], swap_offset: 
     return out
 
 
+# --- docs/benchmarks.md: this bench's subsection and summary rows ------------------------------------------
+
+BENCHMARKS_DOC = REPO / "docs" / "benchmarks.md"
+DOC_BEGIN = ("<!-- streams-adaptive:begin (written by bench/streams_adaptive.py from "
+             "bench/results/streams-adaptive.json) -->")
+DOC_END = "<!-- streams-adaptive:end -->"
+SECTION = "### Adaptive on vs off for token streams"
+ROW_PREFIX = "| 8. gRPC and token streams: direct vs a hand-written minimal Envoy vs the sidecar Envoy | "
+ROW_MARK = "(bench/streams_adaptive.py)"  # in every summary row this bench writes
+CELL_TITLE = {"aa": "A/A control (both arms least_request, identical instances)",
+              "identical": "identical (all 20 ms to the first token)",
+              "uneven": "uneven (one instance 200 ms to its first token), 60 % of the slots",
+              "uneven_light": "uneven, 25 % of the slots"}
+
+
+def _cell_row(cell: dict[str, Any]) -> str:
+    pol = cell["policies"]
+    low, high = cell["interval_95"]
+    if cell["cell"] == "aa":
+        arms = f"{pol['adaptive']['p99_ms']:.0f} vs {pol['default']['p99_ms']:.0f} ms (second vs first listener)"
+        weights = "no loop (adaptive off on both)"
+    else:
+        arms = (f"{pol['adaptive']['p99_ms']:.0f} vs {pol['default']['p99_ms']:.0f} ms; p90 "
+                f"{pol['adaptive']['p90_ms']:.0f} vs {pol['default']['p90_ms']:.0f} ms")
+        if cell["slow_share"]:
+            share = cell["slow_share"]
+            lows = [min(w.values()) for w in cell["weights_per_round"] if w]
+            weights = (f"the slow instance's weight {min(lows)}-{max(lows)} at the phases' ends, "
+                       f"{share['adaptive']:.1%} of the streams (least_request {share['default']:.1%})")
+        else:
+            weights = f"lightest / heaviest at a phase's end {cell['min_weight_ratio']} (target ≥ 0.8)"
+    errors = sum(int(pol[a].get("errors", 0)) for a in ARMS)
+    halves = cell.get("ratio_p99_per_half") or ["-", "-"]
+    op = {"aa": "holds 1", "identical": f"≤ {cell['target']:g}"}.get(cell["cell"], f"< {cell['target']:g}")
+    return (f"| {CELL_TITLE.get(cell['cell'], cell['cell'])} | {cell['ratio_p99']:.3f} | {low:.3f}-{high:.3f} | "
+            f"{halves[0]} / {halves[1]} | {op} | **{cell['status']}** | {arms}; {errors} errors | {weights} |")
+
+
+def render_section(result: dict[str, Any]) -> str:
+    cells = {c["cell"]: c for c in result.get("cells", [])}
+    first: dict[str, Any] = next(iter(cells.values()), {})
+    streams = {name: c["policies"]["default"].get("requests", "?") for name, c in cells.items()}
+    out = [f"{SECTION} (`python -m bench.streams_adaptive`)", "",
+           "The workload of the adaptive matrix's group c stream cells (`bench/adaptive_matrix.py`: SSE streams of "
+           "5-40 tokens 50 ms apart, first token 20 ms lognormal, 4 instances x 4 slots per policy; uneven: one "
+           "instance at 200 ms), at 60 % of the slots, and the uneven cell at 25 % (`uneven_light`). **Method**: "
+           "each policy has 4 emulator instances of its own and the two run at once, stream by stream (stream k "
+           "to both listeners, which first alternating with k); halfway through each cell the arms swap instance "
+           "sets (then an 8 s warm-up); the Envoy has the two listeners only, alike but for the policy; the A/A "
+           "control runs both listeners least_request on a rig of its own. The 95 % interval is an m-out-of-n "
+           "bootstrap of paired blocks of 50 stream indices (half the blocks per draw): in the cluster "
+           "simulator's A/A the plain bootstrap's interval left 1 out in 6 of 40 runs, this one in 4 of 120. "
+           f"Phases of {first.get('segment_seconds', '?')} s; streams per policy: "
+           + ", ".join(f"{n} {k}" for k, n in streams.items()) + f". Run {result.get('ran_at', '?')} at "
+           f"`{result.get('git_commit', '?')}`, {result.get('wall_seconds', '?')} s, load average "
+           + "; ".join(f"{k} {c['load_average'][0]} -> {c['load_average'][1]}" for k, c in cells.items()) + ".",
+           "",
+           "| cell | adaptive TTFT p99 / least_request's | 95 % interval | ratio per half (sets swapped) | target "
+           "| verdict | p99 adaptive vs least_request | weights |",
+           "|---|---|---|---|---|---|---|---|"]
+    out += [_cell_row(c) for c in cells.values()]
+    notes = result.get("notes")
+    if notes:
+        out += ["", notes]
+    return "\n".join(out)
+
+
+def summary_rows(result: dict[str, Any]) -> list[str]:
+    rows = []
+    for cell in result.get("cells", []):
+        low, high = cell["interval_95"]
+        pol = cell["policies"]
+        n = pol["default"].get("requests", "?")
+        what = {"aa": "A/A control, TTFT p99 of two least_request listeners, identical instances",
+                "identical": "adaptive / least_request TTFT p99, token streams, identical instances",
+                "uneven": "adaptive / least_request TTFT p99, token streams, one instance 10x slower to its first "
+                          "token, 60 % of the slots",
+                "uneven_light": "adaptive / least_request TTFT p99, token streams, one instance 10x slower to its "
+                                "first token, 25 % of the slots"}.get(cell["cell"], cell["cell"])
+        target = {"aa": "holds 1", "identical": f"≤ {cell['target']:g}"}.get(cell["cell"], f"< {cell['target']:g}")
+        value = f"{cell['ratio_p99']:.2f} ({pol['adaptive']['p99_ms']:.0f} vs {pol['default']['p99_ms']:.0f} ms)"
+        rows.append(f"{ROW_PREFIX}{what} ({n} streams per arm) | {value} | {target} | **{cell['status']}** | "
+                    f"95 % interval {low:.2f}-{high:.2f}; {ROW_MARK}, {result.get('ran_at', '?')} |")
+        if cell["cell"] == "identical":
+            rows.append(f"{ROW_PREFIX}lightest / heaviest adaptive weight on identical instances, lowest at a "
+                        f"phase's end | {cell['min_weight_ratio']} | ≥ 0.8 | "
+                        f"**{'PASS' if cell['min_weight_ratio'] >= MIN_WEIGHT_RATIO else 'MISS'}** | {ROW_MARK} |")
+    return rows
+
+
+def update_doc(result: dict[str, Any], doc: Path = BENCHMARKS_DOC) -> None:
+    """This bench's subsection of section 8 (between its markers; the first time, in place of the hand-written
+    one) and its rows of the summary table (in place of the old ones)."""
+    text = doc.read_text()
+
+    def first_time(body: str, section: str) -> str:
+        start = body.index(SECTION)
+        end = body.index("\n\n_Scenario 8 wall time", start)
+        return body[:start] + section + body[end:]
+
+    text = replace_marked(text, DOC_BEGIN, DOC_END, render_section(result), first_time)
+    lines = text.split("\n")
+    old = [i for i, line in enumerate(lines) if line.startswith(ROW_PREFIX) and (
+        ROW_MARK in line or "adaptive / least_request TTFT p99, token streams" in line
+        or "lightest / heaviest adaptive weight on identical instances" in line)]
+    if old:
+        lines = lines[:old[0]] + summary_rows(result) + [ln for i, ln in enumerate(lines[old[0]:], old[0])
+                                                          if i not in old]
+    doc.write_text("\n".join(lines))
+
+
+
 def _commit() -> str:
     """HEAD, and the files others had changed in the tree when it ran (the run used them)."""
     def git(*args: str) -> str:
@@ -389,7 +502,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aa-rounds", type=int, default=4, help="phases of the A/A control (default 4)")
     parser.add_argument("--segment", type=float, default=20.0, help="seconds per phase (default 20)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite this bench's part of docs/benchmarks.md from --output, run nothing")
     args = parser.parse_args(argv)
+    if args.report_only:
+        if not args.output.exists():
+            print(f"{args.output}: no results to report", file=sys.stderr)
+            return 2
+        update_doc(json.loads(args.output.read_text()))
+        return 0
     cells = [c.strip() for c in str(args.cells).split(",") if c.strip()]
     rounds_ok = all(2 <= n <= 40 for n in (args.rounds, args.aa_rounds))
     if not cells or any(c not in CELLS for c in cells) or not rounds_ok or not 1 <= args.segment <= 120:
