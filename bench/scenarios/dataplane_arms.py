@@ -9,8 +9,10 @@ the arm's Envoy only while that arm is measured (so it never loads another arm's
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from agent.adaptive.runner import AdaptiveRunner
 from agent.config import AgentConfig
 from agent.envoy.access_log import STATS_LOGGER
 from agent.sinks.envoy.files import EnvoyFileSink
-from bench.env import ENVOY_CPU
+from bench.env import ENVOY_CPU, LOADGEN_CPU
 from bench.minimal_envoy import MinimalEnvoy
 from bench.scenarios import Ctx, Envoy, agent_config, free_port, snapshot
 
@@ -76,6 +78,27 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 
+@contextlib.contextmanager
+def on_cpus(cpus: set[int]) -> Iterator[None]:
+    """The calling thread on `cpus` for the block (threads it starts keep them), then back as it was."""
+    before = os.sched_getaffinity(0)
+    if not cpus <= before or cpus == before:
+        yield  # not ours to use (or already so): leave it to the scheduler
+        return
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+# The adaptive loop's thread: on the load generator's core, never on Envoy's. Unpinned (before issue 18's fix),
+# the scheduler was free to run its Python (~0.5-0.9 ms of CPU per step, 20 steps a second) on core 1 beside
+# Envoy's one worker. The agent is not Envoy: on this layout core 1 is Envoy's alone and everything else shares
+# core 0, as in bench/dataplane_throughput.py, so whatever the loop's Python costs the latency shows up there.
+LOOP_CPUS = {int(LOADGEN_CPU)}
+
+
 class Arm:
     """Something vegeta can be pointed at, with the Envoy (if any) whose CPU time is read."""
 
@@ -90,7 +113,8 @@ class Arm:
     def __enter__(self) -> Arm:
         if self._runner is not None:
             runner, config = self._runner
-            runner.apply(config)  # starts the feedback loop against this arm's Envoy
+            with on_cpus(LOOP_CPUS):
+                runner.apply(config)  # starts the feedback loop (its thread) against this arm's Envoy
         return self
 
     def __exit__(self, *exc: object) -> None:

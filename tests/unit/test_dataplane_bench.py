@@ -141,3 +141,36 @@ def test_figures_survive_a_round_trip_through_the_results_file() -> None:
     again = rerender(stored)
     assert [(c.value, c.passed, c.note) for c in again.checks] == [(c.value, c.passed, c.note) for c in result.checks]
     assert [t.rows for t in again.tables] == [t.rows for t in result.tables]
+
+
+def test_the_adaptive_loop_starts_off_envoys_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18: the loop's thread inherits the CPUs of the thread that starts it; started unpinned, its Python
+    # could run on core 1, Envoy's, and delay the one worker. It must start on the load generator's core, and
+    # the bench's own thread must get its CPUs back.
+    import os
+
+    from bench.env import ENVOY_CPU, LOADGEN_CPU
+    from bench.scenarios import dataplane_arms
+
+    cpus = {0, 1}
+    seen: list[set[int]] = []
+
+    def set_affinity(pid: int, new: set[int]) -> None:
+        cpus.clear()
+        cpus.update(new)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
+    monkeypatch.setattr(os, "sched_setaffinity", set_affinity)
+
+    class Runner:
+        def apply(self, config: object) -> None:
+            seen.append(set(cpus))
+
+        def stop(self) -> None:
+            pass
+
+    arm = dataplane_arms.Arm("generated", "http://127.0.0.1:1/", 1, (Runner(), object()))  # type: ignore[arg-type]
+    with arm:
+        pass
+    assert seen == [{int(LOADGEN_CPU)}] and LOADGEN_CPU != ENVOY_CPU
+    assert cpus == {0, 1}
