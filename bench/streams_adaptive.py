@@ -484,10 +484,10 @@ def _commit() -> str:
                                  check=False)
         except OSError:
             return ""
-        return out.stdout.strip()
+        return out.stdout.rstrip()  # porcelain lines start with a space when only the tree changed
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return git("log", "-1", "--format=%h") + (f" +dirty: {', '.join(dirty)}" if dirty else "")
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    return git("log", "-1", "--format=%h").strip() + (f" +dirty: {', '.join(dirty)}" if dirty else "")
 
 
 def _on_term(signum: int, frame: FrameType | None) -> None:
@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    started = time.time()
+    started, commit = time.time(), _commit()  # the code that runs is the tree's at the start
     results: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="streams-adaptive-") as tmp, pinned({int(PROXY_CPU)}):
@@ -550,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     earlier = json.loads(args.output.read_text()) if args.output.exists() else {}
     kept = [c for c in earlier.get("cells", []) if c.get("cell") not in cells]
     out = {"benchmark": "adaptive on vs off for token streams (issue 16)", "machine": machine(),
-           "ran_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "git_commit": _commit(),
+           "ran_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "git_commit": commit,
            "wall_seconds": round(time.time() - started, 1), "cells": kept + results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2) + "\n")

@@ -73,19 +73,23 @@ def carry_limit(slots: int, hold: float, params: TailParams) -> float:
 
 
 def tail_hosts(estimates: Mapping[str, Estimate], params: TailParams) -> set[str]:
-    """Hosts `tail_ratio` x slower to their first byte than the fastest host, by two figures: the lowest of
-    their recent reads' means (`Estimate.base`, no slot wait in it) and their mean (`Estimate.measured`, slot
-    waits in it). Both, because the lowest of ~40 reads differs by chance up to ~3x between identical hosts,
-    and a mean differs between them by their slot waits only, which never makes 4x; a host slow to its first
-    token is both."""
+    """Hosts `tail_ratio` x slower to their first byte than the others, by two figures: the lowest of their
+    recent reads' means (`Estimate.base`, no slot wait in it) against the fastest host's, and their mean
+    (`Estimate.measured`) against *every* other host's mean time to first byte, slot waits included, over
+    the 10 s horizon and the 2 s one (`Estimate.fast`). The first, because the lowest of ~40 reads differs by
+    chance up to ~3x between identical hosts and a mean does not; the second, because the rule is for a host
+    whose first tokens are slower than what the others' streams get, waits and all: once the others wait for
+    slots that long (the tail host's streams moved onto them at a load they cannot carry: the slot count's
+    overcount), the host is no tail host and gets its share again."""
     judged = {h: (e.base, e.measured) for h, e in estimates.items()
               if e.base is not None and e.base > 0 and e.measured is not None and e.measured > 0}
     if len(judged) < 2:
         return set()
     low_base = min(b for b, _ in judged.values())
-    low_mean = min(m for _, m in judged.values())
+    seen = {h: max(m, estimates[h].fast or 0.0) for h, (_, m) in judged.items()}
     return {h for h, (b, m) in judged.items()
-            if b >= params.tail_ratio * low_base and m >= params.tail_ratio * low_mean}
+            if b >= params.tail_ratio * low_base
+            and all(m >= params.tail_ratio * v for other, v in seen.items() if other != h)}
 
 
 def tail_split(shares: Mapping[str, float], estimates: Mapping[str, Estimate], demand: float, hold: float,

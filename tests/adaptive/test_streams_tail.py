@@ -23,10 +23,12 @@ HOLD = 1.145  # a stream holds its slot ~1.1 s (5-40 tokens 50 ms apart) plus it
 SLOW = "h0:1"
 
 
-def _estimate(first: float, rate: float, base: float | None = None, peak: float = 4.0) -> Estimate:
-    """A streaming host: mean time to first byte `first`, the lowest read `base` (a third of it by default)."""
+def _estimate(first: float, rate: float, base: float | None = None, peak: float = 4.0,
+              fast: float | None = None) -> Estimate:
+    """A streaming host: mean time to first byte `first` (over the 2 s horizon `fast`), the lowest read `base`
+    (a third of it by default)."""
     return Estimate(latency=first, rate=rate, throughput=rate, in_flight=rate * HOLD, evidence=200.0,
-                    measured=first, answers=500, peak_active=peak, hold=HOLD,
+                    measured=first, answers=500, peak_active=peak, hold=HOLD, fast=fast,
                     base=first / 3 if base is None else base)
 
 
@@ -126,3 +128,18 @@ def test_a_floored_host_that_leaves_the_service_does_not_freeze_its_weights() ->
     fresh = {f"h{i}:2": _estimate(0.200 if i == 0 else 0.020, demand / 4) for i in range(4)}  # new instances
     proposed = service.propose(fresh, stream_hold=HOLD)
     assert proposed is not None and set(proposed) == set(fresh)
+
+
+def test_once_the_others_streams_wait_the_slow_host_is_no_tail_host() -> None:
+    """The slot count overcounts when streams queue at the instance (6-8 on 4-slot hosts at 60 % of the slots,
+    on the rig), so the rule can floor the slow host at a load the others cannot carry; their streams then
+    wait for slots (the locked run of 16:09 UTC: the uneven cell at 60 %, p99 1.41x least_request's). A host is
+    a tail host only while it is 4x slower than every other host's mean, waits included, over 10 s and 2 s:
+    here one fast host's last 2 s average 70 ms, and the 200 ms host gets its share back."""
+    demand = 0.25 * 16 / HOLD
+    estimates = _uneven(demand)
+    assert tail_hosts(estimates, TailParams()) == {SLOW}
+    estimates["h1:1"] = _estimate(0.025, demand / 4, base=0.020 / 3, fast=0.070)
+    assert tail_hosts(estimates, TailParams()) == set()
+    shares = {h: 0.25 for h in estimates}
+    assert tail_split(shares, estimates, demand, HOLD) == shares
