@@ -373,6 +373,7 @@ DOC_END = "<!-- streams-adaptive:end -->"
 SECTION = "### Adaptive on vs off for token streams"
 ROW_PREFIX = "| 8. gRPC and token streams: direct vs a hand-written minimal Envoy vs the sidecar Envoy | "
 ROW_MARK = "(bench/streams_adaptive.py)"  # in every summary row this bench writes
+SUMMARY = "## Summary: every figure beside its target"  # bench/report.py's heading
 CELL_TITLE = {"aa": "A/A control (both arms least_request, identical instances)",
               "identical": "identical (all 20 ms to the first token)",
               "uneven": "uneven (one instance 200 ms to its first token), 60 % of the slots",
@@ -455,25 +456,45 @@ def summary_rows(result: dict[str, Any]) -> list[str]:
 
 
 def update_doc(result: dict[str, Any], doc: Path = BENCHMARKS_DOC) -> None:
-    """This bench's subsection of section 8 (between its markers; the first time, in place of the hand-written
-    one) and its rows of the summary table (in place of the old ones)."""
-    text = doc.read_text()
+    """This bench's subsection of section 8 and its rows of the summary table, in place of the old ones.
 
+    Also on a page `make bench` has just rendered (bench/run.py calls this after writing it), which has
+    neither: the subsection then goes at the end of section 8, before its wall-time line, and the rows after
+    section 8's last summary row."""
+    doc.write_text(with_section(doc.read_text(), result))
+
+
+def with_section(text: str, result: dict[str, Any]) -> str:
     def first_time(body: str, section: str) -> str:
-        start = body.index(SECTION)
-        end = body.index("\n\n_Scenario 8 wall time", start)
-        return body[:start] + section + body[end:]
+        if SECTION in body:  # the hand-written subsection this one replaced
+            start = body.index(SECTION)
+            return body[:start] + section + body[body.index("\n\n_Scenario 8 wall time", start):]
+        if "\n## 8. " not in body:  # scenario 8 not on the page: at its end
+            return body.rstrip("\n") + "\n\n" + section + "\n"
+        heading = body.index("\n## 8. ")
+        ends = [i for i in (body.find("\n\n_Scenario", heading), body.find("\n## ", heading + 1)) if i >= 0]
+        end = min(ends) if ends else len(body.rstrip("\n"))
+        return body[:end] + "\n\n" + section + body[end:]
 
     text = replace_marked(text, DOC_BEGIN, DOC_END, render_section(result), first_time)
     lines = text.split("\n")
-    old = [i for i, line in enumerate(lines) if line.startswith(ROW_PREFIX) and (
+    ours = [i for i, line in enumerate(lines) if line.startswith(ROW_PREFIX) and (
         ROW_MARK in line or "adaptive / least_request TTFT p99, token streams" in line
         or "lightest / heaviest adaptive weight on identical instances" in line)]
-    if old:
-        lines = lines[:old[0]] + summary_rows(result) + [ln for i, ln in enumerate(lines[old[0]:], old[0])
-                                                          if i not in old]
-    doc.write_text("\n".join(lines))
-
+    rows = summary_rows(result)
+    if ours:
+        at = ours[0]
+    elif eight := [i for i, line in enumerate(lines) if line.startswith(ROW_PREFIX)]:
+        at = eight[-1] + 1  # after scenario 8's last row
+    elif SUMMARY in lines:  # at the summary table's end
+        at = lines.index(SUMMARY) + 1
+        while at < len(lines) and not lines[at].startswith("|"):
+            at += 1
+        while at < len(lines) and lines[at].startswith("|"):
+            at += 1
+    else:
+        return text
+    return "\n".join(lines[:at] + rows + [ln for i, ln in enumerate(lines[at:], at) if i not in ours])
 
 
 def _commit() -> str:
