@@ -8,6 +8,7 @@ the cells before it. Now every cell begins with what a freshly started agent has
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,19 @@ class FakeRig:
         pass
 
 
-def test_every_cell_starts_from_a_fresh_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: list[tuple[str, int]] = []
-
+def recording(into: list[tuple[str, int]], what: Callable[[FakeRig], int]) -> Callable[[str], Any]:
+    """A stand-in cell body per name that records (name, `what` of the rig it ran on)."""
     def cell(name: str) -> Any:
         def body(rig: FakeRig, *_args: object) -> Scenario:
-            seen.append((name, rig.loops))
+            into.append((name, what(rig)))
             return Scenario(name, name)
         return body
+    return cell
 
+
+def test_every_cell_starts_from_a_fresh_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+    cell = recording(seen, lambda rig: rig.loops)
     monkeypatch.setattr(matrix, "Rig", FakeRig)
     monkeypatch.setattr(matrix, "cell_slow", cell("slow"))
     monkeypatch.setattr(matrix, "cell_high_load", cell("high load"))
@@ -60,13 +65,7 @@ def test_group_c_runs_the_break_cells_on_a_1_slot_rig_of_their_own(monkeypatch: 
     """Group a could not fit its nine cells in a 10-minute locked run with a fresh loop each: heavy tails and
     pauses (1-slot cells) moved to group c, after its 4-slot rig, on a 1-slot rig."""
     slots: list[tuple[str, int]] = []
-
-    def cell(name: str) -> Any:
-        def body(rig: FakeRig, *_args: object) -> Scenario:
-            slots.append((name, rig.concurrency))
-            return Scenario(name, name)
-        return body
-
+    cell = recording(slots, lambda rig: rig.concurrency)
     monkeypatch.setattr(matrix, "Rig", FakeRig)
     monkeypatch.setattr(matrix, "cell_identical", cell("identical"))
     monkeypatch.setattr(matrix, "cell_heavy_tail", cell("heavy tail"))
