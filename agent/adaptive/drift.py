@@ -39,6 +39,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent.adaptive.estimator import queue_latency
+
 
 @dataclass(frozen=True)
 class DriftParams:
@@ -84,8 +86,7 @@ class Reference:
     def expected(self, throughput: float) -> float:
         """Mean time to first byte of such a host at `throughput` requests/s (M/D/1, as service_time)."""
         rho = min(max(throughput, 0.0) * self.service, 0.9)  # beyond that the model says little
-        lam = rho / self.service
-        return self.service + lam * self.service ** 2 / (2 * (1 - rho))
+        return queue_latency(self.service, rho / self.service)
 
 
 def references(views: Mapping[str, tuple[float, float]], variances: Mapping[str, float], slow: set[str],

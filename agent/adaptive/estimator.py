@@ -216,6 +216,13 @@ class Estimate:
         return 1.0 / service_time(self.latency, self.throughput)
 
 
+def queue_latency(service: float, rate: float) -> float:
+    """Mean time at a single-server queue with constant service time (M/D/1, the model `service_time`
+    inverts), inf at or over capacity."""
+    load = rate * service
+    return math.inf if load >= 1.0 else service + rate * service * service / (2.0 * (1.0 - load))
+
+
 def service_time(latency: float, throughput: float) -> float:
     """Seconds of work per request, by inverting the M/D/1 queue (Pollaczek-Khinchine, constant service):
 

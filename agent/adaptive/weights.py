@@ -21,7 +21,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
-from agent.adaptive.estimator import Estimate, service_time
+from agent.adaptive.estimator import Estimate, queue_latency, service_time
 from agent.adaptive.stream_tail import tail_split
 
 MAX_WEIGHT = 1000
@@ -143,12 +143,6 @@ def speed_split(capacity: Mapping[str, float], first: Mapping[str, float], deman
     shares = alloc(high)
     spread = sum(shares.values()) or 1.0
     return {h: v / spread for h, v in shares.items()}
-
-
-def queue_latency(service: float, rate: float) -> float:
-    """Mean time at a single-server queue with constant service time (M/D/1), inf at or over capacity."""
-    load = rate * service
-    return math.inf if load >= 1.0 else service + rate * service * service / (2.0 * (1.0 - load))
 
 
 def tail_floored(estimates: Mapping[str, Estimate], shares: Mapping[str, float], demand: float,
