@@ -215,6 +215,18 @@ class Estimate:
         """Requests/s the host could serve, from its latency at its throughput: see `service_time`."""
         return 1.0 / service_time(self.latency, self.throughput)
 
+    @property
+    def goodput_capacity(self) -> float:
+        """Successful answers/s the host could serve: its capacity for answers (the M/D/1 inversion of the time
+        per *answer*, failures included, at its answer throughput) x its success share. `latency` is per success
+        (x done/succeeded), and inverting it at the throughput of all answers took the inflation for queueing: a
+        host failing 30 % looked as able as a healthy one and got as much traffic (the breaker mix). 0 % failed:
+        `capacity` exactly; 100 %: 0 (the floor)."""
+        ok = 1.0 - self.failed_share
+        if ok <= 0.0:
+            return 0.0
+        return ok / service_time(self.latency * ok, self.throughput)
+
 
 def queue_latency(service: float, rate: float) -> float:
     """Mean time at a single-server queue with constant service time (M/D/1, the model `service_time`

@@ -229,7 +229,9 @@ def target_weights(estimates: Mapping[str, Estimate], params: WeightParams,
     demand = sum(e.rate for e in estimates.values())
     if stream_hold is not None:
         return shares_to_weights(stream_shares(estimates, demand, params, stream_hold, top, below), params, floored)
-    capacity = snap_capacities({h: e.capacity for h, e in estimates.items()}, params.equal_tolerance, top, below)
+    # Goodput (successes/s it could serve), not answers: a failing host must not look as able as a healthy one.
+    goodput = {h: e.goodput_capacity for h, e in estimates.items()}
+    capacity = snap_capacities(goodput, params.equal_tolerance, top, below)
     shares = square_root_split(capacity, demand, params.overload)
     return shares_to_weights(shares, params, set(floored) | tail_floored(estimates, shares, demand, params, low))
 
